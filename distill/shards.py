@@ -1,0 +1,234 @@
+"""The token shard format: writer, manifest and memory-mapped reader.
+
+A shard directory holds
+
+    manifest.json        format, dtype, tokenizer, per-shard sizes and sha256, totals, provenance
+    shard-00000.bin      little-endian token ids, nothing else
+    shard-00001.bin      ...
+
+The stream inside the shards is each document's ids (no special tokens), each document
+followed by the tokenizer's SEP id. Documents never straddle shards. A shard appears under
+its final name only when complete (temporary name, fsync, rename) and the manifest is
+written last, so a reader never sees a half-written shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from bisect import bisect_right
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+FORMAT_NAME = "distill-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+
+
+class ShardError(ValueError):
+    """A shard directory is missing, malformed, or does not match its manifest."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.bin"
+
+
+def dtype_for_vocab(vocab_size: int, requested: str = "uint16") -> np.dtype:
+    """The on-disk dtype for a vocabulary, refusing one whose ids do not fit."""
+    if requested not in DTYPES:
+        raise ShardError(f"unknown shard dtype {requested!r}; choose one of {sorted(DTYPES)}")
+    dtype = DTYPES[requested]
+    if vocab_size - 1 > np.iinfo(dtype).max:
+        raise ShardError(
+            f"the tokenizer has {vocab_size} ids, which do not fit in {requested} "
+            f"(max id {np.iinfo(dtype).max}); pass --dtype uint32 to write 4-byte shards"
+        )
+    return dtype
+
+
+# --------------------------------------------------------------------------- atomic I/O
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported on this platform / filesystem
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> str:
+    """Write `chunks` to `path` atomically; return the sha256 hex digest of the bytes.
+
+    The data go to a temporary file in the same directory, are fsynced, then renamed over
+    `path`, so `path` holds either its old content or all of the new one.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                digest.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return digest.hexdigest()
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    atomic_write_bytes(path, [data])
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_shard(directory: str | os.PathLike, index: int, tokens: np.ndarray, dtype: np.dtype) -> dict:
+    """Write one complete shard atomically; return its manifest entry (without num_documents)."""
+    arr = np.ascontiguousarray(tokens, dtype=dtype)  # little-endian by construction of DTYPES
+    name = shard_name(index)
+    sha = atomic_write_bytes(Path(directory) / name, [memoryview(arr).cast("B")])
+    return {"file": name, "num_tokens": int(arr.size), "sha256": sha}
+
+
+# --------------------------------------------------------------------------- reader
+def read_manifest(directory: str | os.PathLike) -> dict:
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        raise ShardError(f"shard directory {str(directory)!r} does not exist; build it with tools/pretokenize.py")
+    if not path.is_file():
+        raise ShardError(
+            f"{str(directory)!r} has no {MANIFEST_NAME}: it is not a finished shard directory "
+            "(tools/pretokenize.py writes the manifest last; re-run it with the same arguments to finish)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{path} is not valid JSON ({e}); rebuild the shards with tools/pretokenize.py") from e
+    if manifest.get("format") != FORMAT_NAME:
+        raise ShardError(f"{path} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ShardError(
+            f"{path} has format version {manifest.get('version')!r}; this distill reads version "
+            f"{FORMAT_VERSION}: rebuild the shards with this version's tools/pretokenize.py"
+        )
+    if manifest.get("dtype") not in DTYPES:
+        raise ShardError(f"{path}: unknown dtype {manifest.get('dtype')!r} (expected one of {sorted(DTYPES)})")
+    return manifest
+
+
+class ShardSet:
+    """All shards of a directory as one token stream, memory-mapped on first use.
+
+    Checks every shard's size against the manifest on open (and its sha256 with
+    `verify=True`). Picklable: memory maps are reopened lazily in each process, so it works
+    in DataLoader worker processes.
+    """
+
+    def __init__(self, directory: str | os.PathLike, verify: bool = False):
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        self.dtype = DTYPES[self.manifest["dtype"]]
+        self.tokenizer: dict = self.manifest["tokenizer"]
+        self.shards: list[dict] = self.manifest["shards"]
+        sizes = [int(s["num_tokens"]) for s in self.shards]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()  # token offset of each shard
+        self.num_tokens = int(self.offsets[-1])
+        self.num_documents = int(sum(int(s["num_documents"]) for s in self.shards))
+        if self.num_tokens != int(self.manifest.get("total_tokens", self.num_tokens)):
+            raise ShardError(
+                f"{self.directory / MANIFEST_NAME}: total_tokens={self.manifest['total_tokens']} but the shards "
+                f"add up to {self.num_tokens}; the manifest was edited or is corrupt: rebuild the shards"
+            )
+        self.check(verify=verify)
+        self._maps: list[np.memmap | None] = [None] * len(self.shards)
+
+    def check(self, verify: bool = False) -> None:
+        """Sizes always; sha256 too when `verify`. Names the shard and what differs."""
+        for entry in self.shards:
+            path = self.directory / entry["file"]
+            expected = int(entry["num_tokens"]) * self.dtype.itemsize
+            if not path.is_file():
+                raise ShardError(f"{path} is listed in the manifest but missing; rebuild the shards with tools/pretokenize.py")
+            actual = path.stat().st_size
+            if actual != expected:
+                raise ShardError(
+                    f"{path} has {actual} bytes but the manifest says {entry['num_tokens']} tokens x "
+                    f"{self.dtype.itemsize} bytes = {expected}: the shard is truncated or was altered; "
+                    "rebuild the shards with tools/pretokenize.py"
+                )
+            if verify:
+                sha = file_sha256(path)
+                if sha != entry["sha256"]:
+                    raise ShardError(
+                        f"{path} has sha256 {sha} but the manifest says {entry['sha256']}: the shard was "
+                        "altered or corrupted; rebuild the shards with tools/pretokenize.py"
+                    )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_maps"] = [None] * len(self.shards)  # memmaps are reopened in the receiving process
+        return state
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def shard(self, index: int) -> np.ndarray:
+        """The memory-mapped tokens of shard `index`."""
+        m = self._maps[index]
+        if m is None:
+            entry = self.shards[index]
+            if int(entry["num_tokens"]) == 0:
+                m = np.zeros(0, dtype=self.dtype)
+            else:
+                m = np.memmap(self.directory / entry["file"], dtype=self.dtype, mode="r")
+            self._maps[index] = m
+        return m
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the whole stream, crossing shard boundaries as needed."""
+        start, stop = max(0, int(start)), min(self.num_tokens, int(stop))
+        if stop <= start:
+            return np.zeros(0, dtype=self.dtype)
+        i = bisect_right(self.offsets, start) - 1
+        parts = []
+        while start < stop:
+            lo = start - self.offsets[i]
+            hi = min(stop, self.offsets[i + 1]) - self.offsets[i]
+            parts.append(self.shard(i)[lo:hi])
+            start += hi - lo
+            i += 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def documents(self) -> Iterable[np.ndarray]:
+        """Each document's token ids (without its SEP), in stream order."""
+        sep = int(self.tokenizer["sep_token_id"])
+        for i in range(len(self.shards)):
+            arr = np.asarray(self.shard(i))
+            ends = np.flatnonzero(arr == sep)
+            begin = 0
+            for end in ends:
+                yield arr[begin:end]
+                begin = end + 1

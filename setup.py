@@ -1,0 +1,39 @@
+"""distill: MiniLMv2 self-attention relation distillation of BERT-family encoders, scaled with DeepSpeed."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="distill",
+    version="0.1.0",
+    description=__doc__,
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["distill", "distill.*"]),
+    install_requires=[
+        # torch: kept as installed; the Makefile installs a CPU build where one is at hand.
+        "torch>=2.1",
+        "transformers>=4.40",
+        "tokenizers>=0.15",
+        "datasets>=2.18",
+        "deepspeed>=0.14",
+        "accelerate>=0.30",
+        "tensorboard>=2.14",
+        "numpy>=1.24",
+        "pyarrow>=14",
+        "tqdm>=4.66",
+        "safetensors>=0.4",
+        # evaluation
+        "scikit-learn>=1.3",
+        "scipy>=1.10",
+        "pandas>=2.0",
+    ],
+    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

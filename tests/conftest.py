@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny tokenizer built here, the real offline teacher, tiny shard dirs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill import shards as S
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("DISTILL_ASSETS", REPO / "assets"))
+
+WORDS = (
+    "the of and to a in is it you that he was for on are with as his they be at one have this from "
+    "or had by word but what some we can out other were all there when up use your how said an each "
+    "she which do their time if will way about many then them write would like so these her long make "
+    "thing see him two has look more day could go come did number sound no most people my over know "
+    "water than call first who may down side been now find any new work part take get place made live "
+    "where after back little only round man year came show every good me give our under name very "
+    "through just form sentence great think say help low line differ turn cause much mean before move "
+    "right boy old too same tell does set three want air well also play small end put home read hand"
+).split()
+
+
+def build_tiny_tokenizer(directory: Path, lowercase: bool = True):
+    """A real BertTokenizerFast over a ~200-word WordPiece vocabulary, saved to `directory`."""
+    from transformers import BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()-")
+    vocab = specials + sorted(set(WORDS)) + pieces
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    import inspect
+
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers >= 5
+        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=lowercase, model_max_length=128)
+    else:
+        tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=lowercase, model_max_length=128)
+    tok.save_pretrained(directory)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_tiny_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def teacher_dir() -> Path:
+    if not (ASSETS / "teacher" / "config.json").is_file():
+        pytest.skip(f"real offline teacher not found under {ASSETS}/teacher: run `bash tools/fetch_offline_assets.sh`")
+    return ASSETS / "teacher"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not (ASSETS / "corpus").is_dir():
+        pytest.skip(f"offline corpus not found under {ASSETS}/corpus: run `bash tools/fetch_offline_assets.sh`")
+    return ASSETS / "corpus"
+
+
+def write_shard_dir(directory: Path, docs: list[list[int]], *, vocab_size: int = 300, sep: int = 3, cls: int = 2,
+                    pad: int = 0, mask: int = 4, model_max_length: int = 512, shard_tokens: int = 64,
+                    dtype: str = "uint16", tokenizer_name: str = "tiny") -> Path:
+    """Write `docs` (lists of ids) as a shard directory in the manifest format, shards closing
+    at the first document boundary at or past `shard_tokens`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    np_dtype = S.DTYPES[dtype]
+    entries, buf, ndocs = [], [], 0
+
+    def flush():
+        nonlocal buf, ndocs
+        entry = S.write_shard(directory, len(entries), np.asarray(buf, dtype=np_dtype), np_dtype)
+        entry["num_documents"] = ndocs
+        entries.append(entry)
+        buf, ndocs = [], 0
+
+    for doc in docs:
+        buf.extend(list(doc) + [sep])
+        ndocs += 1
+        if len(buf) >= shard_tokens:
+            flush()
+    if buf:
+        flush()
+    manifest = {
+        "format": S.FORMAT_NAME, "version": S.FORMAT_VERSION, "dtype": dtype, "byte_order": "little",
+        "tokenizer": {"name_or_path": tokenizer_name, "vocab_size": vocab_size, "cls_token_id": cls,
+                      "sep_token_id": sep, "pad_token_id": pad, "mask_token_id": mask,
+                      "do_lower_case": True, "model_max_length": model_max_length, "fingerprint": tokenizer_name},
+        "shards": entries,
+        "total_tokens": sum(e["num_tokens"] for e in entries),
+        "total_documents": sum(e["num_documents"] for e in entries),
+    }
+    S.atomic_write_json(directory / S.MANIFEST_NAME, manifest)
+    return directory
