@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from bisect import bisect_right
 from pathlib import Path
 from typing import Any, Iterable
@@ -64,6 +64,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new, empty `.NAME.<random>.tmp` next to `path`: (fd, its path).
+
+    Unlike tempfile.mkstemp (always 0600), it gets the permissions of any new file (0666 less
+    the umask), so the renamed shard or manifest is readable by whoever reads the directory.
+    """
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {path}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> str:
     """Write `chunks` to `path` atomically; return the sha256 hex digest of the bytes.
 
@@ -72,7 +87,7 @@ def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes | memoryv
     """
     path = Path(path)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:

@@ -24,7 +24,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 
-if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -W ignore -c "import torch" >/dev/null 2>&1; then
   if [ -n "${TORCH_SPEC:-}" ]; then
     say "installing $TORCH_SPEC"
     "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
@@ -50,8 +50,8 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     fi
   fi
 fi
-"$VENV/bin/python" -c "import torch" || { echo "error: torch could not be installed into $VENV; install one yourself (e.g. TORCH_SPEC=torch==2.4.1 make install)" >&2; exit 1; }
+"$VENV/bin/python" -W ignore -c "import torch" || { echo "error: torch could not be installed into $VENV; install one yourself (e.g. TORCH_SPEC=torch==2.4.1 make install)" >&2; exit 1; }
 
 say "installing distill (editable) with its test extra"
 quiet_pip install -q -e ".[test]"
-"$VENV/bin/python" -c "import distill, torch; print('[install] distill', distill.__version__, 'with torch', torch.__version__)"
+"$VENV/bin/python" -W ignore -c "import distill, torch; print('[install] distill', distill.__version__, 'with torch', torch.__version__)"

@@ -1,0 +1,134 @@
+"""The Python API of bertdistiller, running distill's DeepSpeed loop.
+
+For users who come from bertdistiller, its quick start works unchanged but for the import:
+
+    from distill import MiniLMTrainer, MiniLMTrainingArguments, create_student
+    args = MiniLMTrainingArguments(teacher_layer=12, student_layer=6, student_hidden_size=384,
+                                   num_relation_heads=48, output_dir="./output", max_steps=400_000, ...)
+    teacher = AutoModel.from_pretrained("google-bert/bert-base-uncased")
+    student = create_student("google-bert/bert-base-uncased", args, use_teacher_weights=True)
+    MiniLMTrainer(args=args, teacher_model=teacher, model=student, train_dataset=ds,
+                  data_collator=DataCollatorWithPadding(tokenizer)).train()
+    student.save_pretrained("./distilled-model")
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from . import student as _student
+from .config import DistillConfig
+from .relations import relation_name
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class MiniLMTrainingArguments(TrainingArguments):
+    """transformers.TrainingArguments plus the MiniLMv2 settings (bertdistiller's names)."""
+
+    teacher_layer: int = field(default=12, metadata={"help": "1-based teacher layer whose Q/K/V are distilled"})
+    student_layer: int = field(default=6, metadata={"help": "number of student layers"})
+    student_hidden_size: int = field(default=384, metadata={"help": "student width"})
+    student_attention_heads: int | None = field(default=None, metadata={"help": "student heads (default: width / 64, at least 1)"})
+    num_relation_heads: int = field(default=48, metadata={"help": "relation heads"})
+    relations: dict = field(default_factory=lambda: {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0},
+                            metadata={"help": "{(m, n): weight}, 1=query 2=key 3=value"})
+    max_seq_len: int = field(default=512, metadata={"help": "only checked against the teacher's position embeddings"})
+    relation_chunk_size: int | None = field(default=None, metadata={"help": "query rows per chunk of the relation loss"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.student_attention_heads is None:
+            self.student_attention_heads = max(1, self.student_hidden_size // 64)
+
+    def to_distill_config(self, teacher: str, num_samples: int | None = None) -> DistillConfig:
+        """The equivalent DistillConfig (what launch/distill.py would take as flags)."""
+        max_steps = self.max_steps
+        if max_steps is None or max_steps <= 0:
+            if not num_samples:
+                raise ValueError("set max_steps, or num_train_epochs with a sized train_dataset")
+            global_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * max(self.world_size, 1)
+            max_steps = max(1, math.ceil(self.num_train_epochs * num_samples / global_batch))
+        warmup = self.warmup_steps if self.warmup_steps else int(getattr(self, "warmup_ratio", 0.0) * max_steps)
+        deepspeed = self.deepspeed if isinstance(self.deepspeed, str) else "auto"
+        return DistillConfig(
+            teacher=teacher, teacher_layer=self.teacher_layer, student_layer=self.student_layer,
+            student_hidden_size=self.student_hidden_size, student_attention_heads=self.student_attention_heads,
+            num_relation_heads=self.num_relation_heads,
+            relations=",".join(f"{relation_name(k)}:{v}" for k, v in self.relations.items()),
+            relation_chunk_size=self.relation_chunk_size, max_seq_len=self.max_seq_len,
+            dataloader_num_workers=self.dataloader_num_workers,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps, learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay, adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2,
+            adam_epsilon=self.adam_epsilon, warmup_steps=min(int(warmup), max_steps), max_steps=max_steps,
+            max_grad_norm=self.max_grad_norm or 0.0,
+            precision="bf16" if self.bf16 else "fp16" if self.fp16 else "auto",
+            output_dir=self.output_dir, logging_steps=max(1, int(self.logging_steps)),
+            save_steps=int(self.save_steps) if self.save_strategy != "no" else 0,
+            save_total_limit=self.save_total_limit, seed=self.seed, deepspeed_config=deepspeed,
+            resume=self.resume_from_checkpoint,
+        )
+
+
+def create_student(teacher_model_name_or_path, args: MiniLMTrainingArguments, use_teacher_weights: bool = False,
+                   cache_dir: str | None = None):
+    """bertdistiller's signature over distill.student.create_student."""
+    teacher = teacher_model_name_or_path
+    if isinstance(teacher, str):
+        from transformers import AutoModel
+
+        teacher = AutoModel.from_pretrained(teacher, cache_dir=cache_dir)
+    return _student.create_student(teacher, args.student_layer, args.student_hidden_size, args.student_attention_heads,
+                                   init="teacher" if use_teacher_weights else "random")
+
+
+def _keep_model_inputs(collator):
+    """Drop columns the models don't take (text, labels), as the HF Trainer does."""
+
+    def collate(features: list[dict[str, Any]]):
+        features = [{k: v for k, v in f.items() if k in MODEL_INPUTS} for f in features]
+        if collator is not None:
+            return collator(features)
+        return {k: torch.stack([torch.as_tensor(f[k]) for f in features]) for k in features[0]}
+
+    return collate
+
+
+class MiniLMTrainer:
+    """bertdistiller's MiniLMTrainer: `.train()` runs distill's DeepSpeed loop in this process."""
+
+    def __init__(self, *, args: MiniLMTrainingArguments, teacher_model, model, train_dataset,
+                 eval_dataset=None, data_collator=None, tokenizer=None, processing_class=None):
+        self.args = args
+        self.teacher_model = teacher_model
+        self.model = model
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset  # accepted for compatibility; MiniLMv2 pre-training has no eval loop
+        self.data_collator = data_collator
+        self.tokenizer = processing_class or tokenizer
+
+    def train(self):
+        from .trainer import train
+
+        teacher_name = getattr(self.teacher_model.config, "name_or_path", "") or "teacher"
+        num_samples = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
+        cfg = self.args.to_distill_config(teacher_name, num_samples)
+        tokenizer = self.tokenizer or getattr(self.data_collator, "tokenizer", None) or teacher_name
+        export_dir = train(cfg, teacher=self.teacher_model, student=self.model, dataset=self.train_dataset,
+                           collate_fn=_keep_model_inputs(self.data_collator), tokenizer=tokenizer)
+        # The caller's `model` ends in float32 with the trained weights, as after a HF Trainer run.
+        from transformers import AutoModel
+
+        trained = AutoModel.from_pretrained(export_dir)
+        self.model.to(torch.float32).load_state_dict(trained.state_dict(), strict=False)
+        self.export_dir = export_dir
+        return export_dir
+
+
+__all__ = ["MiniLMTrainingArguments", "MiniLMTrainer", "create_student"]

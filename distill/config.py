@@ -1,0 +1,308 @@
+"""The one run config: a dataclass whose fields are the CLI flags of `launch/distill.py`.
+
+Precedence: dataclass defaults < `--config FILE.json` < command-line flags. Unknown keys in
+the JSON file are refused. Every field has a one-line docstring (shown by `--help`), and
+`__post_init__` checks say how to fix a mistake.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .relations import parse_relations
+
+
+class ConfigError(ValueError):
+    """A run setting is invalid; the message says how to fix it."""
+
+
+def _doc(text: str, **kwargs):
+    """A dataclass field carrying its one-line documentation (shown by --help)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+@dataclass
+class DistillConfig:
+    # -- teacher and student ----------------------------------------------------------
+    teacher: str = _doc("teacher: a Hugging Face hub name or a local model directory", default="google-bert/bert-base-uncased")
+    teacher_layer: int | None = _doc("1-based teacher layer whose Q/K/V are distilled (default: the last)", default=None)
+    teacher_dtype: str = _doc("teacher precision: auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32", default="auto")
+    student_layer: int = _doc("number of student layers; its last layer's Q/K/V are distilled", default=6)
+    student_hidden_size: int = _doc("student width", default=384)
+    student_attention_heads: int = _doc("student attention heads (must divide student_hidden_size)", default=12)
+    student_intermediate_size: int | None = _doc("student feed-forward width (default: 4 x student_hidden_size)", default=None)
+    student_init: str = _doc("teacher: copy embeddings and a slice of teacher layers; random: the architecture's init", default="teacher")
+    # -- loss ---------------------------------------------------------------------------
+    num_relation_heads: int = _doc("relation heads A_r (must divide the teacher's and the student's widths)", default=48)
+    relations: str = _doc("relations and weights, e.g. qq:1,kk:1,vv:1 (q=query, k=key, v=value)", default="qq:1,kk:1,vv:1")
+    relation_chunk_size: int | None = _doc("query rows per chunk of the relation loss (0: unchunked reference; default: 128 when max_seq_len > 128)", default=None)
+    # -- data ---------------------------------------------------------------------------
+    data: str = _doc("a shard directory written by tools/pretokenize.py", default="")
+    max_seq_len: int = _doc("tokens per training window, [CLS] and [SEP] included", default=128)
+    dataloader_num_workers: int = _doc("DataLoader worker processes per rank", default=2)
+    # -- optimisation (these also fill the DeepSpeed JSON's "auto" values) ---------------------
+    per_device_train_batch_size: int = _doc("windows per micro-batch on each GPU/rank", default=32)
+    gradient_accumulation_steps: int = _doc("micro-batches accumulated per optimizer step", default=1)
+    learning_rate: float = _doc("peak learning rate after warmup", default=6e-4)
+    weight_decay: float = _doc("AdamW weight decay", default=0.01)
+    adam_beta1: float = _doc("AdamW beta1", default=0.9)
+    adam_beta2: float = _doc("AdamW beta2", default=0.999)
+    adam_epsilon: float = _doc("AdamW epsilon", default=1e-6)
+    warmup_steps: int = _doc("linear warmup steps, then linear decay to 0 at max_steps", default=0)
+    max_steps: int = _doc("optimizer steps of the whole run", default=1000)
+    max_grad_norm: float = _doc("gradient clipping norm (0 disables)", default=1.0)
+    precision: str = _doc("student precision: auto (from the DeepSpeed JSON, else bf16 on GPUs that have it, fp16 on others, fp32 on CPU), bf16, fp16, fp32", default="auto")
+    # -- run ----------------------------------------------------------------------------
+    output_dir: str = _doc("checkpoints, TensorBoard logs and the exported student go here", default="runs/distill")
+    logging_steps: int = _doc("write TensorBoard scalars every N optimizer steps", default=10)
+    save_steps: int = _doc("save a checkpoint every N optimizer steps (0: only at the end)", default=1000)
+    save_total_limit: int | None = _doc("keep only the newest N checkpoints (default: keep all)", default=None)
+    resume: str | None = _doc("a checkpoint directory to continue from, or 'auto' for the newest complete one in output_dir", default=None)
+    seed: int = _doc("seed of initialisation, data order and dropout", default=42)
+    deepspeed_config: str = _doc("DeepSpeed JSON (see ds_configs/), its 'auto' values filled from these flags; auto: ZeRO-1, AdamW, bf16/fp16 on GPU, fp32 on CPU", default="auto")
+    export_dir: str | None = _doc("where the final student is exported as a Hugging Face directory (default: OUTPUT_DIR/student)", default=None)
+
+    def __post_init__(self):
+        def need(cond: bool, msg: str):
+            if not cond:
+                raise ConfigError(msg)
+
+        need(bool(self.teacher), "--teacher is empty: give a hub name (google-bert/bert-base-uncased) or a model directory")
+        need(self.teacher_layer is None or self.teacher_layer >= 1, f"--teacher_layer {self.teacher_layer} must be >= 1 (layers are 1-based)")
+        need(self.teacher_dtype in ("auto", "float16", "bfloat16", "float32"),
+             f"--teacher_dtype {self.teacher_dtype!r}: choose auto, float16, bfloat16 or float32")
+        need(self.student_layer >= 1, f"--student_layer {self.student_layer} must be >= 1")
+        need(self.student_hidden_size >= 1 and self.student_attention_heads >= 1, "--student_hidden_size and --student_attention_heads must be positive")
+        need(self.student_hidden_size % self.student_attention_heads == 0,
+             f"--student_hidden_size {self.student_hidden_size} is not divisible by --student_attention_heads "
+             f"{self.student_attention_heads}; choose heads among {_divisors(self.student_hidden_size, 64)}")
+        need(self.student_init in ("teacher", "random"), f"--student_init {self.student_init!r}: choose teacher or random")
+        need(self.num_relation_heads >= 1, "--num_relation_heads must be >= 1")
+        need(self.student_hidden_size % self.num_relation_heads == 0,
+             f"--num_relation_heads {self.num_relation_heads} does not divide --student_hidden_size {self.student_hidden_size}; "
+             f"choose among {_divisors(self.student_hidden_size, 128)}")
+        try:
+            parse_relations(self.relations)
+        except ValueError as e:
+            raise ConfigError(f"--relations: {e}") from e
+        need(self.relation_chunk_size is None or self.relation_chunk_size >= 0, "--relation_chunk_size must be >= 0")
+        need(self.max_seq_len >= 3, f"--max_seq_len {self.max_seq_len} must be >= 3 ([CLS] + at least one token + [SEP])")
+        need(self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
+            need(getattr(self, name) >= 1, f"--{name} {getattr(self, name)} must be >= 1")
+        need(self.learning_rate > 0, f"--learning_rate {self.learning_rate} must be > 0")
+        need(0 <= self.warmup_steps <= self.max_steps,
+             f"--warmup_steps {self.warmup_steps} must be between 0 and --max_steps {self.max_steps}")
+        need(self.save_steps >= 0, "--save_steps must be >= 0 (0: save only at the end)")
+        need(self.save_total_limit is None or self.save_total_limit >= 1, "--save_total_limit must be >= 1 (or left unset to keep all)")
+        need(self.max_grad_norm >= 0, "--max_grad_norm must be >= 0 (0 disables clipping)")
+        need(self.precision in ("auto", "bf16", "fp16", "fp32"), f"--precision {self.precision!r}: choose auto, bf16, fp16 or fp32")
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def relation_weights(self) -> dict[tuple[int, int], float]:
+        return parse_relations(self.relations)
+
+    @property
+    def chunk_size(self) -> int | None:
+        """Rows per chunk for relation_loss: None selects the unchunked reference."""
+        if self.relation_chunk_size is None:
+            return 128 if self.max_seq_len > 128 else None
+        return self.relation_chunk_size or None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .shards import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+
+def _divisors(n: int, limit: int) -> list[int]:
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+
+
+# --------------------------------------------------------------------------- CLI
+def _field_type(f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(DistillConfig)
+    tp = hints[f.name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """One flag per config field (same name), plus --config and DeepSpeed's launcher flags."""
+    parser = parser or argparse.ArgumentParser(
+        description="MiniLMv2 distillation with DeepSpeed (run with `deepspeed launch/distill.py ...`).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="JSON file of field values; flags given on the command line override it")
+    for f in fields(DistillConfig):
+        tp = _field_type(f)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument(f"--{f.name}", type=_parse_optional(tp), default=argparse.SUPPRESS,
+                            help=f"{f.metadata['doc']} (default: {default})")
+    # Set by the deepspeed launcher (and torchrun-style runs); the environment carries the rank.
+    parser.add_argument("--local_rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _parse_optional(tp: type):
+    def parse(text: str):
+        if text.lower() in ("none", "null") and tp is not str:
+            return None
+        return tp(text)
+
+    parse.__name__ = tp.__name__
+    return parse
+
+
+def config_from_args(argv: list[str] | None = None) -> DistillConfig:
+    """Defaults < --config JSON < flags. Unknown JSON keys are refused."""
+    args = vars(build_parser().parse_args(argv))
+    args.pop("local_rank", None)
+    values: dict[str, Any] = {}
+    path = args.pop("config", None)
+    if path:
+        values.update(load_config_file(path))
+    values.update(args)
+    return DistillConfig(**values)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"--config {path}: no such file") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must hold a JSON object of field: value")
+    known = {f.name for f in fields(DistillConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown keys {unknown}; known keys are the flags of "
+                          f"`launch/distill.py --help` (e.g. {sorted(known)[:6]} ...)")
+    return data
+
+
+# --------------------------------------------------------------------------- DeepSpeed JSON
+def default_deepspeed_config() -> dict[str, Any]:
+    """What `--deepspeed_config auto` means: every number from the flags, ZeRO-1, precision by device."""
+    return {
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": "auto", "warmup_num_steps": "auto",
+                                                          "total_num_steps": "auto", "warmup_type": "linear"}},
+        "zero_optimization": {"stage": 1},
+        "steps_per_print": 10**9,
+    }
+
+
+def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
+    if str(path) == "auto":
+        return default_deepspeed_config()
+    try:
+        ds = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"--deepspeed_config {path}: no such file; pick one of ds_configs/*.json") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--deepspeed_config {path} is not valid JSON: {e}") from e
+    if not isinstance(ds, dict):
+        raise ConfigError(f"--deepspeed_config {path} must hold a JSON object")
+    return ds
+
+
+def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_size: int, device_type: str,
+                             bf16_supported: bool = True) -> tuple[dict[str, Any], str]:
+    """Fill the DeepSpeed JSON's "auto" (or absent) values from `cfg`; refuse disagreements.
+
+    One source of truth per number: a value written explicitly in the JSON must equal the
+    config's, or this raises with both values named. Returns (resolved JSON, precision), the
+    precision being "bf16", "fp16" or "fp32".
+    """
+    ds = json.loads(json.dumps(ds))  # deep copy
+    problems: list[str] = []
+
+    def settle(container: dict, key: str, value: Any, flag: str, label: str):
+        current = container.get(key, "auto")
+        if current == "auto":
+            container[key] = value
+        elif not _same(current, value):
+            problems.append(f"{label} is {current!r} in the DeepSpeed JSON but {flag} gives {value!r}")
+
+    micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    settle(ds, "train_micro_batch_size_per_gpu", micro, "--per_device_train_batch_size", "train_micro_batch_size_per_gpu")
+    settle(ds, "gradient_accumulation_steps", accum, "--gradient_accumulation_steps", "gradient_accumulation_steps")
+    settle(ds, "train_batch_size", micro * accum * world_size,
+           f"--per_device_train_batch_size x --gradient_accumulation_steps x {world_size} ranks", "train_batch_size")
+    settle(ds, "gradient_clipping", cfg.max_grad_norm, "--max_grad_norm", "gradient_clipping")
+
+    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    params = opt.setdefault("params", {})
+    settle(params, "lr", cfg.learning_rate, "--learning_rate", "optimizer.params.lr")
+    settle(params, "betas", [cfg.adam_beta1, cfg.adam_beta2], "--adam_beta1/--adam_beta2", "optimizer.params.betas")
+    settle(params, "eps", cfg.adam_epsilon, "--adam_epsilon", "optimizer.params.eps")
+    settle(params, "weight_decay", cfg.weight_decay, "--weight_decay", "optimizer.params.weight_decay")
+    if device_type == "cpu":
+        params["torch_adam"] = True  # DeepSpeed's fused Adam is a CUDA kernel
+
+    sched = ds.setdefault("scheduler", {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_type": "linear"}})
+    sp = sched.setdefault("params", {})
+    if sched.get("type") in ("WarmupDecayLR", "WarmupLR"):
+        settle(sp, "warmup_max_lr", cfg.learning_rate, "--learning_rate", "scheduler.params.warmup_max_lr")
+        settle(sp, "warmup_num_steps", cfg.warmup_steps, "--warmup_steps", "scheduler.params.warmup_num_steps")
+    if sched.get("type") == "WarmupDecayLR":
+        settle(sp, "total_num_steps", cfg.max_steps, "--max_steps", "scheduler.params.total_num_steps")
+
+    # ZeRO-3 bucket sizes sized to the student's width, as the Hugging Face integration does.
+    zero, h = ds.get("zero_optimization", {}), cfg.student_hidden_size
+    for key, value in (("reduce_bucket_size", h * h), ("stage3_prefetch_bucket_size", int(0.9 * h * h)),
+                       ("stage3_param_persistence_threshold", 10 * h)):
+        if zero.get(key) == "auto":
+            zero[key] = value
+
+    # Precision: the JSON's bf16/fp16 sections and --precision must agree.
+    json_bf16 = ds.get("bf16", {}).get("enabled", False)
+    json_fp16 = ds.get("fp16", {}).get("enabled", False)
+    if json_bf16 is True and json_fp16 is True:
+        problems.append("the DeepSpeed JSON enables both bf16 and fp16; enable one")
+    json_precision = "bf16" if json_bf16 is True else "fp16" if json_fp16 is True else None
+    if cfg.precision == "auto":
+        if json_precision is not None:
+            precision = json_precision
+        elif "auto" in (json_bf16, json_fp16):
+            precision = "fp32" if device_type == "cpu" else ("bf16" if bf16_supported else "fp16")
+        else:
+            precision = "fp32"
+    else:
+        precision = cfg.precision
+        explicit = json_precision or ("fp32" if "auto" not in (json_bf16, json_fp16) else None)
+        if explicit is not None and explicit != precision and ("bf16" in ds or "fp16" in ds):
+            problems.append(f"the DeepSpeed JSON trains in {explicit} but --precision is {precision}")
+    if precision == "bf16" and device_type == "cuda" and not bf16_supported:
+        problems.append("bf16 is not supported by this GPU: use ds_configs/single_gpu_fp16.json or --precision fp16")
+    if precision == "fp16" and device_type == "cpu":
+        problems.append("fp16 training is not supported on CPU: use ds_configs/cpu.json (fp32)")
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
+    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
+
+    if problems:
+        raise ConfigError("the run config and the DeepSpeed JSON disagree:\n  - " + "\n  - ".join(problems)
+                          + "\nset the JSON value to \"auto\" (filled from the flags) or make the two equal")
+    return ds, precision
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a)), abs(float(b)))
+    return a == b

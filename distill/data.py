@@ -1,0 +1,304 @@
+"""Training samples: fixed-length windows over a shard stream, and the sampler that orders them.
+
+A sample is a window of the token stream (see distill/shards.py):
+
+    sample i = [CLS] + stream[i*(L-2) : (i+1)*(L-2)] + [SEP]        L = max_seq_len
+
+so one shard directory serves 128- and 512-token runs. Windows cross document and shard
+boundaries (RoBERTa's FULL-SENTENCES); the last, partial window is padded to L.
+
+`WindowSampler` orders the samples of an epoch by a permutation fixed by (seed, epoch),
+splits what is left of the epoch between ranks, and resumes mid-epoch from the number of
+samples all ranks have consumed together.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .shards import MANIFEST_NAME, ShardError, ShardSet
+
+# Tokenizers without a length limit report a huge sentinel (transformers: int(1e30));
+# no real encoder has this many positions.
+_NO_LIMIT = 10**9
+
+# Manifest key -> the tokenizer / config attribute holding the same id.
+_SPECIAL_IDS = ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id")
+
+
+class DataError(ValueError):
+    """The data cannot serve this run: the message says what is wrong and how to fix it."""
+
+
+def max_length_limit(tokenizer_info: Mapping[str, Any]) -> int | None:
+    """The tokenizer's `model_max_length` from a manifest, or None where it sets no real limit."""
+    value = tokenizer_info.get("model_max_length")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value) or value <= 0 or value >= _NO_LIMIT:
+        return None
+    return int(value)
+
+
+def num_windows(num_tokens: int, max_seq_len: int) -> int:
+    """Samples of length `max_seq_len` that `num_tokens` stream tokens make (the last one partial)."""
+    return -(-int(num_tokens) // (int(max_seq_len) - 2))
+
+
+class WindowDataset(Dataset):
+    """Windows of `max_seq_len` tokens over a shard directory, read from its memory maps.
+
+    Sample i is `[CLS] + stream[i*(L-2) : (i+1)*(L-2)] + [SEP]` with L = `max_seq_len`; the
+    last window may be shorter and is then padded with the pad id up to L, its SEP right after
+    its last stream token. `len(dataset) == ceil(num_tokens / (L - 2))`.
+
+    Each item is `{"input_ids": LongTensor[L], "attention_mask": LongTensor[L]}` (mask 1 on
+    CLS, stream tokens and SEP, 0 on padding), so torch's default collate stacks them into
+    [B, L] batches.
+
+    Args:
+        shards: a shard directory (tools/pretokenize.py) or an open `ShardSet`.
+        max_seq_len: L, at least 3 and at most the tokenizer's `model_max_length` in the manifest.
+        verify: check every shard's sha256 against the manifest on open (sizes are always checked).
+
+    Attributes:
+        shards: the `ShardSet` read from. Only memory maps are held, opened lazily in each
+            process, so the dataset pickles small and works in DataLoader worker processes.
+        max_seq_len: L.
+        tokenizer_info: the manifest's tokenizer entry (name_or_path, vocab_size, special ids,
+            model_max_length, ...); pass it to `check_compatible` with the model's config.
+    """
+
+    def __init__(self, shards: str | os.PathLike | ShardSet, max_seq_len: int, *, verify: bool = False):
+        if isinstance(shards, ShardSet):
+            if verify:
+                shards.check(verify=True)
+        else:
+            shards = ShardSet(shards, verify=verify)
+        self.shards = shards
+        self.tokenizer_info: dict = shards.tokenizer
+        self.max_seq_len = _check_seq_len(max_seq_len, self.tokenizer_info, shards.directory)
+        if shards.num_tokens == 0:
+            raise DataError(
+                f"shard directory {str(shards.directory)!r} holds no tokens: its inputs had no text; "
+                "re-run tools/pretokenize.py on a non-empty corpus"
+            )
+        self.cls_id = int(self.tokenizer_info["cls_token_id"])
+        self.sep_id = int(self.tokenizer_info["sep_token_id"])
+        self.pad_id = int(self.tokenizer_info["pad_token_id"])
+        self.stride = self.max_seq_len - 2  # stream tokens per full window
+        self._len = num_windows(shards.num_tokens, self.max_seq_len)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = operator.index(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"window {index} out of range for {self._len} windows")
+        body = self.shards.read(i * self.stride, (i + 1) * self.stride)  # (n,) n <= L-2, a view of the memmap
+        n = body.shape[0]
+        input_ids = torch.full((self.max_seq_len,), self.pad_id, dtype=torch.long)
+        input_ids[0] = self.cls_id
+        input_ids[1:n + 1] = torch.from_numpy(body.astype(np.int64))  # copies only this window
+        input_ids[n + 1] = self.sep_id
+        attention_mask = torch.zeros(self.max_seq_len, dtype=torch.long)
+        attention_mask[:n + 2] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def __repr__(self) -> str:
+        return (f"WindowDataset({str(self.shards.directory)!r}, max_seq_len={self.max_seq_len}: "
+                f"{self._len} windows over {self.shards.num_tokens} tokens)")
+
+
+def _check_seq_len(max_seq_len: Any, tokenizer_info: Mapping[str, Any], directory) -> int:
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer)):
+        raise DataError(f"max_seq_len must be an integer, got {max_seq_len!r}")
+    max_seq_len = int(max_seq_len)
+    if max_seq_len < 3:
+        raise DataError(
+            f"max_seq_len {max_seq_len} is too small: a window holds [CLS], at least one token and [SEP]; "
+            "use --max_seq_len 3 or more (128 or 512 are usual)"
+        )
+    limit = max_length_limit(tokenizer_info)
+    if limit is not None and max_seq_len > limit:
+        raise DataError(
+            f"max_seq_len {max_seq_len} exceeds the tokenizer's maximum {limit} (model_max_length in "
+            f"{os.path.join(str(directory), MANIFEST_NAME)}); use --max_seq_len {limit} or less"
+        )
+    return max_seq_len
+
+
+# --------------------------------------------------------------------------- compatibility
+def check_compatible(shards_tokenizer_info: Mapping[str, Any], tokenizer_or_model_config: Any) -> None:
+    """Raise `DataError` unless shards built with `shards_tokenizer_info` fit this model.
+
+    `tokenizer_or_model_config` is a Hugging Face tokenizer, a model config (or a model, whose
+    `.config` is used), or a mapping with the manifest's keys. Compared: the vocabulary size
+    and the cls/sep/pad/mask ids, each where the other side defines it (a BERT config knows
+    its vocabulary size and pad id only). A tokenizer matches on vocabulary size if either its
+    base vocabulary (`vocab_size`) or its full length with added tokens (`len`) matches.
+    The message names every difference.
+    """
+    other = tokenizer_or_model_config
+    if not isinstance(other, Mapping) and not hasattr(other, "vocab_size") and hasattr(other, "config"):
+        other = other.config  # a model
+    is_tokenizer = not isinstance(other, Mapping) and hasattr(other, "convert_tokens_to_ids")
+
+    def get(key: str):
+        value = other.get(key) if isinstance(other, Mapping) else getattr(other, key, None)
+        return None if value is None else int(value)
+
+    diffs = []
+    ours = shards_tokenizer_info.get("vocab_size")
+    theirs = {get("vocab_size")} | ({len(other)} if is_tokenizer else set())
+    theirs.discard(None)
+    if ours is not None and theirs and int(ours) not in theirs:
+        diffs.append(f"vocab_size: shards {int(ours)}, model {' / '.join(map(str, sorted(theirs)))}")
+    for key in _SPECIAL_IDS:
+        ours, theirs = shards_tokenizer_info.get(key), get(key)
+        if ours is not None and theirs is not None and int(ours) != theirs:
+            diffs.append(f"{key}: shards {int(ours)}, model {theirs}")
+    if diffs:
+        built_with = shards_tokenizer_info.get("name_or_path", "an unnamed tokenizer")
+        kind = "tokenizer" if is_tokenizer else "config"
+        raise DataError(
+            f"the shards were built with tokenizer {built_with!r}, which does not match the model's {kind}:\n  - "
+            + "\n  - ".join(diffs)
+            + "\nre-run tools/pretokenize.py with the model's tokenizer (--tokenizer <the teacher's directory or name>)"
+        )
+
+
+# --------------------------------------------------------------------------- order and rank split
+def _default_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # A 64-bit mix of both, so (seed, epoch) pairs never alias as seed + epoch would.
+    return int(np.random.SeedSequence([seed % 2**64, epoch]).generate_state(1, np.uint64)[0])
+
+
+class WindowSampler(Sampler[int]):
+    """This rank's sample indices for one epoch: a seeded permutation, split between ranks, resumable.
+
+    The epoch's order is `torch.randperm(num_samples)` drawn from a private `torch.Generator`
+    seeded from (seed, epoch), so it does not depend on, nor change, the global RNG; without
+    `shuffle` it is 0, 1, 2, ... The first `start_sample` entries of that order, consumed
+    before a resume by all ranks together, are skipped; of the rest, `remaining`, rank r takes
+    `remaining[r::num_replicas]`.
+
+    The strided split is chosen for resume: when training consumes global batches of
+    `num_replicas * micro_batch` (every rank one micro-batch of `micro_batch` per step), the
+    first k global batches are exactly `remaining[:k * num_replicas * micro_batch]`, whatever
+    the rank. A sampler rebuilt with `start_sample` advanced by that count and the same
+    world size hands every rank exactly what it would have had next.
+
+    Args:
+        num_samples: samples in the dataset (`len(dataset)`).
+        num_replicas, rank: the data-parallel world size and this rank; from `torch.distributed`
+            when it is initialised, else 1 and 0.
+        seed: seeds the permutation (with the epoch).
+        shuffle: permute; False keeps stream order (evaluation, debugging).
+        drop_last: drop the last `len(remaining) % num_replicas` samples so every rank gets the
+            same count (needed for lockstep data-parallel steps); else the first ranks get one more
+            and the union over ranks is exactly the rest of the epoch.
+        start_sample: samples of this epoch already consumed by all ranks together (`set_start`).
+
+    `len(sampler)` is this rank's count. The start applies to whichever epoch is set: it is
+    not reset by `set_epoch`, so a sampler reused for the next epoch needs `set_start(0)`.
+    Orders are reproducible for a given torch version; a resume must use the same one.
+    """
+
+    def __init__(self, num_samples: int, *, num_replicas: int | None = None, rank: int | None = None,
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = False, start_sample: int = 0):
+        if num_replicas is None or rank is None:
+            world, this_rank = _default_world()
+            num_replicas = world if num_replicas is None else num_replicas
+            rank = this_rank if rank is None else rank
+        self.num_samples = _check_int("num_samples", num_samples, low=0)
+        self.num_replicas = _check_int("num_replicas", num_replicas, low=1)
+        self.rank = _check_int("rank", rank, low=0)
+        if self.rank >= self.num_replicas:
+            raise DataError(f"rank {self.rank} is out of range for {self.num_replicas} replicas "
+                            f"(ranks are 0..{self.num_replicas - 1})")
+        self.seed = _check_int("seed", seed)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self.set_start(start_sample)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order is drawn (the permutation is a function of (seed, epoch))."""
+        self.epoch = _check_int("epoch", epoch, low=0)
+
+    def set_start(self, consumed: int) -> None:
+        """Skip the first `consumed` samples of the epoch's order: those all ranks consumed together."""
+        consumed = _check_int("start_sample", consumed, low=0)
+        if consumed > self.num_samples:
+            raise DataError(
+                f"start_sample {consumed} exceeds the {self.num_samples} samples of an epoch: it counts the samples "
+                "of the current epoch only (see samples_to_position), or the data changed since the checkpoint"
+            )
+        self.start_sample = consumed
+
+    def __len__(self) -> int:
+        remaining = self.num_samples - self.start_sample
+        if self.drop_last:
+            return remaining // self.num_replicas
+        return len(range(self.rank, remaining, self.num_replicas))
+
+    def order(self) -> torch.Tensor:
+        """The whole epoch's order, (num_samples,), before the start and the rank split."""
+        dtype = torch.int32 if self.num_samples < 2**31 else torch.int64  # half the memory for big corpora
+        if not self.shuffle:
+            return torch.arange(self.num_samples, dtype=dtype)
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        return torch.randperm(self.num_samples, generator=g, dtype=dtype)
+
+    def __iter__(self) -> Iterator[int]:
+        mine = self.order()[self.start_sample + self.rank::self.num_replicas][:len(self)]
+        for chunk in mine.split(1 << 16):  # Python ints for 64k samples at a time, not the whole epoch
+            yield from chunk.tolist()
+
+
+def _check_int(name: str, value: Any, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DataError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise DataError(f"{name} must be at least {low}, got {value}")
+    return int(value)
+
+
+def samples_to_position(consumed_total: int, num_samples: int, global_batch_size: int = 1) -> tuple[int, int]:
+    """(epoch, consumed_in_epoch) after `consumed_total` samples consumed by all ranks together.
+
+    An epoch consumes `num_samples` rounded down to a multiple of `global_batch_size`
+    (ranks x micro-batch: samples short of a full global batch are dropped at the end of each
+    epoch). Pass `consumed_in_epoch` as `start_sample` and `epoch` to `set_epoch`.
+    """
+    consumed_total = _check_int("consumed_total", consumed_total, low=0)
+    num_samples = _check_int("num_samples", num_samples, low=0)
+    global_batch_size = _check_int("global_batch_size", global_batch_size, low=1)
+    per_epoch = num_samples // global_batch_size * global_batch_size
+    if per_epoch == 0:
+        raise DataError(f"{num_samples} samples make no global batch of {global_batch_size}; "
+                        "add data or use fewer ranks / a smaller micro-batch")
+    return divmod(consumed_total, per_epoch)
+
+
+__all__ = ["DataError", "WindowDataset", "WindowSampler", "check_compatible", "samples_to_position",
+           "num_windows", "max_length_limit", "ShardError"]

@@ -1,0 +1,343 @@
+"""The MiniLMv2 relation loss: KL between teacher and student self-attention relations.
+
+For each relation (m, n) with weight w (1 = query, 2 = key, 3 = value), teacher and student
+separately: split X_m, X_n [B, S, H] into A_r relation heads of d = H / A_r, take
+logits = X_m X_n^T / sqrt(d) per head with padded key positions masked out, and compare the
+row softmaxes:
+
+    loss_b   = sum over heads and valid query rows of KL(teacher row || student row) / (A_r * n_b)
+    relation = mean of loss_b over the B examples        (an example with n_b = 0 adds 0)
+    total    = sum over relations of w * relation
+
+This is the normalisation of the published re-implementations (bertdistiller, minilmv2.bb), so
+the numbers compare. Softmaxes are taken in float32 whatever the input dtype; gradients reach the
+student tensors in their own dtype; the teacher is a constant.
+
+Two implementations of the same value and gradient (equal within float32 rounding):
+- `chunk_size=None`: the reference, plain autograd over [B, A_r, S, S] matrices.
+- `chunk_size=c`: `_ChunkedRelationKL`, which walks query rows c at a time and holds only
+  [B, A_r, c, S] at once; its backward recomputes each chunk and applies the analytic gradient
+  of the KL with respect to the student logits, softmax(student) - softmax(teacher).
+
+    relations = parse_relations("qq:1,kk:1,vv:1")       # {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
+    total, parts = relation_loss((tq, tk, tv), (sq, sk, sv), attention_mask,
+                                 num_relation_heads=48, relations=relations, chunk_size=128)
+    parts["qq"]                                          # detached, for logging
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+__all__ = ["parse_relations", "relation_name", "relation_loss"]
+
+_LETTERS = {"q": 1, "k": 2, "v": 3}
+_NAMES = {index: letter for letter, index in _LETTERS.items()}
+_FORMS = ("accepted forms: NAME:WEIGHT items separated by commas, NAME being two of q, k, v "
+          "(qq, kk, vv, qk, ...) or two indices 1-3 joined by '-' (1-1 = qq, 1-2 = qk; 1 = query, "
+          "2 = key, 3 = value); the weight defaults to 1; e.g. 'qq:1,kk:1,vv:1' or '1-2:0.5'")
+
+# Padded keys get -1e30 rather than -inf: their softmax weight underflows to 0 all the same, so a row
+# with a real key gets exactly the -inf softmax, while a row with no real key (an all-padding
+# example) stays finite and masking it out afterwards cannot leave a NaN, in value or gradient.
+_MASKED = -1e30
+# exp() of a float32 below about -87.3 is a denormal or 0, which CPU kernels compute 8-20x slower;
+# clamping first changes only values under 1.7e-38, which vanish next to a softmax's largest entry (~1)
+_EXP_FLOOR = -87.0
+
+
+def relation_name(pair: tuple[int, int]) -> str:
+    """(1, 1) -> "qq", (1, 2) -> "qk", (3, 3) -> "vv" (1 = query, 2 = key, 3 = value)."""
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_index(i) for i in pair)):
+        raise ValueError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 (1 = query, 2 = key, 3 = value)")
+    return _NAMES[pair[0]] + _NAMES[pair[1]]
+
+
+def parse_relations(spec: str) -> dict[tuple[int, int], float]:
+    """"qq:1,kk:1,vv:1" -> {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}; "1-2:0.5" -> {(1, 2): 0.5}.
+
+    Letters q = 1 (query), k = 2 (key), v = 3 (value); weights are finite and >= 0, default 1.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"relations {spec!r} is empty: {_FORMS}")
+    relations: dict[tuple[int, int], float] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        name, sep, weight_text = item.partition(":")
+        name = name.strip().lower()
+        pair = _parse_pair(name)
+        if pair is None:
+            raise ValueError(f"relation item {item!r}: {name!r} names no relation; {_FORMS}")
+        try:
+            weight = float(weight_text) if sep else 1.0
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"relation item {item!r}: the weight must be a finite number >= 0; {_FORMS}")
+        if pair in relations:
+            raise ValueError(f"relation item {item!r}: {relation_name(pair)} is given twice; list each relation once")
+        relations[pair] = weight
+    return relations
+
+
+def _parse_pair(name: str) -> tuple[int, int] | None:
+    if len(name) == 2 and all(c in _LETTERS for c in name):
+        return _LETTERS[name[0]], _LETTERS[name[1]]
+    left, dash, right = name.partition("-")
+    if dash and left.strip() in ("1", "2", "3") and right.strip() in ("1", "2", "3"):
+        return int(left), int(right)
+    return None
+
+
+def _is_index(i) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= 3
+
+
+def relation_loss(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[torch.Tensor],
+                  attention_mask: torch.Tensor, *, num_relation_heads: int,
+                  relations: Mapping[tuple[int, int], float], chunk_size: int | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted MiniLMv2 relation loss and its per-relation parts.
+
+    Args:
+        teacher_qkv: (query, key, value) of the teacher layer, each [B, S, H_t], any float dtype;
+            treated as constants (no gradient reaches them).
+        student_qkv: (query, key, value) of the student layer, each [B, S, H_s]; H_s may differ from H_t.
+        attention_mask: [B, S], 1 (or True) at real tokens, 0 at padding, anywhere in the row.
+        num_relation_heads: A_r; must divide H_t and H_s.
+        relations: {(m, n): weight}, m, n in 1..3 (1 = query, 2 = key, 3 = value); see `parse_relations`.
+        chunk_size: None for the reference implementation (materialises [B, A_r, S, S]); an int for
+            the chunked one, which holds [B, A_r, chunk_size, S] at a time.
+
+    Returns (total, parts): total = sum of weight * relation loss, a float32 scalar with a graph to
+    the student tensors; parts maps relation_name -> that relation's unweighted loss, detached.
+    An example whose mask is all zeros contributes 0 to the batch mean (which still divides by B).
+    """
+    relations = _check_inputs(teacher_qkv, student_qkv, attention_mask, num_relation_heads, relations, chunk_size)
+    valid = attention_mask.to(device=student_qkv[0].device, dtype=torch.bool)        # (B, S)
+    batch = valid.shape[0]
+    lengths = valid.sum(dim=1, dtype=torch.float32)                                   # (B,)
+    # weight of each query row in the relation loss: the per-example and batch means folded together
+    row_weight = valid / (batch * num_relation_heads * lengths.clamp(min=1)).unsqueeze(1)   # (B, S) float32
+    key_pad = ~valid
+
+    # one float32 version of each projection (the tensor itself when already float32): the gradients
+    # of all relations that use it add up in float32 and are rounded to its dtype once
+    teacher32 = [t.detach().float() for t in teacher_qkv]
+    student32 = [s.float() for s in student_qkv]
+    total = torch.zeros((), dtype=torch.float32, device=valid.device)
+    parts: dict[str, torch.Tensor] = {}
+    with torch.autocast(valid.device.type, enabled=False):     # float32 logits even inside an autocast region
+        for (m, n), weight in relations.items():
+            t_m, t_n = teacher32[m - 1], teacher32[n - 1]
+            s_m, s_n = student32[m - 1], student32[n - 1]
+            if chunk_size is None:
+                loss = _reference_relation(t_m, t_n, s_m, s_n, key_pad, row_weight, num_relation_heads)
+            else:
+                loss = _ChunkedRelationKL.apply(t_m, t_n, s_m, s_n, key_pad, row_weight, num_relation_heads, chunk_size)
+            parts[relation_name((m, n))] = loss.detach()
+            total = total + weight * loss
+    return total, parts
+
+
+def _check_inputs(teacher_qkv, student_qkv, attention_mask, num_heads, relations, chunk_size):
+    """Validate the arguments of `relation_loss`; returns the relations as a dict."""
+    for side, qkv in (("teacher_qkv", teacher_qkv), ("student_qkv", student_qkv)):
+        if not isinstance(qkv, Sequence) or len(qkv) != 3 or not all(torch.is_tensor(x) for x in qkv):
+            raise ValueError(f"{side} must be a (query, key, value) tuple of three [B, S, H] tensors")
+        for name, x in zip(("query", "key", "value"), qkv):
+            if x.dim() != 3 or not x.is_floating_point():
+                raise ValueError(f"{side} {name} has shape {tuple(x.shape)} and dtype {x.dtype}: "
+                                 f"expected a floating-point [B, S, H] tensor")
+    if not torch.is_tensor(attention_mask) or attention_mask.dim() != 2:
+        shape = tuple(attention_mask.shape) if torch.is_tensor(attention_mask) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a [B, S] tensor of 0/1, got {shape}")
+    expected = tuple(attention_mask.shape)
+    for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
+        for name, x in zip(("query", "key", "value"), qkv):
+            if x.device != student_qkv[0].device:
+                raise ValueError(f"the {side} {name} is on {x.device} but the student query on {student_qkv[0].device}: "
+                                 f"move the teacher and student Q/K/V to one device")
+            if tuple(x.shape[:2]) != expected:
+                raise ValueError(f"the {side} {name} is [B, S] = {list(x.shape[:2])} but attention_mask is "
+                                 f"{list(expected)}: pass the teacher and student Q/K/V and the mask of the "
+                                 f"same batch (same batch size and sequence length)")
+
+    if isinstance(relations, str):
+        raise ValueError(f"relations={relations!r} is a string: pass parse_relations({relations!r})")
+    relations = dict(relations)
+    if not relations:
+        raise ValueError("relations is empty: give {(m, n): weight} with at least one pair, "
+                         "e.g. {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0} (or parse_relations('qq:1,kk:1,vv:1'))")
+    for pair in relations:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_index(i) for i in pair)):
+            raise ValueError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 "
+                             f"(1 = query, 2 = key, 3 = value), e.g. (1, 1) for query-query")
+
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_relation_heads={num_heads!r} must be a positive integer")
+    used = sorted({i for pair in relations for i in pair})
+    widths = {f"{side} {('query', 'key', 'value')[i - 1]} width": qkv[i - 1].shape[2]
+              for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)) for i in used}
+    for label, width in widths.items():
+        if width % num_heads:
+            common = math.gcd(*widths.values())
+            divisors = ", ".join(str(k) for k in range(1, common + 1) if common % k == 0)
+            raise ValueError(f"num_relation_heads={num_heads} does not divide the {label} ({width}): "
+                             f"choose a divisor of every width ({', '.join(map(str, sorted(set(widths.values()))))}), "
+                             f"i.e. one of {divisors}")
+    for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
+        for m, n in relations:
+            if qkv[m - 1].shape[2] != qkv[n - 1].shape[2]:
+                raise ValueError(f"relation {relation_name((m, n))}: the {side} {_NAMES[m]} width "
+                                 f"({qkv[m - 1].shape[2]}) differs from its {_NAMES[n]} width ({qkv[n - 1].shape[2]}); "
+                                 f"a relation needs both projections of one model to have the same width")
+
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of query rows "
+                         f"(e.g. 64 or 128), or None for the unchunked reference")
+    return relations
+
+
+def _reference_relation(t_m, t_n, s_m, s_n, key_pad, row_weight, num_heads):
+    """One relation's loss, plain autograd over the full (B, A, S, S) matrices."""
+    def logits(x_m, x_n):
+        b, s, h = x_m.shape
+        d = h // num_heads
+        q = x_m.view(b, s, num_heads, d).transpose(1, 2)                   # (B, A, S, d)
+        k = x_n.view(b, s, num_heads, d).transpose(1, 2)
+        z = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)              # (B, A, S, S)
+        return z.masked_fill(key_pad[:, None, None, :], _MASKED)
+
+    with torch.no_grad():
+        log_p_t = torch.log_softmax(logits(t_m, t_n), dim=-1)
+        p_t = log_p_t.exp()
+    log_p_s = torch.log_softmax(logits(s_m, s_n), dim=-1)
+    kl = p_t * (log_p_t - log_p_s)                                          # (B, A, S, S)
+    kl = kl.masked_fill(key_pad[:, None, None, :], 0.0).sum(dim=-1)         # (B, A, S)
+    return (kl.sum(dim=1) * row_weight).sum()
+
+
+class _ChunkedRelationKL(torch.autograd.Function):
+    """One relation's loss, `chunk` query rows at a time, holding [B * A, chunk, S] per buffer.
+
+    apply(t_m, t_n, s_m, s_n, key_pad (B, S) bool, row_weight (B, S) float32, num_heads, chunk)
+    -> float32 scalar. Saves the four inputs, the mask, the row weights and the two (B * A, S) row
+    log-sum-exps; backward recomputes each chunk's logits and sends
+    row_weight * (softmax(student) - softmax(teacher)) back through the student matmul.
+
+    Each [.., d] head tensor is augmented with two columns (see `_augment`) so that one bmm gives
+    z - row_shift + key_bias: the padding mask, and in backward the subtraction of the
+    log-sum-exp and the multiplication by the row weight, cost no pass over the [r, S] chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, t_m, t_n, s_m, s_n, key_pad, row_weight, num_heads, chunk):
+        batch, seq, _ = s_m.shape
+        bh = batch * num_heads
+        key_bias = torch.zeros(key_pad.shape, dtype=torch.float32, device=key_pad.device).masked_fill_(key_pad, _MASKED)
+        t_left, t_right = _augment(t_m, t_n, key_bias, num_heads)      # (B*A, S, d_t + 2), (B*A, d_t + 2, S)
+        s_left, s_right = _augment(s_m, s_n, key_bias, num_heads)      # (B*A, S, d_s + 2), (B*A, d_s + 2, S)
+        lse_t = torch.empty((bh, seq), dtype=torch.float32, device=s_m.device)
+        lse_s = torch.empty_like(lse_t)
+        # buffers reused by every chunk: a fresh [B*A, c, S] allocation per chunk costs page faults on CPU
+        buffers = _chunk_buffers(3, bh, min(chunk, seq), seq, s_m.device)
+        valid_row = row_weight > 0
+        total = torch.zeros((), dtype=torch.float32, device=s_m.device)
+        for start in range(0, seq, chunk):
+            stop = min(start + chunk, seq)
+            z_t, z_s, e_t = (buf[: bh * (stop - start) * seq].view(bh, stop - start, seq) for buf in buffers)
+            torch.bmm(t_left[:, start:stop], t_right, out=z_t)                      # (B*A, r, S), padded keys at -1e30
+            torch.bmm(s_left[:, start:stop], s_right, out=z_s)
+            max_t = z_t.amax(dim=-1, keepdim=True)                                   # (B*A, r, 1)
+            z_t.sub_(max_t)
+            torch.clamp(z_t, min=_EXP_FLOOR, out=e_t).exp_()                          # unnormalised teacher softmax
+            sum_t = e_t.sum(dim=-1)                                                  # (B*A, r)
+            # sum_j p_t (z_t - max_t - z_s); padded keys: e_t ~ 1e-38 times z_t - z_s = -1e30 + 1e30 = 0
+            cross = z_t.sub_(z_s).mul_(e_t).sum(dim=-1).div_(sum_t)
+            max_s = z_s.amax(dim=-1, keepdim=True)
+            sum_s = z_s.sub_(max_s).clamp_(min=_EXP_FLOOR).exp_().sum(dim=-1)
+            lse_t[:, start:stop] = max_t.squeeze(-1) + sum_t.log()
+            lse_s[:, start:stop] = ls = max_s.squeeze(-1) + sum_s.log()
+            # KL(p_t || p_s) = sum_j p_t (z_t - z_s) - lse_t + lse_s
+            kl = (cross - sum_t.log() + ls).view(batch, num_heads, -1).sum(dim=1)   # (B, r), summed over heads
+            w = row_weight[:, start:stop]
+            total += torch.where(valid_row[:, start:stop], kl * w, 0.0).sum()
+        ctx.save_for_backward(t_m, t_n, s_m, s_n, key_pad, row_weight, lse_t, lse_s)
+        ctx.num_heads, ctx.chunk, ctx.same = num_heads, chunk, s_m is s_n
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _ChunkedRelationKL._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
+        t_m, t_n, s_m, s_n, key_pad, row_weight, lse_t, lse_s = ctx.saved_tensors
+        num_heads, chunk = ctx.num_heads, ctx.chunk
+        batch, seq, width = s_m.shape
+        bh = batch * num_heads
+        d_s = width // num_heads
+        key_bias = torch.zeros(key_pad.shape, dtype=torch.float32, device=key_pad.device).masked_fill_(key_pad, _MASKED)
+        # the row column log(w) - lse turns exp(z + column) into w * softmax; rows of weight 0 (padded
+        # queries, all-padding examples) get -1e30 instead, so their exp is ~0 on both sides
+        weighted = (row_weight > 0).unsqueeze(1).expand(batch, num_heads, seq).reshape(bh, seq)   # (B*A, S)
+        log_w = row_weight.log().unsqueeze(1).expand(batch, num_heads, seq).reshape(bh, seq)
+        t_left, t_right = _augment(t_m, t_n, key_bias, num_heads, row_shift=torch.where(weighted, log_w - lse_t, _MASKED))
+        s_left, s_right = _augment(s_m, s_n, key_bias, num_heads, row_shift=torch.where(weighted, log_w - lse_s, _MASKED))
+        s_m_scaled, s_n_heads_t = s_left[..., :d_s], s_right[:, :d_s]              # (B*A, S, d_s), (B*A, d_s, S)
+        d_m = torch.empty((bh, seq, d_s), dtype=torch.float32, device=s_m.device)  # each row chunk written once
+        # accumulated over chunks, transposed: g sits in the matmul untransposed, and batched gemm
+        # on CPU takes a strided accumulator only through a slow per-matrix loop
+        d_n_t = torch.zeros((bh, d_s, seq), dtype=torch.float32, device=s_m.device)
+        buffers = _chunk_buffers(2, bh, min(chunk, seq), seq, s_m.device)
+        for start in range(0, seq, chunk):
+            stop = min(start + chunk, seq)
+            p_t, g = (buf[: bh * (stop - start) * seq].view(bh, stop - start, seq) for buf in buffers)
+            torch.bmm(t_left[:, start:stop], t_right, out=p_t).clamp_(min=_EXP_FLOOR).exp_()   # w * softmax(teacher)
+            torch.bmm(s_left[:, start:stop], s_right, out=g).clamp_(min=_EXP_FLOOR).exp_()
+            g.sub_(p_t)                                                              # dloss/dz_s, (B*A, r, S); padded keys: 0
+            # z_s = (s_m / sqrt(d)) s_n^T: dz/ds_m = g s_n / sqrt(d), dz/ds_n = g^T s_m / sqrt(d)
+            d_m[:, start:stop] = torch.bmm(g, s_n_heads_t.mT)                       # (B*A, r, d_s)
+            d_n_t.baddbmm_(s_m_scaled[:, start:stop].mT, g)                          # (B*A, d_s, S)
+        scale = grad_out.float() / math.sqrt(d_s)
+        d_m.mul_(scale)
+        d_n = d_n_t.mT.mul_(grad_out.float())
+        if ctx.same:
+            return None, None, _merge_heads(d_m.add_(d_n), batch, s_m.dtype), None, None, None, None, None
+        return None, None, _merge_heads(d_m, batch, s_m.dtype), _merge_heads(d_n, batch, s_n.dtype), None, None, None, None
+
+
+def _augment(x_m, x_n, key_bias, num_heads, row_shift=None):
+    """Head-split float32 copies of x_m (scaled by 1/sqrt(d)) and x_n, each with two extra columns.
+
+    left = [x_m / sqrt(d), row_shift_i, 1] as (B * A, S, d + 2) and right = [x_n, 1, key_bias_j]
+    stored transposed as (B * A, d + 2, S), so left @ right = x_m x_n^T / sqrt(d) + row_shift_i +
+    key_bias_j: the logits with padded keys at -1e30 and each row shifted. row_shift is (B * A, S),
+    or None for 0.
+    """
+    batch, seq, width = x_m.shape
+    d = width // num_heads
+    left = x_m.new_empty((batch, num_heads, seq, d + 2), dtype=torch.float32)
+    right = x_n.new_empty((batch, num_heads, d + 2, seq), dtype=torch.float32)
+    left[..., :d] = x_m.view(batch, seq, num_heads, d).transpose(1, 2)
+    left[..., :d] *= 1.0 / math.sqrt(d)                                       # in float32, not the input dtype
+    left[..., d] = 0.0 if row_shift is None else row_shift.view(batch, num_heads, seq)
+    left[..., d + 1] = 1.0
+    right[:, :, :d] = x_n.view(batch, seq, num_heads, d).permute(0, 2, 3, 1)
+    right[:, :, d] = 1.0
+    right[:, :, d + 1] = key_bias.unsqueeze(1)
+    return left.view(batch * num_heads, seq, d + 2), right.view(batch * num_heads, d + 2, seq)
+
+
+def _chunk_buffers(count, bh, rows, seq, device):
+    return [torch.empty(bh * rows * seq, dtype=torch.float32, device=device) for _ in range(count)]
+
+
+def _merge_heads(x: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B * A, S, d) -> [B, S, A * d] in `dtype`."""
+    bh, seq, d = x.shape
+    return x.view(batch, bh // batch, seq, d).transpose(1, 2).reshape(batch, seq, -1).to(dtype)

@@ -1,0 +1,189 @@
+"""The frozen teacher, and the forward hooks that capture one layer's Q/K/V projections.
+
+`FrozenTeacher` loads (or takes) an encoder, keeps its base model only, drops every layer above
+`teacher_layer`, freezes it and casts it (float16 on CUDA, float32 on CPU by default). Calling it
+runs the encoder only as far as it must: `QKVCapture(stop_forward=True)` interrupts the forward
+once the query, key and value projections of `teacher_layer` have run, so that layer's attention
+and feed-forward block are never computed.
+
+    teacher = FrozenTeacher("google-bert/bert-base-uncased", teacher_layer=12)
+    q, k, v = teacher(input_ids, attention_mask)   # each [B, S, 768], no autograd graph
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .encoders import EncoderAdapter, get_adapter
+
+__all__ = ["QKVCapture", "FrozenTeacher", "resolve_dtype"]
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once Q, K and V are in hand; swallowed by `QKVCapture.__exit__`."""
+
+
+class QKVCapture:
+    """Forward hooks on the query, key and value `nn.Linear` of one layer.
+
+    The hooks record only inside `with capture:` (so other forward passes, or the recomputation
+    of a gradient-checkpointed layer during backward, keep nothing alive); `pop()` hands the
+    three outputs over and forgets them. The recorded tensors are the projections' outputs
+    themselves: under autograd they carry the graph back to the model's parameters.
+
+    With `stop_forward=True` the forward is interrupted once all three have been recorded and
+    the `with` block ends there quietly: use it only where nothing after the projections is
+    needed (the teacher), and never around a wrapper that must see its forward finish (a
+    DeepSpeed engine).
+
+        capture = QKVCapture(model, layer_index0=5)
+        with capture:
+            model(input_ids=ids, attention_mask=mask)
+        q, k, v = capture.pop()        # each [B, S, H]
+        capture.remove()
+    """
+
+    def __init__(self, model: nn.Module, layer_index0: int, *, stop_forward: bool = False,
+                 adapter: EncoderAdapter | None = None):
+        adapter = adapter or get_adapter(model)
+        self.layer_index0 = layer_index0
+        self.stop_forward = stop_forward
+        self._outputs: list[torch.Tensor | None] = [None, None, None]
+        self._recording = False
+        self._handles = [
+            linear.register_forward_hook(self._hook(slot))
+            for slot, linear in enumerate(adapter.qkv(model, layer_index0))
+        ]
+
+    def _hook(self, slot: int):
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if not self._recording:
+                return
+            self._outputs[slot] = output
+            if self.stop_forward and all(o is not None for o in self._outputs):
+                raise _StopForward
+        return hook
+
+    def __enter__(self) -> "QKVCapture":
+        self._outputs = [None, None, None]
+        self._recording = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._recording = False
+        return exc_type is _StopForward
+
+    def pop(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The recorded (q, k, v), each [B, S, H]; the capture keeps no reference afterwards."""
+        outputs, self._outputs = self._outputs, [None, None, None]
+        if any(o is None for o in outputs):
+            missing = [n for n, o in zip("qkv", outputs) if o is None]
+            raise RuntimeError(f"no {'/'.join(missing)} projection output was recorded for layer "
+                               f"{self.layer_index0 + 1}: run the model inside `with capture:` first")
+        return outputs[0], outputs[1], outputs[2]
+
+    def remove(self) -> None:
+        """Remove the hooks; the capture records nothing afterwards."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._outputs = [None, None, None]
+
+
+_DTYPES = {
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """The teacher's dtype: float16 on CUDA and float32 elsewhere for None or "auto", else as named."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        resolved = _DTYPES[dtype.lower()]
+    else:
+        resolved = None
+    if resolved not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"teacher dtype {dtype!r} is not supported: choose auto, float16, bfloat16 or float32")
+    return resolved
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+class FrozenTeacher:
+    """A frozen encoder truncated at `teacher_layer`, returning that layer's Q/K/V.
+
+    Args:
+        model_or_name_or_path: a hub name or local directory (loaded with `AutoModel`), or a
+            model object (base or head model), which is modified in place: its head is left
+            behind, its layers above `teacher_layer` are dropped, it is frozen, cast and moved.
+        teacher_layer: 1-based layer whose Q/K/V are distilled (12 = the last layer of BERT-base).
+        dtype: torch dtype or "float16"/"bfloat16"/"float32"/"auto"; None or "auto" means
+            float16 on CUDA and float32 on CPU.
+        device: where the teacher runs; None means the current CUDA device if there is one, else CPU.
+        attn_implementation: "eager", "sdpa", ...; None keeps the model's (or transformers') default.
+
+    Attributes: `model` (the truncated base encoder), `config` (its config, layer count updated),
+    `teacher_layer`, `num_layers` (layers that run: `teacher_layer`), `hidden_size`, `adapter`,
+    `device`, `dtype`.
+    """
+
+    def __init__(self, model_or_name_or_path: nn.Module | str | os.PathLike, teacher_layer: int, *,
+                 dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
+                 attn_implementation: str | None = None):
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.dtype = resolve_dtype(dtype, self.device)
+        if isinstance(model_or_name_or_path, (str, os.PathLike)):
+            from transformers import AutoModel
+
+            kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            # loaded on CPU in the target dtype; the dropped layers never reach the device
+            model = AutoModel.from_pretrained(os.fspath(model_or_name_or_path), dtype=self.dtype, **kwargs)
+        elif isinstance(model_or_name_or_path, nn.Module):
+            model = model_or_name_or_path
+            if attn_implementation:
+                model.set_attn_implementation(attn_implementation)
+        else:
+            raise TypeError(f"FrozenTeacher needs a model, a hub name or a directory, "
+                            f"not {type(model_or_name_or_path).__name__}")
+
+        self.adapter = get_adapter(model)
+        model = self.adapter.base_model(model)
+        depth = self.adapter.num_layers(model.config)
+        if isinstance(teacher_layer, bool) or not isinstance(teacher_layer, int) or not 1 <= teacher_layer <= depth:
+            raise ValueError(f"teacher_layer={teacher_layer!r} is out of range: the teacher "
+                             f"({type(model).__name__}) has {depth} layers; choose 1..{depth} (1-based)")
+        if teacher_layer < depth:
+            self.adapter.truncate_layers(model, teacher_layer)
+        model.requires_grad_(False)
+        model.eval()
+        self.model = model.to(device=self.device, dtype=self.dtype)
+        self.config = model.config
+        self.teacher_layer = teacher_layer
+        self.num_layers = teacher_layer
+        self.hidden_size = self.adapter.hidden_size(self.config)
+        self._capture = QKVCapture(model, teacher_layer - 1, stop_forward=True, adapter=self.adapter)
+
+    @torch.no_grad()  # not inference_mode: the outputs are saved by the loss's autograd functions
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) of `teacher_layer`, each [B, S, H] in the teacher's dtype, without autograd graph."""
+        inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+        if token_type_ids is not None and self.adapter.takes_token_type_ids:
+            inputs["token_type_ids"] = token_type_ids.to(self.device)
+        with self._capture:
+            self.model(**inputs, output_hidden_states=False, output_attentions=False)
+        return self._capture.pop()
+
+    def __repr__(self) -> str:
+        return (f"FrozenTeacher({type(self.model).__name__}, teacher_layer={self.teacher_layer}, "
+                f"hidden_size={self.hidden_size}, dtype={self.dtype}, device={self.device})")

@@ -1,0 +1,380 @@
+"""The DeepSpeed distillation loop: build, step, log, checkpoint, resume, export.
+
+`train(cfg)` is the whole job. The engine wraps the student only; the teacher is a frozen
+plain module on the same device. The step is `train_step`: relation loss, backward, step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config
+from .monitor import NullLogger, TensorBoardLogger, encoder_forward_flops, peak_flops, relation_flops
+
+MAX_NONFINITE = 10  # consecutive non-finite losses before the run stops
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint's client state."""
+
+    step: int = 0  # optimizer steps done
+    samples: int = 0  # windows consumed by all ranks together
+    epoch: int = 0  # pass over the data the loader is in
+    epoch_offset: int = 0  # windows of this epoch consumed by all ranks together
+
+
+# --------------------------------------------------------------------------- distributed
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int, torch.device]:
+    """Join (or create, for a plain `python` run) the process group; return rank, world, local rank, device."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # a plain single-process run: be rank 0 of 1
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size(), local_rank, device
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RunGuard:
+    """Stop requests (SIGTERM, Ctrl-C) and non-finite losses, agreed on by all ranks.
+
+    One all-reduce of two flags per micro-batch keeps every rank in lockstep: all skip a bad
+    micro-batch together, all save and stop together.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stop_signal: int | None = None
+        self.consecutive_nonfinite = 0
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    def sync(self, loss: torch.Tensor) -> tuple[bool, bool]:
+        """(this micro-batch's loss is finite on every rank, some rank was asked to stop)."""
+        flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
+                             torch.tensor(float(self.stop_signal is not None), device=loss.device)])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        nonfinite, stop = flags.tolist()  # note: a CPU-GPU sync point, once per micro-batch
+        self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if nonfinite else 0
+        return not nonfinite, bool(stop)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- data
+def batches(dataset, cfg: DistillConfig, state: TrainState, rank: int, world: int,
+            collate_fn: Callable | None, pin_memory: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """Micro-batches for this rank, endlessly, from `state`'s (epoch, offset); advances the state."""
+    from torch.utils.data import DataLoader
+
+    from .data import WindowSampler
+
+    micro = cfg.per_device_train_batch_size
+    if len(dataset) < micro * world:
+        raise ConfigError(f"the data hold {len(dataset)} samples, fewer than one global micro-batch "
+                          f"({micro} per rank x {world} ranks); add data or lower --per_device_train_batch_size")
+    while True:
+        sampler = WindowSampler(len(dataset), num_replicas=world, rank=rank, seed=cfg.seed, shuffle=True,
+                                drop_last=True, start_sample=state.epoch_offset)
+        sampler.set_epoch(state.epoch)
+        loader = DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True, collate_fn=collate_fn,
+                            num_workers=cfg.dataloader_num_workers, pin_memory=pin_memory,
+                            # its own generator: creating the iterator must not draw from the global RNG
+                            generator=torch.Generator().manual_seed(cfg.seed))
+        for batch in loader:
+            state.epoch_offset += micro * world
+            state.samples += micro * world
+            yield batch
+        state.epoch, state.epoch_offset = state.epoch + 1, 0
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------- the step
+def train_step(engine, objective, batch, guard: RunGuard) -> tuple[torch.Tensor, dict, bool]:
+    """One micro-batch: teacher and student forward, relation loss, backward, optimizer step.
+
+    DeepSpeed's `engine.step()` applies the update only at the end of each accumulation window.
+    Returns (loss, per-relation losses, stop requested). A non-finite loss on any rank skips
+    the micro-batch on every rank.
+    """
+    loss, parts = objective(batch, student_forward=engine)
+    finite, stop = guard.sync(loss)
+    if finite:
+        engine.backward(loss)
+        engine.step()
+    return loss.detach(), parts, stop
+
+
+# --------------------------------------------------------------------------- build
+def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student=None):
+    """The frozen teacher (from cfg or given) and the student (created from the teacher, or given)."""
+    from .student import create_student
+    from .teacher import FrozenTeacher
+
+    teacher_dtype = None if cfg.teacher_dtype == "auto" else getattr(torch, cfg.teacher_dtype)
+    source = teacher if teacher is not None else cfg.teacher
+    if isinstance(source, FrozenTeacher):
+        frozen = source
+    else:
+        layer = cfg.teacher_layer
+        if layer is None:
+            from .encoders import get_adapter
+
+            probe = source.config if hasattr(source, "config") else _load_config(source)
+            layer = get_adapter(probe).num_layers(probe)
+        frozen = FrozenTeacher(source, layer, dtype=teacher_dtype, device=device)
+    if student is None:
+        student = create_student(frozen.model, cfg.student_layer, cfg.student_hidden_size, cfg.student_attention_heads,
+                                 intermediate_size=cfg.student_intermediate_size, init=cfg.student_init)
+    return frozen, student
+
+
+def _load_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path)
+
+
+def build_dataset(cfg: DistillConfig, teacher_config):
+    from .data import WindowDataset, check_compatible
+
+    dataset = WindowDataset(cfg.data, cfg.max_seq_len)
+    check_compatible(dataset.tokenizer_info, teacher_config)
+    max_pos = getattr(teacher_config, "max_position_embeddings", None)
+    if max_pos is not None and cfg.max_seq_len > max_pos:
+        raise ConfigError(f"--max_seq_len {cfg.max_seq_len} exceeds the teacher's {max_pos} position embeddings; "
+                          f"use --max_seq_len {max_pos} or less")
+    return dataset
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(engine, cfg: DistillConfig, state: TrainState, rank: int) -> Path:
+    is_main = rank == 0  # writes the completion marker and rotates
+    root = ckpt.checkpoints_dir(cfg.output_dir)
+    tag = ckpt.tag_for_step(state.step)
+    client = {"state": dataclasses.asdict(state), "config": cfg.to_dict()}
+    engine.save_checkpoint(str(root), tag=tag, client_state=client)
+    torch.save(ckpt.rng_state(), ckpt.rng_file(root / tag, rank))
+    dist.barrier()  # every rank's files are on disk before the marker says so
+    if is_main:
+        ckpt.mark_complete(root / tag, client)
+        ckpt.rotate(cfg.output_dir, cfg.save_total_limit)
+    dist.barrier()
+    return root / tag
+
+
+def check_resume_compatible(path: Path, cfg: DistillConfig) -> dict[str, Any]:
+    saved = ckpt.read_json(path / ckpt.COMPLETE)
+    diffs = ckpt.shape_differences(saved["config"], cfg.to_dict())
+    if diffs:
+        raise ConfigError(f"cannot resume {path}: it was made with a different model shape:\n  - "
+                          + "\n  - ".join(diffs) + "\nresume with the checkpoint's settings or start a new --output_dir")
+    return saved
+
+
+# --------------------------------------------------------------------------- the job
+def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, collate_fn=None,
+          tokenizer=None) -> Path:
+    """Distil; return the directory of the exported student (on every rank).
+
+    `teacher`, `student`, `dataset`, `collate_fn` override what `cfg` would build (the
+    bertdistiller-style API passes its own); by default everything comes from `cfg`.
+    """
+    import deepspeed
+    from tqdm.auto import tqdm
+
+    from .export import export_checkpoint, save_student_skeleton
+    from .objective import MiniLMv2Objective
+
+    rank, world, _, device = init_distributed()
+    is_main = rank == 0  # logs, TensorBoard, progress bar, run files
+    out = Path(cfg.output_dir)
+    resume_path = ckpt.resolve_resume(cfg.resume, out)
+    if resume_path is not None:
+        check_resume_compatible(resume_path, cfg)  # before any model is built
+    ds_json, precision = resolve_deepspeed_config(
+        cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
+        bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
+
+    set_seed(cfg.seed)
+    frozen, student = build_models(cfg, device, teacher, student)
+    if dataset is None:
+        dataset = build_dataset(cfg, frozen.config)
+    objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
+                                  relations=cfg.relation_weights, chunk_size=cfg.chunk_size)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "run_config.json")
+        save_student_skeleton(student, tokenizer or _tokenizer_source(cfg, frozen), out / "student_config")
+    dist.barrier()
+
+    engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters() if p.requires_grad],
+                                           config=ds_json)
+    state = TrainState()
+    if resume_path is not None:
+        _, client = engine.load_checkpoint(str(resume_path.parent), tag=resume_path.name)
+        state = TrainState(**client["state"])
+
+    logger = TensorBoardLogger(out / "tensorboard") if is_main else NullLogger()
+    guard = RunGuard(device)
+    data = batches(dataset, cfg, state, rank, world, collate_fn, pin_memory=device.type == "cuda")
+    if resume_path is not None:  # last, so nothing above draws from the restored generators
+        ckpt.set_rng_state(torch.load(ckpt.rng_file(resume_path, rank), weights_only=False))
+
+    teacher_cfg, student_cfg = frozen.config, student.config
+    peak = peak_flops(device)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc="distill", disable=not is_main, dynamic_ncols=True)
+    window = _Window(device)
+    engine.train()
+    last_saved = state.step if resume_path is not None else None
+    stop = False
+    try:
+        while state.step < cfg.max_steps and not stop:
+            for _ in range(cfg.gradient_accumulation_steps):
+                batch = to_device(next(data), device)
+                loss, parts, stop = train_step(engine, objective, batch, guard)
+                window.add(loss, parts, batch["input_ids"].shape)
+                if guard.consecutive_nonfinite >= MAX_NONFINITE:
+                    raise FloatingPointError(
+                        f"the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step {state.step}); the run "
+                        f"stopped without saving. The last good checkpoint is intact under {ckpt.checkpoints_dir(out)}: "
+                        "lower --learning_rate, use bf16 instead of fp16, or check the data")
+            state.step += 1
+            bar.update(1)
+            if state.step % cfg.logging_steps == 0 or state.step == cfg.max_steps:
+                scalars = window.flush(engine, precision, teacher_cfg, student_cfg, frozen.num_layers, peak,
+                                       len(cfg.relation_weights), world)
+                logger.log(state.step, scalars)
+                bar.set_postfix(loss=f"{scalars['loss/total']:.4f}", tok_s=f"{scalars['throughput/tokens_per_s']:.0f}")
+            if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
+                save_checkpoint(engine, cfg, state, rank)
+                last_saved = state.step
+        if last_saved != state.step:
+            final = save_checkpoint(engine, cfg, state, rank)
+        else:
+            final = ckpt.checkpoints_dir(out) / ckpt.tag_for_step(state.step)
+    finally:
+        bar.close()
+        logger.close()
+        guard.restore()
+    if stop:
+        if is_main:
+            print(f"stopped by signal at step {state.step}; checkpoint {final}; continue with --resume auto", flush=True)
+        return final
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else out / "student"
+    if is_main:
+        export_checkpoint(final, export_dir, skeleton_dir=out / "student_config")
+        print(f"exported the student to {export_dir}", flush=True)
+    dist.barrier()
+    return export_dir
+
+
+def _tokenizer_source(cfg: DistillConfig, frozen) -> str:
+    return cfg.teacher if isinstance(cfg.teacher, str) else frozen.config.name_or_path
+
+
+class _Window:
+    """Sums over the logging window, kept on device so the step never waits on .item()."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self):
+        self.loss = torch.zeros((), device=self.device)
+        self.parts: dict[str, torch.Tensor] = {}
+        self.micro = 0
+        self.tokens = 0
+        self.flop_shapes: list[tuple[int, int]] = []
+        self.t0 = time.perf_counter()
+        self.steps_t0 = None
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def add(self, loss, parts, shape):
+        self.loss += torch.nan_to_num(loss.float(), nan=0.0, posinf=0.0)
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0) + v.detach().float()
+        self.micro += 1
+        self.tokens += shape[0] * shape[1]
+        self.flop_shapes.append((shape[0], shape[1]))
+
+    def flush(self, engine, precision, teacher_cfg, student_cfg, teacher_layers, peak, num_relations, world) -> dict[str, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - self.t0
+        steps = max(self.micro, 1)
+        scalars = {"loss/total": self.loss.item() / steps}
+        scalars.update({f"loss/{k}": v.item() / steps for k, v in self.parts.items()})
+        scalars["train/learning_rate"] = float(engine.get_lr()[0])
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = float(grad_norm)
+        if precision == "fp16":
+            scale = getattr(engine.optimizer, "cur_scale", None) or getattr(engine.optimizer, "loss_scale", None)
+            if scale is not None:
+                scalars["train/loss_scale"] = float(scale)
+        optimizer_steps = self.micro / max(engine.gradient_accumulation_steps(), 1)
+        scalars["throughput/samples_per_s"] = world * sum(b for b, _ in self.flop_shapes) / seconds
+        scalars["throughput/tokens_per_s"] = world * self.tokens / seconds
+        scalars["time/seconds_per_step"] = seconds / max(optimizer_steps, 1e-9)
+        if self.device.type == "cuda":
+            scalars["memory/peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            if peak:
+                flops = 0.0
+                for b, s in self.flop_shapes:
+                    flops += encoder_forward_flops(teacher_layers, teacher_cfg.hidden_size, teacher_cfg.intermediate_size, b, s)
+                    flops += 3 * encoder_forward_flops(student_cfg.num_hidden_layers, student_cfg.hidden_size,
+                                                       student_cfg.intermediate_size, b, s)
+                    flops += relation_flops(num_relations, teacher_cfg.hidden_size, student_cfg.hidden_size, b, s)
+                scalars["throughput/mfu"] = flops / seconds / peak
+        self.reset()
+        return scalars
+
+
+def load_run_config(output_dir: str | Path) -> DistillConfig:
+    return DistillConfig(**json.loads((Path(output_dir) / "run_config.json").read_text(encoding="utf-8")))

@@ -1,0 +1,253 @@
+"""The distillation job end to end: real multi-process DeepSpeed runs (gloo, CPU) on tiny models over real shards."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, WORDS
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny BERT teacher (3 layers, hidden 32) with the tiny tokenizer, and shards of a random-word corpus."""
+    import random
+
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    teacher = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                   intermediate_size=64, max_position_embeddings=64))
+    teacher.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))) for _ in range(300)]
+    (root / "corpus.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    subprocess.run([sys.executable, "tools/pretokenize.py", "--tokenizer", str(root / "teacher"), "--input",
+                    str(root / "corpus.txt"), "--output", str(root / "shards"), "--num-workers", "1",
+                    "--shard-tokens", "2000"], cwd=REPO, env=ENV, check=True, capture_output=True)
+    return root
+
+
+def distill_args(tiny: Path, out: Path, **overrides) -> list[str]:
+    args = {"teacher": tiny / "teacher", "data": tiny / "shards", "deepspeed_config": "ds_configs/cpu.json",
+            "student_layer": 2, "student_hidden_size": 16, "student_attention_heads": 2, "num_relation_heads": 4,
+            "max_seq_len": 32, "per_device_train_batch_size": 4, "learning_rate": 2e-3, "warmup_steps": 2,
+            "max_steps": 8, "logging_steps": 2, "save_steps": 4, "output_dir": out, "dataloader_num_workers": 0,
+            "seed": 7}
+    args.update(overrides)
+    return [f"--{k}={v}" for k, v in args.items() if v is not None]
+
+
+def run_deepspeed(args: list[str], ranks: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+           "--master_port", str(_free_port()), "launch/distill.py", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def run_python(args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch/distill.py", *args], cwd=REPO, env=env or ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def student_weights(directory: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(directory).state_dict()
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6):
+    wa, wb = student_weights(a), student_weights(b)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert worst <= atol, f"weights differ by {worst}"
+
+
+def scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# --------------------------------------------------------------------------- the main job
+@pytest.fixture(scope="module")
+def two_rank_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run2") / "out"
+    proc = run_deepspeed(distill_args(tiny, out, max_steps=24, save_steps=8, save_total_limit=2, logging_steps=4))
+    return out, proc
+
+
+def test_two_rank_run_learns_logs_checkpoints_and_exports(two_rank_run):
+    from transformers import AutoModel, AutoTokenizer
+
+    out, proc = two_rank_run
+    logged = scalars(out)
+    loss = [v for _, v in logged["loss/total"]]
+    assert [s for s, _ in logged["loss/total"]] == [4, 8, 12, 16, 20, 24]
+    assert loss[-1] < 0.8 * loss[0], loss
+    for tag in ("loss/qq", "loss/kk", "loss/vv", "train/learning_rate", "train/grad_norm",
+                "throughput/samples_per_s", "throughput/tokens_per_s", "time/seconds_per_step"):
+        assert tag in logged, tag
+    total = [v for _, v in logged["loss/total"]]
+    parts = [sum(x) for x in zip(*(v for k, v in ((t, [v for _, v in logged[t]]) for t in ("loss/qq", "loss/kk", "loss/vv"))))]
+    assert all(abs(a - b) < 1e-4 * max(1, a) for a, b in zip(total, parts))  # weights are 1
+    lr = dict(logged["train/learning_rate"])
+    assert lr[24] < lr[8] < 2e-3 + 1e-12  # linear decay after warmup
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert kept == ["step-00000016", "step-00000024"]  # save_total_limit=2
+    assert all((out / "checkpoints" / k / "COMPLETE").is_file() for k in kept)
+    assert len(list((out / "checkpoints" / kept[-1]).glob("rng-rank*.pt"))) == 2
+    model = AutoModel.from_pretrained(out / "student")
+    tok = AutoTokenizer.from_pretrained(out / "student")
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 16
+    ids = tok("the water", return_tensors="pt")
+    assert model(**ids).last_hidden_state.shape == (1, 4, 16)
+    assert "exported the student" in proc.stdout + proc.stderr
+
+
+def test_resume_continues_to_the_same_weights(tiny, two_rank_run, tmp_path):
+    """24 steps straight == resume from the step-16 checkpoint and run the last 8 (2 ranks)."""
+    out, _ = two_rank_run
+    resumed = tmp_path / "resumed"
+    run_deepspeed(distill_args(tiny, resumed, max_steps=24, save_steps=8, logging_steps=4,
+                               resume=out / "checkpoints" / "step-00000016"))
+    assert_same_weights(out / "student", resumed / "student")
+
+
+def test_torchrun_style_environment_gives_the_same_run(tiny, two_rank_run, tmp_path):
+    """Two processes started by hand with RANK/WORLD_SIZE/MASTER_* (as torchrun does)."""
+    out, _ = two_rank_run
+    other = tmp_path / "torchrun"
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "launch/distill.py",
+                               *distill_args(tiny, other, max_steps=24, save_steps=8, save_total_limit=2, logging_steps=4)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+             for r in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(x[-2000:] for x in logs)
+    assert_same_weights(out / "student", other / "student")
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes(tiny, tmp_path):
+    out = tmp_path / "preempted"
+    args = distill_args(tiny, out, max_steps=100000, save_steps=0, logging_steps=1, num_relation_heads=2)
+    proc = subprocess.Popen([sys.executable, "launch/distill.py", *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list((out / "tensorboard").glob("events*")) and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output[-3000:]
+    saved = [p for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file()]
+    assert len(saved) == 1, output[-2000:]
+    step = int(saved[0].name.split("-")[1])
+    assert 0 < step < 100000 and "--resume auto" in output
+    done = run_python(distill_args(tiny, out, max_steps=step + 3, save_steps=0, logging_steps=1,
+                                   num_relation_heads=2, resume="auto"))
+    # The schedule differs (max_steps changed), the model shape does not: resume is allowed and finishes.
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "checkpoints" / f"step-{step + 3:08d}" / "COMPLETE").is_file()
+
+
+def test_export_tool_rebuilds_the_student_from_a_zero2_checkpoint(tiny, tmp_path):
+    from transformers import AutoModel
+
+    ds = tmp_path / "zero2.json"
+    config = json.loads((REPO / "ds_configs/cpu.json").read_text())
+    config["zero_optimization"] = {"stage": 2}
+    ds.write_text(json.dumps(config))
+    out = tmp_path / "z2"
+    run_deepspeed(distill_args(tiny, out, deepspeed_config=ds, max_steps=4, save_steps=2))
+    exported = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "tools/export_student.py", str(out / "checkpoints" / "step-00000004"),
+                           "--out", str(exported)], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_weights(exported, out / "student", atol=0)
+    early = tmp_path / "early"
+    subprocess.run([sys.executable, "tools/export_student.py", str(out / "checkpoints" / "step-00000002"),
+                    "--out", str(early)], cwd=REPO, env=ENV, check=True, capture_output=True)
+    assert AutoModel.from_pretrained(early).config.hidden_size == 16
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("overrides, message", [
+    ({"teacher_layer": 5}, "teacher_layer=5 is out of range: the teacher (BertModel) has 3 layers"),
+    ({"num_relation_heads": 3}, "--num_relation_heads 3 does not divide --student_hidden_size 16"),
+    ({"num_relation_heads": 16, "student_hidden_size": 48, "student_attention_heads": 4},
+     "must divide both the teacher's width (32) and the student's width (48)"),
+    ({"max_seq_len": 100}, "exceeds"),
+    ({"data": "/nonexistent/shards"}, "does not exist"),
+])
+def test_bad_input_is_refused_before_any_work(tiny, tmp_path, overrides, message):
+    out = tmp_path / "bad"
+    proc = run_python(distill_args(tiny, out, **overrides))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in proc.stderr, proc.stderr[-3000:]
+    assert not (out / "checkpoints").exists()
+
+
+def test_shards_of_another_tokenizer_are_refused(tiny, tmp_path):
+    from conftest import write_shard_dir
+
+    shards = write_shard_dir(tmp_path / "other", [[5, 6, 7]] * 50, vocab_size=30522, sep=102, cls=101)
+    proc = run_python(distill_args(tiny, tmp_path / "bad", data=shards))
+    assert proc.returncode == 2
+    assert "vocab" in proc.stderr and "pretokenize" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_resuming_another_model_shape_names_the_fields(tiny, two_rank_run, tmp_path):
+    out, _ = two_rank_run
+    proc = run_python(distill_args(tiny, tmp_path / "x", student_hidden_size=32, student_attention_heads=4,
+                                   resume=out / "checkpoints" / "step-00000016"))
+    assert proc.returncode == 2
+    assert "student_hidden_size: checkpoint 16, this run 32" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_persistent_nonfinite_loss_stops_with_the_last_checkpoint_intact(tiny, tmp_path):
+    out = tmp_path / "nan"
+    script = f"""
+import runpy, sys
+import distill.objective as o
+real, calls = o.relation_loss, [0]
+def poisoned(*a, **k):  # finite for 7 micro-batches, then NaN for ever
+    calls[0] += 1
+    loss, parts = real(*a, **k)
+    return (loss * float("nan"), parts) if calls[0] > 7 else (loss, parts)
+o.relation_loss = poisoned
+sys.argv = ["launch/distill.py"] + {distill_args(tiny, out, max_steps=20, save_steps=3)!r}
+runpy.run_path("launch/distill.py", run_name="__main__")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the loss was not finite for 10 micro-batches in a row" in proc.stderr
+    done = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file())
+    assert done == ["step-00000003", "step-00000006"]
