@@ -39,7 +39,7 @@ class MiniLMTrainingArguments(TrainingArguments):
     relations: dict = field(default_factory=lambda: {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0},
                             metadata={"help": "{(m, n): weight}, 1=query 2=key 3=value"})
     max_seq_len: int = field(default=512, metadata={"help": "only checked against the teacher's position embeddings"})
-    relation_chunk_size: int | None = field(default=None, metadata={"help": "query rows per chunk of the relation loss"})
+    relation_chunk_size: int = field(default=128, metadata={"help": "query rows per chunk of the relation loss (0: unchunked)"})
 
     def __post_init__(self):
         super().__post_init__()

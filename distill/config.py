@@ -40,7 +40,7 @@ class DistillConfig:
     # -- loss ---------------------------------------------------------------------------
     num_relation_heads: int = _doc("relation heads A_r (must divide the teacher's and the student's widths)", default=48)
     relations: str = _doc("relations and weights, e.g. qq:1,kk:1,vv:1 (q=query, k=key, v=value)", default="qq:1,kk:1,vv:1")
-    relation_chunk_size: int | None = _doc("query rows per chunk of the relation loss (0: unchunked reference; default: 128 when max_seq_len > 128)", default=None)
+    relation_chunk_size: int = _doc("query rows per chunk of the relation loss: memory O(chunk x seq) instead of O(seq^2) (0: the unchunked reference)", default=128)
     # -- data ---------------------------------------------------------------------------
     data: str = _doc("a shard directory written by tools/pretokenize.py", default="")
     max_seq_len: int = _doc("tokens per training window, [CLS] and [SEP] included", default=128)
@@ -53,7 +53,7 @@ class DistillConfig:
     adam_beta1: float = _doc("AdamW beta1", default=0.9)
     adam_beta2: float = _doc("AdamW beta2", default=0.999)
     adam_epsilon: float = _doc("AdamW epsilon", default=1e-6)
-    warmup_steps: int = _doc("linear warmup steps, then linear decay to 0 at max_steps", default=0)
+    warmup_steps: int = _doc("linear warmup steps from 0, then linear decay to 0 at max_steps (DeepSpeed's WarmupDecayLR warms up for at least 2)", default=0)
     max_steps: int = _doc("optimizer steps of the whole run", default=1000)
     max_grad_norm: float = _doc("gradient clipping norm (0 disables)", default=1.0)
     precision: str = _doc("student precision: auto (from the DeepSpeed JSON, else bf16 on GPUs that have it, fp16 on others, fp32 on CPU), bf16, fp16, fp32", default="auto")
@@ -90,7 +90,7 @@ class DistillConfig:
             parse_relations(self.relations)
         except ValueError as e:
             raise ConfigError(f"--relations: {e}") from e
-        need(self.relation_chunk_size is None or self.relation_chunk_size >= 0, "--relation_chunk_size must be >= 0")
+        need(self.relation_chunk_size >= 0, f"--relation_chunk_size {self.relation_chunk_size} must be >= 0 (0: unchunked)")
         need(self.max_seq_len >= 3, f"--max_seq_len {self.max_seq_len} must be >= 3 ([CLS] + at least one token + [SEP])")
         need(self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
@@ -111,8 +111,6 @@ class DistillConfig:
     @property
     def chunk_size(self) -> int | None:
         """Rows per chunk for relation_loss: None selects the unchunked reference."""
-        if self.relation_chunk_size is None:
-            return 128 if self.max_seq_len > 128 else None
         return self.relation_chunk_size or None
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,16 +144,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     for f in fields(DistillConfig):
         tp = _field_type(f)
         default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(f"--{f.name}", type=_parse_optional(tp), default=argparse.SUPPRESS,
+        optional = type(None) in typing.get_args(typing.get_type_hints(DistillConfig)[f.name])
+        parser.add_argument(f"--{f.name}", type=_parse_value(tp, optional), default=argparse.SUPPRESS,
                             help=f"{f.metadata['doc']} (default: {default})")
     # Set by the deepspeed launcher (and torchrun-style runs); the environment carries the rank.
     parser.add_argument("--local_rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
-def _parse_optional(tp: type):
+def _parse_value(tp: type, optional: bool):
+    """`none`/`null` mean None for the optional fields (--resume none, --teacher_layer none)."""
     def parse(text: str):
-        if text.lower() in ("none", "null") and tp is not str:
+        if optional and text.lower() in ("none", "null"):
             return None
         return tp(text)
 
@@ -258,7 +258,8 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
     sp = sched.setdefault("params", {})
     if sched.get("type") in ("WarmupDecayLR", "WarmupLR"):
         settle(sp, "warmup_max_lr", cfg.learning_rate, "--learning_rate", "scheduler.params.warmup_max_lr")
-        settle(sp, "warmup_num_steps", cfg.warmup_steps, "--warmup_steps", "scheduler.params.warmup_num_steps")
+        # DeepSpeed's warmup schedules need >= 1 warmup step (and take at least 2): 0 means the shortest.
+        settle(sp, "warmup_num_steps", max(1, cfg.warmup_steps), "--warmup_steps", "scheduler.params.warmup_num_steps")
     if sched.get("type") == "WarmupDecayLR":
         settle(sp, "total_num_steps", cfg.max_steps, "--max_steps", "scheduler.params.total_num_steps")
 

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from .encoders import get_adapter
 from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config
 from .monitor import NullLogger, TensorBoardLogger, encoder_forward_flops, peak_flops, relation_flops
 
@@ -134,19 +135,20 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the step
-def train_step(engine, objective, batch, guard: RunGuard) -> tuple[torch.Tensor, dict, bool]:
+def train_step(engine, objective, batch, guard: RunGuard) -> tuple[torch.Tensor, dict, bool, bool]:
     """One micro-batch: teacher and student forward, relation loss, backward, optimizer step.
 
     DeepSpeed's `engine.step()` applies the update only at the end of each accumulation window.
-    Returns (loss, per-relation losses, stop requested). A non-finite loss on any rank skips
-    the micro-batch on every rank.
+    Returns (loss, per-relation losses, finite, stop requested). A non-finite loss on any rank
+    skips the micro-batch on every rank: no backward, and DeepSpeed's accumulation counter
+    does not move, so the window waits for a finite micro-batch in its place.
     """
     loss, parts = objective(batch, student_forward=engine)
     finite, stop = guard.sync(loss)
     if finite:
         engine.backward(loss)
         engine.step()
-    return loss.detach(), parts, stop
+    return loss.detach(), parts, finite, stop
 
 
 # --------------------------------------------------------------------------- build
@@ -162,8 +164,6 @@ def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student
     else:
         layer = cfg.teacher_layer
         if layer is None:
-            from .encoders import get_adapter
-
             probe = source.config if hasattr(source, "config") else _load_config(source)
             layer = get_adapter(probe).num_layers(probe)
         frozen = FrozenTeacher(source, layer, dtype=teacher_dtype, device=device)
@@ -274,10 +274,13 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     stop = False
     try:
         while state.step < cfg.max_steps and not stop:
-            for _ in range(cfg.gradient_accumulation_steps):
+            accumulated = 0  # finite micro-batches in this optimizer step
+            while accumulated < cfg.gradient_accumulation_steps:
                 batch = to_device(next(data), device)
-                loss, parts, stop = train_step(engine, objective, batch, guard)
-                window.add(loss, parts, batch["input_ids"].shape)
+                loss, parts, finite, stop_now = train_step(engine, objective, batch, guard)
+                stop = stop or stop_now  # honoured at the step boundary, never mid-accumulation
+                window.add(loss, parts, batch["input_ids"].shape, finite)
+                accumulated += finite
                 if guard.consecutive_nonfinite >= MAX_NONFINITE:
                     raise FloatingPointError(
                         f"the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step {state.step}); the run "
@@ -328,6 +331,7 @@ class _Window:
         self.loss = torch.zeros((), device=self.device)
         self.parts: dict[str, torch.Tensor] = {}
         self.micro = 0
+        self.skipped = 0
         self.tokens = 0
         self.flop_shapes: list[tuple[int, int]] = []
         self.t0 = time.perf_counter()
@@ -335,13 +339,16 @@ class _Window:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def add(self, loss, parts, shape):
-        self.loss += torch.nan_to_num(loss.float(), nan=0.0, posinf=0.0)
+    def add(self, loss, parts, shape, finite: bool = True):
+        self.tokens += shape[0] * shape[1]
+        self.flop_shapes.append((shape[0], shape[1]))
+        if not finite:  # skipped micro-batches cost time but are left out of the mean loss
+            self.skipped += 1
+            return
+        self.loss += loss.float()
         for k, v in parts.items():
             self.parts[k] = self.parts.get(k, 0) + v.detach().float()
         self.micro += 1
-        self.tokens += shape[0] * shape[1]
-        self.flop_shapes.append((shape[0], shape[1]))
 
     def flush(self, engine, precision, teacher_cfg, student_cfg, teacher_layers, peak, num_relations, world) -> dict[str, float]:
         if self.device.type == "cuda":
@@ -350,6 +357,8 @@ class _Window:
         steps = max(self.micro, 1)
         scalars = {"loss/total": self.loss.item() / steps}
         scalars.update({f"loss/{k}": v.item() / steps for k, v in self.parts.items()})
+        if self.skipped:
+            scalars["train/skipped_nonfinite"] = float(self.skipped)
         scalars["train/learning_rate"] = float(engine.get_lr()[0])
         grad_norm = engine.get_global_grad_norm()
         if grad_norm is not None:
@@ -366,11 +375,13 @@ class _Window:
             scalars["memory/peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             if peak:
                 flops = 0.0
-                for b, s in self.flop_shapes:
-                    flops += encoder_forward_flops(teacher_layers, teacher_cfg.hidden_size, teacher_cfg.intermediate_size, b, s)
-                    flops += 3 * encoder_forward_flops(student_cfg.num_hidden_layers, student_cfg.hidden_size,
-                                                       student_cfg.intermediate_size, b, s)
-                    flops += relation_flops(num_relations, teacher_cfg.hidden_size, student_cfg.hidden_size, b, s)
+                ta, sa = get_adapter(teacher_cfg), get_adapter(student_cfg)
+                t_hidden, s_hidden = ta.hidden_size(teacher_cfg), sa.hidden_size(student_cfg)
+                for b, s in self.flop_shapes:  # teacher forward + student forward and backward + the loss
+                    flops += encoder_forward_flops(teacher_layers, t_hidden, ta.intermediate_size(teacher_cfg), b, s)
+                    flops += 3 * encoder_forward_flops(sa.num_layers(student_cfg), s_hidden,
+                                                       sa.intermediate_size(student_cfg), b, s)
+                    flops += relation_flops(num_relations, t_hidden, s_hidden, b, s)
                 scalars["throughput/mfu"] = flops / seconds / peak
         self.reset()
         return scalars
