@@ -93,3 +93,15 @@ def test_every_shipped_deepspeed_config_resolves():
         assert ds["train_batch_size"] == cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * 2, path
         assert precision in ("bf16", "fp16", "fp32")
         assert "auto" not in json.dumps(ds), f"{path.name} keeps an unresolved auto value"
+
+
+def test_readme_documents_every_flag_and_every_deepspeed_config():
+    from dataclasses import fields
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [f.name for f in fields(DistillConfig) if f"`--{f.name}`" not in readme]
+    assert not missing, f"README's flag table lacks {missing}"
+    configs = [p.name for p in (REPO / "ds_configs").glob("*.json")]
+    assert configs and all(f"`{name}`" in readme for name in configs)

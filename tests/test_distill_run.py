@@ -202,7 +202,7 @@ def test_export_tool_rebuilds_the_student_from_a_zero2_checkpoint(tiny, tmp_path
 @pytest.mark.parametrize("overrides, message", [
     ({"teacher_layer": 5}, "teacher_layer=5 is out of range: the teacher (BertModel) has 3 layers"),
     ({"num_relation_heads": 3}, "--num_relation_heads 3 does not divide --student_hidden_size 16"),
-    ({"num_relation_heads": 16, "student_hidden_size": 48, "student_attention_heads": 4, "student_init": "random"},
+    ({"num_relation_heads": 12, "student_hidden_size": 48, "student_attention_heads": 4, "student_init": "random"},
      "must divide both the teacher's width (32) and the student's width (48)"),
     ({"max_seq_len": 100}, "exceeds"),
     ({"data": "/nonexistent/shards"}, "does not exist"),

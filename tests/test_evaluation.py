@@ -1,0 +1,400 @@
+"""distill.evaluation: metrics, task loaders, the grid (runs, skips, failures, workers), the summary table, the CLI."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, WORDS
+from distill.evaluation import metrics as M
+from distill.evaluation.grid import evaluate
+from distill.evaluation.summary import create_summary_table, markdown_table, summarize
+from distill.evaluation.tasks import (GLUE_TASKS, TASKS, TaskDataError, custom_task, load_reviews, load_task_data)
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("evaluate_glue_cli", REPO / "launch" / "evaluate_glue.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A 2-layer, 32-wide BERT saved with the tiny tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = BertConfig(vocab_size=max(tok.get_vocab().values()) + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_task_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A sentiment-like CSV task: label 1 when the sentence holds "good", else 0."""
+    directory = tmp_path_factory.mktemp("tiny_task")
+    rng = random.Random(0)
+    paths = []
+    for split, n in (("train", 48), ("dev", 24)):
+        rows = []
+        for i in range(n):
+            words = rng.sample(WORDS, 6)
+            label = i % 2
+            if label:
+                words[rng.randrange(6)] = "good"
+            elif "good" in words:
+                words.remove("good")
+            rows.append({"sentence": " ".join(words), "label": label})
+        path = directory / f"{split}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+TINY = dict(learning_rate=[5e-4], epochs=[1], per_device_train_batch_size=8, per_device_eval_batch_size=16,
+            max_seq_length=16, disable_tqdm=True)
+
+
+# --------------------------------------------------------------------------- metrics
+def test_metrics_match_sklearn_and_scipy():
+    from scipy import stats
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
+    y3, p3 = rng.integers(0, 3, 150), rng.integers(0, 3, 150)
+    assert M.accuracy(y, p) == pytest.approx(skm.accuracy_score(y, p))
+    assert M.f1(y, p) == pytest.approx(skm.f1_score(y, p))
+    assert M.f1_macro(y3, p3) == pytest.approx(skm.f1_score(y3, p3, average="macro"))
+    assert M.mcc(y, p) == pytest.approx(skm.matthews_corrcoef(y, p))
+    assert M.mcc(y3, p3) == pytest.approx(skm.matthews_corrcoef(y3, p3))
+    # a correlated case too, so MCC is far from 0
+    q = np.where(rng.random(200) < 0.8, y, 1 - y)
+    assert M.mcc(y, q) == pytest.approx(skm.matthews_corrcoef(y, q)) and M.mcc(y, q) > 0.4
+    # degenerate: constant predictions -> 0, as sklearn
+    assert M.mcc(y, np.ones_like(y)) == skm.matthews_corrcoef(y, np.ones_like(y)) == 0.0
+    assert M.f1(y, np.zeros_like(y)) == skm.f1_score(y, np.zeros_like(y), zero_division=0) == 0.0
+
+    a = rng.normal(size=100)
+    b = a + rng.normal(scale=0.7, size=100)
+    ties_a, ties_b = np.round(a * 2) / 2, np.round(b)  # many ties: average ranks
+    assert M.pearson(a, b) == pytest.approx(stats.pearsonr(a, b)[0])
+    assert M.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0])
+    assert M.spearman(ties_a, ties_b) == pytest.approx(stats.spearmanr(ties_a, ties_b)[0])
+    assert M.pearson(a, np.full(100, 2.0)) == 0.0
+    with pytest.raises(ValueError, match="unknown metric"):
+        M.compute_metrics(["bleu"], y, p)
+
+
+# --------------------------------------------------------------------------- summary table
+def _write_result(root: Path, model: str, task: str, lr: float, ep: int, seed: int, metrics: dict) -> None:
+    d = root / model / task / f"lr{lr:g}_ep{ep}_seed{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"learning_rate": lr, "epochs": ep, "seed": seed, "metrics": metrics}))
+
+
+def test_summary_table_from_hand_written_results(tmp_path):
+    root = tmp_path / "results"
+    for lr, mcc in ((1e-5, 0.5), (3e-5, 0.3), (5e-5, -0.1)):
+        _write_result(root, "student", "cola", lr, 3, 42, {"mcc": mcc})
+    _write_result(root, "student", "mrpc", 1e-5, 3, 42, {"f1": 0.90, "accuracy": 0.80})
+    _write_result(root, "student", "mrpc", 3e-5, 3, 42, {"f1": 0.80, "accuracy": 0.86})
+    _write_result(root, "student", "mnli", 3e-5, 3, 42, {"accuracy_m": 0.80, "accuracy_mm": 0.82})
+    _write_result(root, "teacher", "cola", 1e-5, 5, 1, {"mcc": 0.6})
+    _write_result(root, "teacher", "mrpc", 1e-5, 5, 1, {"f1": 0.92, "accuracy": 0.88})
+    (root / "student" / "cola" / "unfinished_run").mkdir()  # no metrics.json: ignored
+
+    best = create_summary_table(root)
+    assert list(best.columns) == ["cola", "mrpc", "mnli", "avg"]  # GLUE order, then the average
+    assert list(best.index) == ["student", "teacher"]
+    assert best.loc["student", "cola"] == 50.0  # 100 x MCC, never (MCC + 1) x 50
+    assert best.loc["student", "mrpc"] == 85.0  # (F1 + accuracy) / 2 of the better run (85 vs 83)
+    assert best.loc["student", "mnli"] == 81.0
+    assert best.loc["student", "avg"] == pytest.approx((50 + 85 + 81) / 3, abs=0.01)
+    assert np.isnan(best.loc["teacher", "mnli"]) and np.isnan(best.loc["teacher", "avg"])  # missing task
+    hp = best.attrs["hyperparameters"]
+    assert hp.loc["student", "cola"] == "lr=1e-05 epochs=3 seed=42"
+    assert hp.loc["student", "mrpc"] == "lr=1e-05 epochs=3 seed=42"
+    saved = pd.read_csv(root / "summary.csv", index_col=0)
+    assert saved.loc["student", "cola"] == 50.0
+    assert (root / "summary_hyperparameters.csv").is_file()
+
+    mean = create_summary_table(root, aggregation="mean", save=False)
+    assert mean.loc["student", "cola"] == pytest.approx(100 * (0.5 + 0.3 - 0.1) / 3, abs=0.01)
+    assert mean.loc["student", "mrpc"] == pytest.approx(84.0)
+    assert "mean of 3 runs" in mean.attrs["hyperparameters"].loc["student", "cola"]
+    median = create_summary_table(root, aggregation="median", save=False)
+    assert median.loc["student", "cola"] == 30.0
+
+    every = summarize(root, metrics="all", models=["teacher", "student"])
+    assert list(every.scores.index) == ["teacher", "student"]
+    assert every.scores.loc["student", "mrpc/f1"] == pytest.approx(90.0)  # the best run's own metrics
+    assert every.scores.loc["student", "mnli/accuracy_mm"] == pytest.approx(82.0)
+    assert every.scores.loc["student", "avg"] == pytest.approx(best.loc["student", "avg"], abs=0.01)
+    md = markdown_table(best)
+    assert md.splitlines()[0] == "| model | cola | mrpc | mnli | avg |"
+    assert "| student | 50.00 | 85.00 | 81.00 | 72.00 |" in md and "| teacher | 60.00 | 90.00 | - | - |" in md
+
+    with pytest.raises(TaskDataError, match="aggregation"):
+        create_summary_table(root, aggregation="max")
+    _write_result(root, "broken", "cola", 1e-5, 3, 42, {"accuracy": 0.5})
+    with pytest.raises(TaskDataError, match=r"needs metric\(s\) \['mcc'\]"):
+        create_summary_table(root)
+
+
+# --------------------------------------------------------------------------- loaders
+def _tsv(path: Path, rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _glue_dir(root: Path) -> Path:
+    """Two-example files in each GLUE task's original layout."""
+    _tsv(root / "CoLA" / "train.tsv", [["gj04", "1", "", "The sailors rode the breeze."],
+                                       ["gj04", "0", "*", "The more we study verbs, the crazier they get get."]])
+    _tsv(root / "CoLA" / "dev.tsv", [["bc01", "0", "*", 'He said "that" fast.'], ["bc01", "1", "", "Fred ran."]])
+    _tsv(root / "SST-2" / "train.tsv", [["sentence", "label"], ["a gorgeous film ", "1"], ["dull", "0"]])
+    _tsv(root / "SST-2" / "dev.tsv", [["sentence", "label"], ["it 's a charming journey . ", "1"], ["bad", "0"]])
+    mrpc = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+    _tsv(root / "MRPC" / "train.tsv", [mrpc, ["1", "702876", "702977", "Amrozi accused his brother .", "He said ."],
+                                       ["0", "2108705", "2108831", "Yucaipa owned Dominick 's .", "Sold it ."]])
+    _tsv(root / "MRPC" / "dev.tsv", [mrpc, ["1", "1", "2", "He was \"found\" .", "He was found ."]])
+    sts = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score"]
+    _tsv(root / "STS-B" / "train.tsv", [sts, ["0", "main-captions", "MSRvid", "2012test", "0001", "none", "none",
+                                              "A plane is taking off.", "An air plane is taking off.", "5.000"]])
+    _tsv(root / "STS-B" / "dev.tsv", [sts, ["0", "main-captions", "MSRvid", "2012test", "0000", "none", "none",
+                                            "A man with a hard hat.", "A man wearing a hard hat.", "3.8"]])
+    qqp = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
+    _tsv(root / "QQP" / "train.tsv", [qqp, ["1", "1", "2", "How do I learn?", "How to learn?", "1"],
+                                      ["2", "3", "4"],  # a malformed line, as the real QQP has: skipped
+                                      ["3", "5", "6", "Why?", "When?", "0"]])
+    _tsv(root / "QQP" / "dev.tsv", [qqp, ["9", "7", "8", "Is it?", "Was it?", "0"]])
+    mnli = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+            "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+    _tsv(root / "MNLI" / "train.tsv", [mnli + ["label1", "gold_label"],
+                                       ["0", "31193", "31193n", "government", "( ( x ) )", "( y )", "(ROOT x)",
+                                        "(ROOT y)", "Conceptually cream skimming.", "Product and geography.",
+                                        "neutral", "neutral"]])
+    dev = mnli + ["label1", "label2", "label3", "label4", "label5", "gold_label"]
+    _tsv(root / "MNLI" / "dev_matched.tsv", [dev, ["0", "1", "1e", "fiction", "x", "y", "x", "y", "The new rights.",
+                                                   "Everyone loves them.", *["contradiction"] * 5, "contradiction"]])
+    _tsv(root / "MNLI" / "dev_mismatched.tsv", [dev, ["0", "2", "2e", "letters", "x", "y", "x", "y", "Your gift.",
+                                                      "It helps.", *["entailment"] * 5, "entailment"]])
+    _tsv(root / "QNLI" / "train.tsv", [["index", "question", "sentence", "label"],
+                                       ["0", "When?", "In 1990.", "entailment"], ["1", "Who?", "Nobody.", "not_entailment"]])
+    _tsv(root / "QNLI" / "dev.tsv", [["index", "question", "sentence", "label"], ["0", "What?", "It.", "not_entailment"]])
+    for folder in ("RTE", "WNLI"):
+        lab = ("entailment", "not_entailment") if folder == "RTE" else ("1", "0")
+        _tsv(root / folder / "train.tsv", [["index", "sentence1", "sentence2", "label"],
+                                           ["0", "No weapons found.", "Weapons found.", lab[1]],
+                                           ["1", "A dog ran.", "An animal ran.", lab[0]]])
+        _tsv(root / folder / "dev.tsv", [["index", "sentence1", "sentence2", "label"], ["0", "It is.", "It is.", lab[0]]])
+    return root
+
+
+def test_glue_tsv_layouts(tmp_path):
+    root = _glue_dir(tmp_path / "glue_data")
+    expected = {  # (train labels, first eval split's labels) as nyu-mll/glue ids
+        "cola": ([1, 0], [0, 1]), "sst2": ([1, 0], [1, 0]), "mrpc": ([1, 0], [1]), "qqp": ([1, 0], [0]),
+        "qnli": ([0, 1], [1]), "rte": ([1, 0], [0]), "wnli": ([0, 1], [1]),
+    }
+    for name, task in GLUE_TASKS.items():
+        dd = load_task_data(name, root)
+        assert set(dd) == {"train", *[s for s, _ in task.eval_splits]}, name
+        for split in dd.values():
+            assert split.column_names == [*task.text_fields, "label"], name
+        if name in expected:
+            assert dd["train"]["label"] == expected[name][0], name
+            assert dd[task.eval_splits[0][0]]["label"] == expected[name][1], name
+    cola = load_task_data("cola", root)
+    assert cola["validation"]["sentence"][0] == 'He said "that" fast.'  # quotes kept verbatim (QUOTE_NONE)
+    assert load_task_data("mrpc", root)["train"]["sentence1"][0] == "Amrozi accused his brother ."
+    stsb = load_task_data("stsb", root)
+    assert stsb["validation"]["label"] == [pytest.approx(3.8)] and stsb["train"]["sentence2"] == ["An air plane is taking off."]
+    mnli = load_task_data("mnli", root)
+    assert mnli["train"]["label"] == [1] and mnli["validation_matched"]["label"] == [2]
+    assert mnli["validation_mismatched"]["label"] == [0] and mnli["validation_matched"]["premise"] == ["The new rights."]
+    assert load_task_data("qqp", root)["train"]["question1"] == ["How do I learn?", "Why?"]
+    # one task's folder passed directly, and a save_to_disk directory with the hub's columns
+    assert load_task_data("sst-2", root / "SST-2")["validation"]["sentence"][0] == "it 's a charming journey . "
+    load_task_data("rte", root).save_to_disk(str(tmp_path / "disk" / "rte"))
+    from_disk = load_task_data("rte", tmp_path / "disk")
+    assert from_disk["train"]["label"] == [1, 0] and from_disk["validation"]["sentence1"] == ["It is."]
+
+
+def test_hub_is_the_default_source(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def offline(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("no internet")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(TaskDataError, match=r"nyu-mll/glue.*CoLA/train.tsv"):
+        load_task_data("cola")
+    assert calls == [("nyu-mll/glue", "cola")]
+
+
+def test_custom_task_files(tmp_path):
+    rows = pd.DataFrame({"a": ["x y", "z", "w"], "b": ["p", "q", "r"], "y": ["pos", "neg", "pos"]})
+    for ext, write in ((".csv", lambda df, p: df.to_csv(p, index=False)),
+                       (".tsv", lambda df, p: df.to_csv(p, sep="\t", index=False)),
+                       (".jsonl", lambda df, p: df.to_json(p, orient="records", lines=True)),
+                       (".json", lambda df, p: df.to_json(p, orient="records")),
+                       (".parquet", lambda df, p: df.to_parquet(p))):
+        path = tmp_path / f"data{ext}"
+        write(rows, path)
+        task = custom_task("mine", path, path, ["a", "b"], "y", ["accuracy", "f1"])
+        assert task.label_names == ("neg", "pos")
+        dd = load_task_data(task)
+        assert dd["train"]["label"] == [1, 0, 1] and dd["validation"]["b"] == ["p", "q", "r"], ext
+    reg = pd.DataFrame({"text": ["a", "b"], "score": [0.5, 4.25]})
+    reg.to_csv(tmp_path / "reg.csv", index=False)
+    task = custom_task("sim", tmp_path / "reg.csv", tmp_path / "reg.csv", "text", "score", ["pearson", "spearman"])
+    assert task.is_regression and load_task_data(task)["train"]["label"] == [0.5, 4.25]
+
+
+def test_reviews_split(tmp_path):
+    ratings = [5, 3, 1, 4, 2, 3, 5, 1, 4, 5, 2, 4] * 2
+    titles = ["Love it", None, "Awful!", None, "Meh.", "ok", "", "No", "Yes", "A", "B", "C"] * 2
+    df = pd.DataFrame({"Title": titles, "Review Text": [f"review {i}" for i in range(24)], "Rating": ratings})
+    df.loc[9, "Review Text"] = None  # no text: dropped
+    df.to_parquet(tmp_path / "reviews.parquet")
+    splits = load_reviews(tmp_path / "reviews.parquet")
+    train, dev = splits["train"][0], splits["validation"][0]
+    kept = [i for i, r in enumerate(ratings) if r != 3 and i != 9]
+    assert len(kept) == 19 and (len(train["text"]), len(dev["text"])) == (18, 1)  # dev: floor(10% of 19)
+    texts = dict(zip(train["text"] + dev["text"], train["label"] + dev["label"]))
+    assert texts["Love it. review 0"] == 1 and texts["Awful! review 2"] == 0 and texts["review 3"] == 1
+    assert texts["Meh. review 4"] == 0 and not any(t.endswith(("review 1", "review 5", "review 9")) for t in texts)
+    order = np.random.default_rng(0).permutation(19)  # the documented split: dev first, then train
+    assert dev["text"][0].endswith(f"review {kept[order[0]]}")
+    assert [t.split("review ")[-1] for t in train["text"]] == [str(kept[i]) for i in order[1:]]
+    real = REPO / "assets" / "reviews" / "reviews.parquet"
+    if real.is_file():  # the offline table: 19818 kept reviews, 1981 in dev
+        dd = load_task_data("reviews", real)
+        assert (len(dd["train"]), len(dd["validation"])) == (17837, 1981)
+        assert dd["validation"]["text"][:3] == load_task_data("reviews", real.parent)["validation"]["text"][:3]
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_inputs_fail_before_training(tmp_path, tiny_model_dir, tiny_task_files):
+    train, dev = tiny_task_files
+    out = tmp_path / "results"
+    with pytest.raises(TaskDataError, match=r"unknown task 'glue_cola'.*cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, "
+                                            r"wnli, reviews"):
+        evaluate(tiny_model_dir, tasks=["glue_cola"], output_dir=out)
+    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['text'\]"):
+        custom_task("mine", train, dev, "text", "label")
+    root = _glue_dir(tmp_path / "glue")
+    _tsv(root / "SST-2" / "dev.tsv", [["sentence", "label"], ["fine", "1"], ["what", "2"]])
+    with pytest.raises(TaskDataError, match=r"label '2' of row 1 is outside the task's labels"):
+        evaluate(tiny_model_dir, tasks=["sst2"], data_dir=root, output_dir=out, **TINY)
+    _tsv(root / "QNLI" / "dev.tsv", [["index", "question", "text", "label"], ["0", "What?", "It.", "entailment"]])
+    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['sentence'\]"):
+        load_task_data("qnli", root)
+    with pytest.raises(TaskDataError, match=r"no GLUE MRPC data under"):
+        load_task_data("mrpc", tmp_path)
+    odd_dev = tmp_path / "odd_dev.csv"
+    pd.DataFrame({"sentence": ["a", "b"], "label": [0, 7]}).to_csv(odd_dev, index=False)
+    task = custom_task("mine", train, odd_dev, "sentence")
+    with pytest.raises(TaskDataError, match=r"label '7' of row 1 is outside the task's labels \['0', '1'\]"):
+        evaluate(tiny_model_dir, tasks=[task], output_dir=out, **TINY)
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_model_dir, no_tok, ignore=shutil.ignore_patterns("tok*", "vocab*", "special*"))
+    with pytest.raises(TaskDataError, match="no tokenizer in"):
+        evaluate(no_tok, tasks=[custom_task("mine", train, dev, "sentence")], output_dir=out, **TINY)
+    with pytest.raises(TaskDataError, match="max_seq_length=512 is longer than the model's 64 positions"):
+        evaluate(tiny_model_dir, tasks=[custom_task("mine", train, dev, "sentence")], output_dir=out,
+                 **{**TINY, "max_seq_length": 512})
+    assert not out.exists()  # nothing started
+
+    cli = _load_cli()
+    assert cli.main([str(tiny_model_dir), "--tasks", "nope", "--output_dir", str(out)]) == 2
+    assert cli.main(["summary", str(tmp_path / "missing")]) == 2
+
+
+# --------------------------------------------------------------------------- end to end
+def test_tiny_finetune_grid_writes_results_and_skips_finished(tmp_path, tiny_model_dir, tiny_task_files, capsys,
+                                                               monkeypatch):
+    from distill.evaluation import grid
+
+    train, dev = tiny_task_files
+    task = custom_task("tiny", train, dev, "sentence", metrics=["accuracy", "f1"])
+    out = tmp_path / "results"
+    lines = []
+    records = evaluate(tiny_model_dir, tasks=[task], seeds=[1, 2], output_dir=out, model_name="tiny-bert",
+                       log=lines.append, **TINY)
+    assert [r["status"] for r in records] == ["finished", "finished"]
+    run_dirs = [out / "tiny-bert" / "tiny" / f"lr0.0005_ep1_seed{s}" for s in (1, 2)]
+    for d in run_dirs:
+        result = json.loads((d / "metrics.json").read_text())
+        settings = json.loads((d / "settings.json").read_text())
+        assert set(result["metrics"]) == {"accuracy", "f1"} and 0 <= result["metrics"]["accuracy"] <= 1
+        assert result["train"]["examples"] == 48 and result["train"]["steps"] == 6 and result["eval_examples"] == {
+            "validation": 24}
+        assert settings["max_seq_length"] == 16 and settings["task"]["name"] == "tiny"
+    assert any(line.startswith("[2/2] tiny-bert tiny lr=0.0005 epochs=1 seed=2: accuracy ") for line in lines)
+
+    # a re-run skips both; an unfinished run (no metrics.json) is redone; a failing run is reported, others go on
+    mtime = run_dirs[0].joinpath("metrics.json").stat().st_mtime_ns
+    run_dirs[1].joinpath("metrics.json").unlink()
+    lines.clear()
+    real = grid.run_finetune
+
+    def failing_seed_3(run_dir, settings, **kw):
+        if settings.seed == 3:
+            raise RuntimeError("out of memory")
+        return real(run_dir, settings, **kw)
+
+    monkeypatch.setattr(grid, "run_finetune", failing_seed_3)
+    records = evaluate(tiny_model_dir, tasks=[task], seeds=[1, 2, 3], output_dir=out, model_name="tiny-bert",
+                       log=lines.append, **TINY)
+    assert [r["status"] for r in records] == ["skipped", "finished", "failed"]
+    assert run_dirs[0].joinpath("metrics.json").stat().st_mtime_ns == mtime
+    assert any("seed=3: FAILED: RuntimeError: out of memory" in line for line in lines)
+    assert "out of memory" in (out / "tiny-bert" / "tiny" / "lr0.0005_ep1_seed3" / "error.txt").read_text()
+    assert lines[-1].endswith("1 FAILED (see error.txt in their run directories)")
+
+    # a finished run made with other settings is refused before training
+    with pytest.raises(TaskDataError, match="other settings.*max_seq_length=16 \\(now 32\\)"):
+        evaluate(tiny_model_dir, tasks=[task], seeds=[1], output_dir=out, model_name="tiny-bert",
+                 log=lines.append, **{**TINY, "max_seq_length": 32})
+
+    # the CLI's summary reads the same results: mean over seeds 1 and 2 (seed 3 failed)
+    capsys.readouterr()
+    cli = _load_cli()
+    assert cli.main(["summary", str(out), "--aggregation", "mean", "--hyperparameters"]) == 0
+    printed = capsys.readouterr().out
+    scores = [json.loads((d / "metrics.json").read_text())["score"] for d in run_dirs]
+    assert "| model | tiny | avg |" in printed and f"{100 * np.mean(scores):.2f}" in printed
+    assert "mean of 2 runs" in printed and (out / "summary.csv").is_file()
+
+
+def test_grid_in_worker_processes(tmp_path, tiny_model_dir, tiny_task_files):
+    """The multi-GPU path (one subprocess per device at a time), here with two CPU workers."""
+    train, dev = tiny_task_files
+    task = custom_task("tiny", train, dev, "sentence")
+    out = tmp_path / "results"
+    lines = []
+    records = evaluate(tiny_model_dir, tasks=[task], seeds=[1, 2], output_dir=out, devices=["cpu", "cpu"],
+                       log=lines.append, **TINY)
+    assert [r["status"] for r in records] == ["finished", "finished"], lines
+    assert sum("running on cpu" in line for line in lines) == 2
+    for r in records:
+        assert json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["metrics"] == r["metrics"]
+    again = evaluate(tiny_model_dir, tasks=[task], seeds=[1, 2], output_dir=out, log=lines.append, **TINY)
+    assert [r["status"] for r in again] == ["skipped", "skipped"]

@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Throughput and memory of the real distillation step (distill.trainer.train_step) for a model pair.
+
+    python tools/bench/distill_bench.py --teacher bert-base --student-layers 6 --student-hidden 384 \
+        --seq-len 128 512 --batch 32 --deepspeed-config ds_configs/single_gpu_bf16.json \
+        [--memory-budget-gb 48 --find-max-batch] --out tools/bench/results/distill_bench_<gpu>.md
+
+What runs is what `launch/distill.py` runs: the DeepSpeed engine built from the given JSON (its
+"auto" values filled from these settings), the frozen teacher (float16 on CUDA), the student
+created from it, MiniLMv2Objective with the chunked relation loss, and `train_step` (forward,
+loss, engine.backward, engine.step) on full windows of random token ids. `--teacher` is a
+model directory or hub name, or `bert-base` / `bert-large` for a randomly initialised model of
+that shape (no download). Per sequence length: --warmup steps, then --steps timed steps (CUDA
+synchronised); the table gives the median seconds per step, steps/s, tokens/s, peak memory
+(CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak RSS) and, on CUDA, the model FLOPs
+utilisation: (teacher forward + 3 x student forward + relation loss) FLOPs per second over the
+GPU's dense bf16 peak (`--peak-tflops` overrides the table in distill/monitor.py).
+
+`--memory-budget-gb B` caps this process at B GB of GPU memory (set_per_process_memory_fraction),
+to show what fits on a 48 GB card on a bigger one; `--find-max-batch` then searches, per sequence
+length, the largest micro-batch whose step runs inside the budget (doubling, then bisection).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from distill.config import DistillConfig, load_deepspeed_json, resolve_deepspeed_config  # noqa: E402
+from distill.encoders import get_adapter  # noqa: E402
+from distill.monitor import encoder_forward_flops, peak_flops, relation_flops  # noqa: E402
+
+SHAPES = {  # randomly initialised teachers of the usual shapes
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", default="bert-base", help="model directory / hub name, or bert-base / bert-large (random init)")
+    p.add_argument("--teacher-layer", type=int, default=None, help="1-based distilled teacher layer (default: last)")
+    p.add_argument("--student-layers", type=int, default=6)
+    p.add_argument("--student-hidden", type=int, default=384)
+    p.add_argument("--student-heads", type=int, default=12)
+    p.add_argument("--relation-heads", type=int, default=48)
+    p.add_argument("--relation-chunk-size", type=int, default=128, help="0: the unchunked reference loss")
+    p.add_argument("--seq-len", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--batch", type=int, default=32, help="micro-batch per step (the starting point of --find-max-batch)")
+    p.add_argument("--deepspeed-config", default="auto", help="a ds_configs/*.json file, or auto")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per sequence length")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--memory-budget-gb", type=float, default=None, help="cap GPU memory at this many GB (CUDA only)")
+    p.add_argument("--find-max-batch", action="store_true", help="search the largest micro-batch within the budget")
+    p.add_argument("--max-batch-limit", type=int, default=1024, help="stop the search here")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16/fp16 peak, for MFU")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", default=None, help="write the Markdown table here")
+    args = p.parse_args(argv)
+    if args.memory_budget_gb is not None and not torch.cuda.is_available():
+        p.error("--memory-budget-gb needs a CUDA GPU; drop it on CPU")
+    if args.find_max_batch and args.memory_budget_gb is None and not torch.cuda.is_available():
+        p.error("--find-max-batch needs a CUDA GPU (it searches what fits in GPU memory)")
+    return args
+
+
+def build_teacher(spec: str):
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if spec in SHAPES:
+        torch.manual_seed(0)
+        return BertModel(BertConfig(**SHAPES[spec]))
+    return AutoModel.from_pretrained(spec)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import deepspeed
+
+    from distill.objective import MiniLMv2Objective
+    from distill.trainer import RunGuard, build_models, init_distributed, train_step
+
+    rank, world, _, device = init_distributed()
+    if world != 1:
+        raise SystemExit("error: run the benchmark as one process (python tools/bench/distill_bench.py ...)")
+    if args.memory_budget_gb is not None:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_budget_gb * 1e9 / total), device)
+
+    teacher_model = build_teacher(args.teacher)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)
+    rows = []
+    for seq in args.seq_len:
+        cfg = DistillConfig(teacher=args.teacher, teacher_layer=args.teacher_layer, student_layer=args.student_layers,
+                            student_hidden_size=args.student_hidden, student_attention_heads=args.student_heads,
+                            num_relation_heads=args.relation_heads, relation_chunk_size=args.relation_chunk_size,
+                            max_seq_len=seq, per_device_train_batch_size=args.batch, max_steps=10**6, warmup_steps=10,
+                            deepspeed_config=args.deepspeed_config, output_dir="/tmp/distill_bench")
+        ds_json, precision = resolve_deepspeed_config(
+            cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=1, device_type=device.type,
+            bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
+        torch.manual_seed(cfg.seed)
+        frozen, student = build_models(cfg, device, teacher=teacher_model)
+        objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
+                                      relations=cfg.relation_weights, chunk_size=cfg.chunk_size)
+        engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters()],
+                                               config=ds_json)
+        engine.train()
+        guard = RunGuard(device)
+        vocab = frozen.config.vocab_size
+        tc, sc = frozen.config, student.config
+        ta, sa = get_adapter(tc), get_adapter(sc)
+
+        def batch_of(b: int) -> dict[str, torch.Tensor]:
+            ids = torch.randint(1000, vocab, (b, seq), device=device)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        def timed(b: int, steps: int, warmup: int) -> tuple[list[float], float]:
+            batch = batch_of(b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            times = []
+            for i in range(warmup + steps):
+                t0 = time.perf_counter()
+                loss, _, finite, _ = train_step(engine, objective, batch, guard)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if not finite:
+                    raise SystemExit(f"error: non-finite loss at seq {seq}, batch {b}")
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                mem = torch.cuda.max_memory_allocated(device) / 2**30
+            else:
+                mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            return times, mem
+
+        def fits(b: int) -> bool:
+            try:
+                timed(b, 1, 1)
+                return True
+            except torch.OutOfMemoryError:
+                engine.zero_grad()
+                torch.cuda.empty_cache()
+                return False
+
+        batch = args.batch
+        max_batch = None
+        if args.find_max_batch:
+            lo, hi = 0, batch
+            while hi <= args.max_batch_limit and fits(hi):
+                lo, hi = hi, hi * 2
+            hi = min(hi, args.max_batch_limit + 1)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+            max_batch = lo
+            if max_batch == 0:
+                raise SystemExit(f"error: not even a micro-batch of 1 fits at seq {seq} within the budget")
+            batch = min(batch, max_batch)
+        times, mem = timed(batch, args.steps, args.warmup)
+        median = statistics.median(times)
+        flops = (encoder_forward_flops(frozen.num_layers, ta.hidden_size(tc), ta.intermediate_size(tc), batch, seq)
+                 + 3 * encoder_forward_flops(sa.num_layers(sc), sa.hidden_size(sc), sa.intermediate_size(sc), batch, seq)
+                 + relation_flops(len(cfg.relation_weights), ta.hidden_size(tc), sa.hidden_size(sc), batch, seq))
+        row = dict(seq=seq, batch=batch, precision=precision, zero=ds_json.get("zero_optimization", {}).get("stage", 0),
+                   s_per_step=median, steps_per_s=1 / median, tokens_per_s=batch * seq / median, peak_gib=mem,
+                   mfu=flops / median / peak if peak else None, max_batch=max_batch,
+                   fused_adam=type(getattr(engine, "basic_optimizer", None) or engine.optimizer).__name__)
+        rows.append(row)
+        print(format_row(row), flush=True)
+        guard.restore()
+        objective.remove()
+        del engine, objective, frozen, student
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    text = report(args, device, rows, peak)
+    print(text)
+    if args.out:
+        from distill.shards import atomic_write_bytes
+
+        atomic_write_bytes(args.out, [text.encode()])
+        print(f"wrote {args.out}")
+    return 0
+
+
+def format_row(r: dict) -> str:
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+    return (f"| {r['seq']} | {r['batch']} | {r['precision']} | {r['zero']} | {r['fused_adam']} | {r['s_per_step']:.3f} | "
+            f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.2f} | {mfu} | "
+            f"{r['max_batch'] if r['max_batch'] is not None else '-'} |")
+
+
+def report(args, device, rows, peak) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    import deepspeed
+    import transformers
+
+    lines = [
+        f"# distill_bench: {args.teacher} -> {args.student_layers} layers x {args.student_hidden}",
+        "",
+        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; device: {name}",
+        f"- versions: torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
+        f"- DeepSpeed config: {args.deepspeed_config}; relation heads {args.relation_heads}, relations qq,kk,vv, "
+        f"chunk {args.relation_chunk_size or 'none (reference)'}",
+        f"- {args.warmup} warm-up steps, median of {args.steps} timed steps; random full windows",
+        f"- memory budget: {args.memory_budget_gb} GB" if args.memory_budget_gb else "- memory budget: none",
+        f"- MFU peak: {peak / 1e12:.0f} TFLOP/s" if peak else "- MFU: not computed (no known peak for this device)",
+        f"- command: python {' '.join(sys.argv)}",
+        "",
+        "| seq | micro-batch | precision | ZeRO | optimizer | s/step | steps/s | tokens/s | peak memory GiB | MFU | max micro-batch in budget |",
+        "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        *[format_row(r) for r in rows],
+        "",
+        "Peak memory: torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on CPU.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
