@@ -30,7 +30,9 @@ setup(
         "scipy>=1.10",
         "pandas>=2.0",
     ],
-    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2"]},
+    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2",
+                              # the Triton kernels run in its CPU interpreter in the tests
+                              "triton>=3.0; sys_platform == 'linux' and platform_machine == 'x86_64'"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

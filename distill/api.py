@@ -39,6 +39,7 @@ class MiniLMTrainingArguments(TrainingArguments):
     relations: dict = field(default_factory=lambda: {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0},
                             metadata={"help": "{(m, n): weight}, 1=query 2=key 3=value"})
     max_seq_len: int = field(default=512, metadata={"help": "only checked against the teacher's position embeddings"})
+    relation_impl: str = field(default="auto", metadata={"help": "relation loss: auto, chunked, reference, triton"})
     relation_chunk_size: int = field(default=128, metadata={"help": "query rows per chunk of the relation loss (0: unchunked)"})
 
     def __post_init__(self):
@@ -61,7 +62,7 @@ class MiniLMTrainingArguments(TrainingArguments):
             student_hidden_size=self.student_hidden_size, student_attention_heads=self.student_attention_heads,
             num_relation_heads=self.num_relation_heads,
             relations=",".join(f"{relation_name(k)}:{v}" for k, v in self.relations.items()),
-            relation_chunk_size=self.relation_chunk_size, max_seq_len=self.max_seq_len,
+            relation_impl=self.relation_impl, relation_chunk_size=self.relation_chunk_size, max_seq_len=self.max_seq_len,
             dataloader_num_workers=self.dataloader_num_workers,
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps, learning_rate=self.learning_rate,

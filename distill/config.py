@@ -40,6 +40,7 @@ class DistillConfig:
     # -- loss ---------------------------------------------------------------------------
     num_relation_heads: int = _doc("relation heads A_r (must divide the teacher's and the student's widths)", default=48)
     relations: str = _doc("relations and weights, e.g. qq:1,kk:1,vv:1 (q=query, k=key, v=value)", default="qq:1,kk:1,vv:1")
+    relation_impl: str = _doc("relation loss: auto (fused Triton kernels on CUDA when triton is installed, else chunked), chunked, reference, triton", default="auto")
     relation_chunk_size: int = _doc("query rows per chunk of the relation loss: memory O(chunk x seq) instead of O(seq^2) (0: the unchunked reference)", default=128)
     # -- data ---------------------------------------------------------------------------
     data: str = _doc("a shard directory written by tools/pretokenize.py", default="")
@@ -90,6 +91,8 @@ class DistillConfig:
             parse_relations(self.relations)
         except ValueError as e:
             raise ConfigError(f"--relations: {e}") from e
+        need(self.relation_impl in ("auto", "chunked", "reference", "triton"),
+             f"--relation_impl {self.relation_impl!r}: choose auto, chunked, reference or triton")
         need(self.relation_chunk_size >= 0, f"--relation_chunk_size {self.relation_chunk_size} must be >= 0 (0: unchunked)")
         need(self.max_seq_len >= 3, f"--max_seq_len {self.max_seq_len} must be >= 3 ([CLS] + at least one token + [SEP])")
         need(self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0")

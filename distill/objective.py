@@ -31,6 +31,9 @@ class MiniLMv2Objective:
         num_relation_heads: relation heads A_r; must divide the teacher's and the student's widths.
         relations: {(m, n): weight} with 1 = query, 2 = key, 3 = value, e.g. {(1, 1): 1.0}.
         chunk_size: query rows per chunk of the relation loss; None computes it in one piece.
+        relation_impl: "auto" (the fused Triton kernels on CUDA when triton is installed, else
+            chunked), "chunked" (chunk_size rows at a time; None: one piece), "reference" (one piece, S x S
+            matrices under autograd) or "triton" (distill.kernels; refused where it cannot run).
         student_layer: 1-based student layer whose Q/K/V are distilled; default its last.
 
     Call `remove()` to take the hooks off the student when the objective is no longer used.
@@ -38,7 +41,7 @@ class MiniLMv2Objective:
 
     def __init__(self, teacher: FrozenTeacher, student: nn.Module, *, num_relation_heads: int,
                  relations: Mapping[tuple[int, int], float], chunk_size: int | None = None,
-                 student_layer: int | None = None):
+                 student_layer: int | None = None, relation_impl: str = "chunked"):
         if not isinstance(teacher, FrozenTeacher):
             raise TypeError(f"teacher must be a FrozenTeacher (wrap the model: FrozenTeacher(model, teacher_layer)), "
                             f"not {type(teacher).__name__}")
@@ -71,6 +74,10 @@ class MiniLMv2Objective:
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of query rows, or None")
 
+        self.relation_impl = resolve_relation_impl(relation_impl, _module_device(student))
+        if self.relation_impl == "reference":
+            chunk_size = None
+
         self.teacher = teacher
         self.student = student
         self.student_layer = student_layer
@@ -99,8 +106,11 @@ class MiniLMv2Objective:
             outputs = forward(**inputs, output_hidden_states=False, output_attentions=False)
         student_qkv = self._capture.pop()
 
-        loss, parts = relation_loss(teacher_qkv, student_qkv, attention_mask, num_relation_heads=self.num_relation_heads,
-                                    relations=self.relations, chunk_size=self.chunk_size)
+        loss_fn = relation_loss
+        if self.relation_impl == "triton":
+            from .kernels import relation_loss_triton as loss_fn
+        loss, parts = loss_fn(teacher_qkv, student_qkv, attention_mask, num_relation_heads=self.num_relation_heads,
+                              relations=self.relations, chunk_size=self.chunk_size)
         if _zero3_partitioned(self.student) and (links := _grad_tensors(outputs)):
             # ZeRO-3 gathers and releases parameters in autograd hooks on every module's outputs and
             # inputs; a module whose input gets a gradient while its output never reaches the loss
@@ -113,6 +123,28 @@ class MiniLMv2Objective:
     def remove(self) -> None:
         """Take the capture hooks off the student."""
         self._capture.remove()
+
+
+RELATION_IMPLS = ("auto", "chunked", "reference", "triton")
+
+
+def resolve_relation_impl(impl: str, device: torch.device) -> str:
+    """The relation-loss implementation to use on `device`: auto -> triton on CUDA when it can run, else chunked."""
+    from . import kernels
+
+    if impl not in RELATION_IMPLS:
+        raise ValueError(f"relation_impl={impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and kernels.available(device) else "chunked"
+    if impl == "triton" and (reason := kernels.unavailable_reason(device)) is not None:
+        raise ValueError(f"relation_impl=triton cannot run here: {reason}; use relation_impl=chunked (or auto)")
+    return impl
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def _zero3_partitioned(module: nn.Module) -> bool:

@@ -121,6 +121,7 @@ def batches(dataset, cfg: DistillConfig, state: TrainState, rank: int, world: in
         sampler.set_epoch(state.epoch)
         loader = DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True, collate_fn=collate_fn,
                             num_workers=cfg.dataloader_num_workers, pin_memory=pin_memory,
+                            worker_init_fn=_ignore_stop_signals if cfg.dataloader_num_workers else None,
                             # its own generator: creating the iterator must not draw from the global RNG
                             generator=torch.Generator().manual_seed(cfg.seed))
         for batch in loader:
@@ -128,6 +129,17 @@ def batches(dataset, cfg: DistillConfig, state: TrainState, rank: int, world: in
             state.samples += micro * world
             yield batch
         state.epoch, state.epoch_offset = state.epoch + 1, 0
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / Ctrl-C to the main process, which finishes the step and saves.
+
+    A launcher (deepspeed, torchrun, a scheduler) signals the whole process tree; a worker killed
+    by it would make the main process raise instead of checkpointing. The loader still shuts its
+    workers down itself, and they exit when the main process dies.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -245,7 +257,8 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     if dataset is None:
         dataset = build_dataset(cfg, frozen.config)
     objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
-                                  relations=cfg.relation_weights, chunk_size=cfg.chunk_size)
+                                  relations=cfg.relation_weights, chunk_size=cfg.chunk_size,
+                                  relation_impl=cfg.relation_impl)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "run_config.json")

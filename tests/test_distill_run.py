@@ -157,14 +157,16 @@ def test_torchrun_style_environment_gives_the_same_run(tiny, two_rank_run, tmp_p
 
 def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes(tiny, tmp_path):
     out = tmp_path / "preempted"
-    args = distill_args(tiny, out, max_steps=100000, save_steps=0, logging_steps=1, num_relation_heads=2)
+    # DataLoader workers on, and the signal sent to the whole process group, as launchers and schedulers do
+    args = distill_args(tiny, out, max_steps=100000, save_steps=0, logging_steps=1, num_relation_heads=2,
+                        dataloader_num_workers=1)
     proc = subprocess.Popen([sys.executable, "launch/distill.py", *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 120
     while not list((out / "tensorboard").glob("events*")) and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, output[-3000:]
     saved = [p for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file()]

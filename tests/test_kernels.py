@@ -50,6 +50,9 @@ INTERPRETER_CASES = {
                                                         dtype="bfloat16", teacher_dtype="float32", seed=5),
     "s33-a4-qk-only-query-needs-grad": dict(seq=33, heads=4, relations={(1, 2): 1.0}, mask="random",
                                              grad=(True, False, False), seed=6),
+    # unequal tiles, different in forward and backward (as the GPU defaults are: 64 x 64, then 32 x 64)
+    "s33-a2-mixed-asymmetric-tiles": dict(seq=33, heads=2, relations="mixed", mask="random", seed=7,
+                                          blocks=((32, 16, 1, 1), (16, 32, 1, 1))),
 }
 
 
@@ -121,7 +124,7 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def compare(case: dict, *, precision: str = "ieee", blocks=None, device="cpu") -> dict:
+def compare(case: dict, *, precision: str = "ieee", device="cpu") -> dict:
     """Loss, parts and student gradients of the Triton loss against the float64 definition and
     against distill.relations.relation_loss(chunk_size=None) on the same inputs."""
     from distill.kernels import relation_loss_triton
@@ -140,7 +143,7 @@ def compare(case: dict, *, precision: str = "ieee", blocks=None, device="cpu") -
 
     start = time.perf_counter()
     total, parts = relation_loss_triton(teacher, student, mask, num_relation_heads=heads, relations=relations,
-                                        precision=precision, blocks=blocks)
+                                        precision=precision, blocks=case.get("blocks"))
     got_grads = grads_of(total)
     seconds = time.perf_counter() - start
 
@@ -248,6 +251,63 @@ def test_validation_is_relation_loss_validation():
         relation_loss_triton(teacher, student, mask, num_relation_heads=2, relations="qq:1")
     with pytest.raises(ValueError, match="precision='fast'"):
         relation_loss_triton(teacher, student, mask, num_relation_heads=2, relations=QKV, precision="fast")
+
+
+def test_block_configurations_are_validated():
+    """split_blocks only parses; it runs no kernel, so it needs no GPU or interpreter."""
+    from distill.kernels.relation_kl import split_blocks
+
+    assert split_blocks(None) == (None, None)
+    assert split_blocks((64, 64, 4, 2)) == ((64, 64, 4, 2), (64, 64, 4, 2))
+    assert split_blocks(((64, 64, 4, 2), None)) == ((64, 64, 4, 2), None)
+    for bad in ((48, 64, 4, 2), (64, 64, 4), ((64, 64, 4, 2), (8, 64, 4, 2)), (64, 64, 0, 2)):
+        with pytest.raises(ValueError, match="blocks"):
+            split_blocks(bad)
+
+
+@needs_plain_process
+@pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
+@pytest.mark.parametrize("dtype, precision", [("fp32", "ieee"), ("fp32", "tf32x3"), ("bf16", "ieee")])
+def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision):
+    """The interpreter runs numpy, not the compiler: lower both kernels, at the default GPU tiles
+    and the benchmark's head sizes (d_t = 16, d_s = 8), through Triton's whole pipeline to a cubin
+    for sm_90 (H100 / H200), which needs no GPU. Catches what only the compiler rejects."""
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:       # an API of this triton version that the test does not know
+        pytest.skip(f"triton's ahead-of-time API is not importable: {exc}")
+    from distill.kernels import relation_kl as rk
+
+    for name, kernel in (("forward", rk._relation_kl_fwd), ("backward", rk._relation_kl_bwd)):
+        block_m, block_n, warps, stages = rk.default_blocks(name)
+        signature = {}
+        for arg in kernel.arg_names:
+            if arg in ("TM", "TN", "SM", "SN"):
+                signature[arg] = "*" + dtype
+            elif arg.isupper():
+                signature[arg] = "*fp32"
+            elif arg.startswith("stride") or arg in ("seq", "num_heads", "d_t", "d_s"):
+                signature[arg] = "i32"
+            elif arg in ("scale_t", "scale_s", "grad_scale"):
+                signature[arg] = "fp32"
+            else:
+                signature[arg] = "constexpr"
+        dot = "tf32" if dtype == "bf16" else precision
+        constants = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DT=rk._head_block(16), BLOCK_DS=rk._head_block(8),
+                         PREC_T=dot, PREC_S=dot)
+        if name == "backward":
+            constants["PREC_G"] = precision
+        compiled = triton.compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=warps, num_stages=stages))
+        ptx = compiled.asm["ptx"]
+        assert compiled.asm.get("cubin"), name
+        assert "ex2.approx" in ptx, name
+        if name == "backward":
+            assert "red." in ptx or "atom." in ptx, name
+        if dot != "ieee":
+            assert "mma" in ptx, (name, dtype, precision)      # tensor cores for TF32 products
 
 
 # --------------------------------------------------------------------------- GPU: the compiled kernels

@@ -278,3 +278,52 @@ def test_through_a_deepspeed_engine_on_cpu(tmp_path, stage):
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["losses"][0] == pytest.approx(result["direct"], rel=1e-5)
     assert result["losses"][-1] < result["losses"][0]
+
+
+def test_relation_impl_choice_on_cpu(monkeypatch):
+    from distill.objective import resolve_relation_impl
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cpu = torch.device("cpu")
+    assert resolve_relation_impl("auto", cpu) == "chunked"  # the kernels never run on CPU tensors in training
+    assert resolve_relation_impl("reference", cpu) == "reference"
+    with pytest.raises(ValueError, match="relation_impl=triton cannot run here: .*; use relation_impl=chunked"):
+        resolve_relation_impl("triton", cpu)
+    with pytest.raises(ValueError, match="relation_impl='fast': choose one of auto, chunked, reference, triton"):
+        resolve_relation_impl("fast", cpu)
+    teacher = tiny_teacher()
+    student = create_student(teacher, 2, 16, 2, init="random")
+    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,
+                                  relation_impl="reference")
+    assert objective.chunk_size is None and objective.relation_impl == "reference"
+
+
+def test_triton_impl_through_the_objective_matches_chunked_in_the_interpreter(tmp_path):
+    pytest.importorskip("triton")  # runs in a child: TRITON_INTERPRET must be set before triton is imported
+    script = textwrap.dedent("""
+        import os, sys, torch
+        sys.path.insert(0, os.getcwd() + "/tests")
+        from test_objective import tiny_teacher, make_batch, QKV
+        from distill.objective import MiniLMv2Objective
+        from distill.student import create_student
+        teacher = tiny_teacher()
+        student = create_student(teacher, 2, 16, 2, init="random").eval()
+        out = []
+        for impl in ("chunked", "triton"):
+            student.zero_grad()
+            objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,
+                                          relation_impl=impl)
+            assert objective.relation_impl == impl
+            loss, parts = objective(make_batch())
+            loss.backward()
+            out.append((loss.detach(), student.encoder.layer[1].attention.self.query.weight.grad.clone()))
+            objective.remove()
+        torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-4, atol=1e-7)
+        print("MATCH", float(out[0][0]))
+    """)
+    from conftest import REPO
+
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "MATCH" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

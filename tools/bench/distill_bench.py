@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--student-heads", type=int, default=12)
     p.add_argument("--relation-heads", type=int, default=48)
     p.add_argument("--relation-chunk-size", type=int, default=128, help="0: the unchunked reference loss")
+    p.add_argument("--relation-impl", default="auto", choices=["auto", "chunked", "reference", "triton"],
+                   help="auto: the Triton kernels on CUDA when triton is installed, else chunked")
     p.add_argument("--seq-len", type=int, nargs="+", default=[128, 512])
     p.add_argument("--batch", type=int, default=32, help="micro-batch per step (the starting point of --find-max-batch)")
     p.add_argument("--deepspeed-config", default="auto", help="a ds_configs/*.json file, or auto")
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
         cfg = DistillConfig(teacher=args.teacher, teacher_layer=args.teacher_layer, student_layer=args.student_layers,
                             student_hidden_size=args.student_hidden, student_attention_heads=args.student_heads,
                             num_relation_heads=args.relation_heads, relation_chunk_size=args.relation_chunk_size,
+                            relation_impl=args.relation_impl,
                             max_seq_len=seq, per_device_train_batch_size=args.batch, max_steps=10**6, warmup_steps=10,
                             deepspeed_config=args.deepspeed_config, output_dir="/tmp/distill_bench")
         ds_json, precision = resolve_deepspeed_config(
@@ -115,7 +118,8 @@ def main(argv=None) -> int:
         torch.manual_seed(cfg.seed)
         frozen, student = build_models(cfg, device, teacher=teacher_model)
         objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
-                                      relations=cfg.relation_weights, chunk_size=cfg.chunk_size)
+                                      relations=cfg.relation_weights, chunk_size=cfg.chunk_size,
+                                      relation_impl=cfg.relation_impl)
         engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters()],
                                                config=ds_json)
         engine.train()
@@ -177,7 +181,7 @@ def main(argv=None) -> int:
         flops = (encoder_forward_flops(frozen.num_layers, ta.hidden_size(tc), ta.intermediate_size(tc), batch, seq)
                  + 3 * encoder_forward_flops(sa.num_layers(sc), sa.hidden_size(sc), sa.intermediate_size(sc), batch, seq)
                  + relation_flops(len(cfg.relation_weights), ta.hidden_size(tc), sa.hidden_size(sc), batch, seq))
-        row = dict(seq=seq, batch=batch, precision=precision, zero=ds_json.get("zero_optimization", {}).get("stage", 0),
+        row = dict(impl=objective.relation_impl, seq=seq, batch=batch, precision=precision, zero=ds_json.get("zero_optimization", {}).get("stage", 0),
                    s_per_step=median, steps_per_s=1 / median, tokens_per_s=batch * seq / median, peak_gib=mem,
                    mfu=flops / median / peak if peak else None, max_batch=max_batch,
                    fused_adam=type(getattr(engine, "basic_optimizer", None) or engine.optimizer).__name__)
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
 
 def format_row(r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-    return (f"| {r['seq']} | {r['batch']} | {r['precision']} | {r['zero']} | {r['fused_adam']} | {r['s_per_step']:.3f} | "
+    return (f"| {r['impl']} | {r['seq']} | {r['batch']} | {r['precision']} | {r['zero']} | {r['fused_adam']} | {r['s_per_step']:.3f} | "
             f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.2f} | {mfu} | "
             f"{r['max_batch'] if r['max_batch'] is not None else '-'} |")
 
@@ -223,8 +227,8 @@ def report(args, device, rows, peak) -> str:
         f"- MFU peak: {peak / 1e12:.0f} TFLOP/s" if peak else "- MFU: not computed (no known peak for this device)",
         f"- command: python {' '.join(sys.argv)}",
         "",
-        "| seq | micro-batch | precision | ZeRO | optimizer | s/step | steps/s | tokens/s | peak memory GiB | MFU | max micro-batch in budget |",
-        "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| loss | seq | micro-batch | precision | ZeRO | optimizer | s/step | steps/s | tokens/s | peak memory GiB | MFU | max micro-batch in budget |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
         *[format_row(r) for r in rows],
         "",
         "Peak memory: torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on CPU.",

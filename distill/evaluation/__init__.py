@@ -1,0 +1,34 @@
+"""GLUE and custom-task evaluation: fine-tuning grid, standard metrics, summary table.
+
+    from distill.evaluation import evaluate, create_summary_table
+
+    evaluate("runs/minilm/export", tasks=["mnli", "sst2"], learning_rate=[1e-5, 3e-5], epochs=[3, 5],
+             seeds=[42], output_dir="results")
+    print(create_summary_table("results", aggregation="best"))
+
+Modules: tasks (the task registry and the data loaders), metrics, finetune (one run with the
+Hugging Face Trainer), grid (`evaluate`), summary (`create_summary_table`). Names are imported
+lazily, so importing the package does not import torch.
+"""
+
+_EXPORTS = {
+    "evaluate": "grid", "run_name": "grid",
+    "create_summary_table": "summary", "summarize": "summary", "Summary": "summary", "markdown_table": "summary",
+    "collect_runs": "summary",
+    "Task": "tasks", "TaskDataError": "tasks", "TASKS": "tasks", "GLUE_TASKS": "tasks", "DEFAULT_TASKS": "tasks",
+    "get_task": "tasks", "custom_task": "tasks", "load_task_data": "tasks", "load_reviews": "tasks",
+    "METRICS": "metrics", "compute_metrics": "metrics",
+    "RunSettings": "finetune", "run_finetune": "finetune",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'distill.evaluation' has no attribute {name!r}")

@@ -1,0 +1,298 @@
+"""One fine-tuning run: a model directory, a task, one (learning rate, epochs, seed); the Hugging Face Trainer.
+
+A run lives in its own directory:
+    settings.json   what the run is (written first): `RunSettings` as JSON
+    metrics.json    written last, atomically, only when the run finished: see `run_finetune`
+    error.txt       the traceback of a failed run
+    log.txt         the run's output when a grid ran it in a worker process
+
+`python -m distill.evaluation.finetune RUN_DIR` runs the run described by RUN_DIR/settings.json:
+that is how the grid puts runs on several GPUs at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..shards import atomic_write_json
+from .metrics import compute_metrics
+from .tasks import Task, TaskDataError, load_task_data
+
+__all__ = ["RunSettings", "run_finetune", "load_tokenizer", "check_model", "COMPARED_SETTINGS", "PRECISIONS"]
+
+SETTINGS_NAME, METRICS_NAME, ERROR_NAME = "settings.json", "metrics.json", "error.txt"
+PRECISIONS = ("fp32", "bf16", "fp16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+@dataclass
+class RunSettings:
+    """Everything one run depends on; saved as settings.json in the run's directory."""
+
+    model_name_or_path: str
+    """Model directory or hub name; loaded with AutoModelForSequenceClassification (a new head)."""
+    task: dict
+    """`Task.to_dict()` of the task."""
+    learning_rate: float
+    """Peak learning rate of AdamW; linear warmup, then linear decay to 0."""
+    epochs: float
+    """Passes over the (possibly capped) training split."""
+    seed: int
+    """Seeds the classifier head's initialisation, dropout and the data order."""
+    tokenizer: str | None = None
+    """Tokenizer directory or hub name; default the model's."""
+    data_dir: str | None = None
+    """Where the task's data is (see distill.evaluation.tasks); None: the hub / default assets."""
+    per_device_train_batch_size: int = 32
+    """Training batch size (one device per run)."""
+    per_device_eval_batch_size: int = 64
+    """Evaluation batch size."""
+    max_seq_length: int = 128
+    """Inputs are truncated to this many tokens, then padded per batch."""
+    warmup_ratio: float = 0.1
+    """Share of the training steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on biases and LayerNorm, as the Trainer does)."""
+    max_train_samples: int | None = None
+    """Train on a random subset of this many examples (fixed seed 0, the same for every run); None: all."""
+    max_eval_samples: int | None = None
+    """Evaluate on a random subset of this many examples per eval split (fixed seed 0); None: all."""
+    group_by_length: bool = False
+    """Batch examples of similar length together (less padding, faster on CPU; a different data order)."""
+    precision: str = "fp32"
+    """fp32, or bf16 / fp16 mixed precision (CUDA)."""
+    cache_dir: str | None = None
+    """Hugging Face cache for hub models and datasets."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# What must agree between a finished run and a new request for the same run directory to count
+# as done; paths (model, data, cache) may move.
+COMPARED_SETTINGS = ("task", "learning_rate", "epochs", "seed", "per_device_train_batch_size",
+                     "per_device_eval_batch_size", "max_seq_length", "warmup_ratio", "weight_decay",
+                     "max_train_samples", "max_eval_samples", "group_by_length", "precision")
+
+
+def load_tokenizer(model_name_or_path: str, tokenizer: str | None = None, cache_dir: str | None = None):
+    """The tokenizer, or a clear error. A local directory must hold tokenizer files: transformers 5
+    otherwise builds an empty tokenizer that maps every word to [UNK] without a word of warning."""
+    from transformers import AutoTokenizer
+
+    source = tokenizer or model_name_or_path
+    if os.path.isdir(source) and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        raise TaskDataError(f"no tokenizer in {source} (none of {', '.join(TOKENIZER_FILES)}): save one there "
+                            f"(tokenizer.save_pretrained(DIR)) or pass a tokenizer directory / hub name")
+    try:
+        tok = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir)
+    except Exception as e:
+        raise TaskDataError(f"could not load a tokenizer from {source}: {type(e).__name__}: {e}") from None
+    if len(tok) <= len(tok.all_special_tokens) + 1:
+        raise TaskDataError(f"the tokenizer in {source} has a vocabulary of {len(tok)} tokens: it is empty")
+    return tok
+
+
+def check_model(model_name_or_path: str, tokenizer, max_seq_length: int, cache_dir: str | None = None):
+    """The model's config, after checking that the tokenizer and max_seq_length fit it."""
+    from transformers import AutoConfig
+
+    if os.path.isfile(model_name_or_path):
+        raise TaskDataError(f"{model_name_or_path} is a file: pass the model directory")
+    try:
+        config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir)
+    except Exception as e:
+        raise TaskDataError(f"could not load a model config from {model_name_or_path}: {type(e).__name__}: {e}") from None
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and max(tok_id for tok_id in tokenizer.get_vocab().values()) >= vocab:
+        raise TaskDataError(f"the tokenizer's ids go up to {max(tokenizer.get_vocab().values())} but the model "
+                            f"{model_name_or_path} has only {vocab} embeddings: the tokenizer is not this model's")
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max_seq_length > positions:
+        raise TaskDataError(f"max_seq_length={max_seq_length} is longer than the model's "
+                            f"{positions} positions: use max_seq_length <= {positions}")
+    return config
+
+
+def tokenize_splits(task: Task, data, tokenizer, max_seq_length: int, max_train_samples=None, max_eval_samples=None):
+    """{split: tokenized Dataset with input_ids, attention_mask, (token_type_ids), labels}."""
+    out = {}
+    for split in ["train"] + [s for s, _ in task.eval_splits]:
+        ds = data[split]
+        cap = max_train_samples if split == "train" else max_eval_samples
+        if cap is not None and cap < len(ds):
+            ds = ds.shuffle(seed=0).select(range(cap))  # a fixed subset, the same for every run and model
+
+        def encode(batch):
+            enc = tokenizer(*[batch[f] for f in task.text_fields], truncation=True, max_length=max_seq_length)
+            enc["labels"] = batch["label"]
+            return enc
+
+        out[split] = ds.map(encode, batched=True, remove_columns=ds.column_names, keep_in_memory=True)
+    return out
+
+
+def run_finetune(run_dir: str | os.PathLike, settings: RunSettings, data=None, tokenizer=None,
+                 disable_tqdm: bool | None = None) -> dict:
+    """Fine-tune and evaluate one run; write RUN_DIR/metrics.json; return its content.
+
+    metrics.json: {"model", "task", "learning_rate", "epochs", "seed", "metrics": {key: fraction},
+    "metric_keys": [...], "score": mean of the metrics (the GLUE per-task score, a fraction),
+    "train": {"examples", "steps", "loss", "runtime_s"}, "eval_examples": {split: n}, "device"}.
+    `data` (the task's DatasetDict) and `tokenizer` may be passed in to skip reloading them.
+    """
+    with _quiet_progress_bars(bool(disable_tqdm)):
+        return _run(Path(run_dir), settings, data, tokenizer, disable_tqdm)
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars(quiet: bool):
+    """datasets' map bars and transformers' weight-loading bar off while `quiet`, restored after."""
+    import datasets.utils.logging as ds_logging
+    import transformers.utils.logging as hf_logging
+
+    was = ds_logging.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    if quiet:
+        ds_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was[0]:
+            ds_logging.enable_progress_bar()
+        if quiet and was[1]:
+            hf_logging.enable_progress_bar()
+
+
+def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm) -> dict:
+    import numpy as np
+    import torch
+    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
+                              TrainingArguments, set_seed)
+
+    task = Task.from_dict(settings.task)
+    start = time.time()
+    if tokenizer is None:
+        tokenizer = load_tokenizer(settings.model_name_or_path, settings.tokenizer, settings.cache_dir)
+    if data is None:
+        data = load_task_data(task, settings.data_dir, settings.cache_dir)
+    check_model(settings.model_name_or_path, tokenizer, settings.max_seq_length, settings.cache_dir)
+    encoded = tokenize_splits(task, data, tokenizer, settings.max_seq_length,
+                              settings.max_train_samples, settings.max_eval_samples)
+
+    set_seed(settings.seed)  # before the model: the new classifier head's initialisation depends on it
+    label_kw = {} if task.is_regression else {
+        "id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        settings.model_name_or_path, num_labels=task.num_labels, cache_dir=settings.cache_dir,
+        problem_type="regression" if task.is_regression else "single_label_classification", **label_kw)
+
+    cuda = torch.cuda.is_available()
+    if settings.precision != "fp32" and not cuda:
+        raise TaskDataError(f"precision={settings.precision} needs a CUDA GPU; use precision=fp32 on CPU")
+    n_train = len(encoded["train"])
+    steps_per_epoch = math.ceil(n_train / settings.per_device_train_batch_size)
+    total_steps = math.ceil(steps_per_epoch * settings.epochs)
+    args = TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        per_device_eval_batch_size=settings.per_device_eval_batch_size,
+        warmup_steps=math.ceil(settings.warmup_ratio * total_steps),  # an int: the same on transformers 4 and 5
+        weight_decay=settings.weight_decay,
+        lr_scheduler_type="linear",
+        **_length_grouping(TrainingArguments, settings.group_by_length),
+        seed=settings.seed,
+        bf16=settings.precision == "bf16",
+        fp16=settings.precision == "fp16",
+        use_cpu=not cuda,
+        eval_strategy="no",  # one evaluation at the end, on every eval split
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=max(1, total_steps // 10),
+        report_to="none",
+        disable_tqdm=disable_tqdm,
+    )
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if settings.precision != "fp32" else None)
+    trainer = Trainer(model=model, args=args, train_dataset=encoded["train"], data_collator=collator,
+                      processing_class=tokenizer)
+    if args.disable_tqdm:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when the bars are off
+    train_out = trainer.train()
+
+    metrics, eval_examples = {}, {}
+    for split, suffix in task.eval_splits:
+        pred = trainer.predict(encoded[split])
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        preds = logits.reshape(-1) if task.is_regression else np.argmax(logits, axis=-1)
+        for name, value in compute_metrics(task.metrics, pred.label_ids, preds).items():
+            metrics[f"{name}_{suffix}" if suffix else name] = value
+        eval_examples[split] = len(encoded[split])
+    result = {
+        "model": settings.model_name_or_path,
+        "task": task.name,
+        "learning_rate": settings.learning_rate,
+        "epochs": settings.epochs,
+        "seed": settings.seed,
+        "metrics": metrics,
+        "metric_keys": list(task.metric_keys),
+        "score": float(np.mean([metrics[k] for k in task.metric_keys])),
+        "train": {"examples": n_train, "steps": int(train_out.global_step), "loss": float(train_out.training_loss),
+                  "runtime_s": round(time.time() - start, 2)},
+        "eval_examples": eval_examples,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+    }
+    atomic_write_json(run_dir / METRICS_NAME, result)
+    return result
+
+
+def _length_grouping(args_cls, on: bool) -> dict:
+    """transformers 5: train_sampling_strategy="group_by_length"; 4.x: group_by_length=True."""
+    import inspect
+
+    if not on:
+        return {}
+    params = inspect.signature(args_cls.__init__).parameters
+    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in params \
+        else {"group_by_length": True}
+
+
+def main(argv=None) -> int:
+    """Worker entry point: run the run described by RUN_DIR/settings.json."""
+    import json
+    import traceback
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m distill.evaluation.finetune RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0])
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    settings = RunSettings.from_dict(json.loads((run_dir / SETTINGS_NAME).read_text()))
+    try:
+        run_finetune(run_dir, settings, disable_tqdm=True)
+    except Exception:
+        (run_dir / ERROR_NAME).write_text(traceback.format_exc())
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The summary table: models as rows, tasks as columns, an average; scores x 100.
+
+It reads RESULTS_DIR/<model>/<task>/<run>/metrics.json, the files the grid writes. A hand-written
+one needs only {"metrics": {"mcc": 0.52}} (fractions, as the metric functions return them), plus
+"learning_rate", "epochs", "seed" for the hyper-parameter table (else they are read from the run's
+settings.json).
+
+A task's score is the mean of its metrics, the GLUE benchmark's per-task score: CoLA MCC; STS-B
+(Pearson + Spearman) / 2; MRPC and QQP (F1 + accuracy) / 2; MNLI (matched + mismatched accuracy) / 2;
+reviews (accuracy + macro F1) / 2; the others accuracy. Over a task's runs (the grid):
+- best (default): the run with the highest score, the papers' dev-set convention;
+- mean / median: the mean / median over all the task's finished runs.
+With metrics="all" every metric gets its own column (`mrpc/f1`, `mnli/accuracy_mm`, ...): the best
+run's values, or each metric's mean / median over the runs. The average column is the mean of the
+task scores; it is empty for a model that misses one of the table's tasks.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .finetune import METRICS_NAME, SETTINGS_NAME
+from .tasks import GLUE_TASKS, TASKS, TaskDataError
+
+__all__ = ["Summary", "collect_runs", "summarize", "create_summary_table", "markdown_table", "AGGREGATIONS"]
+
+AGGREGATIONS = ("best", "mean", "median")
+AVERAGE = "avg"
+
+
+@dataclass
+class Summary:
+    scores: "object"  # pandas DataFrame: models x task columns (+ "avg"), x 100
+    hyperparameters: "object"  # DataFrame: models x tasks, the chosen run's "lr=3e-05 epochs=3 seed=42"
+    runs: "object"  # DataFrame: one row per finished run (model, task, learning_rate, epochs, seed, score, metrics)
+    aggregation: str
+
+    def to_markdown(self, digits: int = 2) -> str:
+        return markdown_table(self.scores, digits=digits)
+
+
+def collect_runs(results_dir: str | os.PathLike) -> list[dict]:
+    """One record per finished run under RESULTS_DIR/<model>/<task>/<run>/metrics.json."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise TaskDataError(f"results dir {results_dir} not found")
+    records = []
+    for path in sorted(results_dir.glob(f"*/*/*/{METRICS_NAME}")):
+        run_dir = path.parent
+        model, task = run_dir.parent.parent.name, run_dir.parent.name
+        try:
+            result = json.loads(path.read_text())
+            metrics = {k: float(v) for k, v in result["metrics"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise TaskDataError(f"{path}: not a metrics file ({type(e).__name__}: {e}); expected "
+                                f'{{"metrics": {{"name": fraction, ...}}, ...}}') from None
+        keys = list(TASKS[task].metric_keys) if task in TASKS else list(result.get("metric_keys") or metrics)
+        missing = [k for k in keys if k not in metrics]
+        if missing:
+            raise TaskDataError(f"{path}: task {task!r} needs metric(s) {missing}; found {sorted(metrics)}")
+        hp = dict(result)
+        if not all(k in hp for k in ("learning_rate", "epochs", "seed")):
+            try:
+                hp = {**json.loads((run_dir / SETTINGS_NAME).read_text()), **hp}
+            except (OSError, ValueError):
+                pass
+        records.append({
+            "model": model, "task": task, "run": run_dir.name,
+            "learning_rate": hp.get("learning_rate"), "epochs": hp.get("epochs"), "seed": hp.get("seed"),
+            "score": sum(metrics[k] for k in keys) / len(keys),
+            "metrics": {k: metrics[k] for k in keys},
+        })
+    return records
+
+
+def summarize(results_dir: str | os.PathLike, aggregation: str = "best", metrics: str = "main",
+              models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+              include_average: bool = True) -> Summary:
+    """The table of RESULTS_DIR's runs (see the module docstring); models/tasks select and order rows/columns."""
+    import numpy as np
+    import pandas as pd
+
+    if aggregation not in AGGREGATIONS:
+        raise TaskDataError(f"aggregation={aggregation!r}: choose among {', '.join(AGGREGATIONS)}")
+    if metrics not in ("main", "all"):
+        raise TaskDataError(f"metrics={metrics!r}: choose 'main' (one score per task) or 'all' (every metric)")
+    records = collect_runs(results_dir)
+    if not records:
+        raise TaskDataError(f"no finished runs under {results_dir} (expected <model>/<task>/<run>/{METRICS_NAME})")
+    found_models = list(dict.fromkeys(r["model"] for r in records))
+    found_tasks = list(dict.fromkeys(r["task"] for r in records))
+    for kind, asked, found in (("model", models, found_models), ("task", tasks, found_tasks)):
+        unknown = [x for x in (asked or []) if x not in found]
+        if unknown:
+            raise TaskDataError(f"{kind}(s) {unknown} have no finished runs under {results_dir}; found {found}")
+    models = list(models) if models else sorted(found_models)
+    glue_order = list(GLUE_TASKS)
+    tasks = list(tasks) if tasks else sorted(found_tasks, key=lambda t: (glue_order.index(t) if t in glue_order
+                                                                           else len(glue_order), t))
+    reduce = {"mean": np.mean, "median": np.median}.get(aggregation)
+
+    rows, hps = {}, {}
+    for model in models:
+        row, hp = {}, {}
+        for task in tasks:
+            runs = [r for r in records if r["model"] == model and r["task"] == task]
+            runs.sort(key=lambda r: (_num(r["learning_rate"]), _num(r["epochs"]), _num(r["seed"])))
+            if not runs:
+                continue
+            keys = list(runs[0]["metrics"])
+            if aggregation == "best":
+                chosen = max(runs, key=lambda r: r["score"])  # the first of equals, in grid order
+                score, values = chosen["score"], chosen["metrics"]
+                hp[task] = (f"lr={_fmt(chosen['learning_rate'])} epochs={_fmt(chosen['epochs'])} "
+                            f"seed={_fmt(chosen['seed'])}")
+            else:
+                score = float(reduce([r["score"] for r in runs]))
+                values = {k: float(reduce([r["metrics"][k] for r in runs])) for k in keys}
+                hp[task] = (f"{aggregation} of {len(runs)} runs: lr {_set(runs, 'learning_rate')} "
+                            f"epochs {_set(runs, 'epochs')} seed {_set(runs, 'seed')}")
+            row[(task, "")] = 100 * score
+            for k in keys:
+                row[(task, k)] = 100 * values[k]
+        rows[model], hps[model] = row, hp
+
+    if metrics == "main":
+        columns = [(t, "") for t in tasks]
+    else:
+        columns = [(t, k) for t in tasks for k in dict.fromkeys(k for m in rows.values() for (tt, k) in m
+                                                              if tt == t and k)]
+    table = pd.DataFrame([[rows[m].get(c, np.nan) for c in columns] for m in models], index=models,
+                         columns=[t if not k else f"{t}/{k}" for t, k in columns], dtype=float)
+    if include_average:
+        task_scores = np.array([[rows[m].get((t, ""), np.nan) for t in tasks] for m in models], dtype=float)
+        table[AVERAGE] = task_scores.mean(axis=1)  # NaN when a task is missing: averages over other tasks mislead
+    table.index.name = "model"
+    hyper = pd.DataFrame([[hps[m].get(t, "") for t in tasks] for m in models], index=models, columns=tasks)
+    hyper.index.name = "model"
+    runs_df = pd.DataFrame([{**{k: v for k, v in r.items() if k != "metrics"},
+                             **{f"{r['task']}/{k}": v for k, v in r["metrics"].items()}} for r in records])
+    return Summary(table, hyper, runs_df, aggregation)
+
+
+def create_summary_table(results_dir: str | os.PathLike, save: bool = True, output_file: str | None = None,
+                         include_average: bool = True, round_decimals: int = 2, aggregation: str = "best",
+                         metrics: str = "main", models: Sequence[str] | None = None,
+                         tasks: Sequence[str] | None = None) -> "object":
+    """bertdistiller's name: the summary as a DataFrame (models x tasks + "avg", x 100, rounded).
+
+    The chosen hyper-parameters per task are in `df.attrs["hyperparameters"]` (a DataFrame).
+    save: write the table as CSV to `output_file` (default RESULTS_DIR/summary.csv), and the
+    hyper-parameters beside it (summary_hyperparameters.csv).
+    """
+    summary = summarize(results_dir, aggregation, metrics, models, tasks, include_average)
+    table = summary.scores.round(round_decimals)
+    if save:
+        path = Path(output_file) if output_file else Path(results_dir) / "summary.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path)
+        summary.hyperparameters.to_csv(path.with_name(f"{path.stem}_hyperparameters.csv"))
+    table.attrs["hyperparameters"] = summary.hyperparameters
+    table.attrs["aggregation"] = aggregation
+    return table
+
+
+def markdown_table(df, digits: int = 2, index_name: str | None = None) -> str:
+    """A DataFrame as a GitHub Markdown table; numbers with `digits` decimals, missing as "-"."""
+    import math
+
+    def cell(v):
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    head = [index_name or df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] + ["---:" if df[c].dtype.kind == "f" else "---" for c in df.columns]) + "|"]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [cell(v) for v in row.tolist()]) + " |")
+    return "\n".join(lines)
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def _set(runs, key) -> str:
+    values = sorted({r[key] for r in runs if r[key] is not None}, key=_num)
+    return "{" + ",".join(_fmt(v) for v in values) + "}"

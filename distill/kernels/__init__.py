@@ -1,0 +1,97 @@
+"""Fused GPU kernels. Triton is optional: importing this package never imports it.
+
+    from distill.kernels import available, relation_loss_triton
+    if available(device):
+        total, parts = relation_loss_triton(teacher_qkv, student_qkv, attention_mask,
+                                            num_relation_heads=48, relations=relations)
+
+`relation_loss_triton` has the signature and semantics of `distill.relations.relation_loss`
+(same validation, same value and gradient within float32 rounding) but computes each relation
+with the fused kernels of `distill.kernels.relation_kl`, which never hold an S x S matrix:
+memory beyond the inputs is O(B * A_r * S) for the forward and the students' float32 gradients.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Mapping, Sequence
+
+import torch
+
+__all__ = ["available", "unavailable_reason", "relation_loss_triton"]
+
+_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def unavailable_reason(device: torch.device | str | None = None) -> str | None:
+    """None when the Triton relation loss can run on `device` (default: CUDA), else why not."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    device = torch.device("cuda" if device is None else device)
+    if _interpreting():
+        return None if device.type == "cpu" else f"TRITON_INTERPRET=1 runs kernels on CPU tensors, not on {device}"
+    if device.type != "cuda":
+        return f"the Triton kernels run on CUDA tensors, not on {device} (set TRITON_INTERPRET=1 for the CPU interpreter)"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    return None
+
+
+def available(device: torch.device | str | None = None) -> bool:
+    """True when triton is importable and `device` (default CUDA) can run its kernels."""
+    return unavailable_reason(device) is None
+
+
+def relation_loss_triton(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[torch.Tensor],
+                         attention_mask: torch.Tensor, *, num_relation_heads: int,
+                         relations: Mapping[tuple[int, int], float], chunk_size: int | None = None,
+                         precision: str = "ieee", blocks=None
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`distill.relations.relation_loss` computed by the fused Triton kernels.
+
+    Same arguments and return value; chunk_size is accepted for a drop-in call and ignored (the
+    kernels tile by themselves). precision: tl.dot's input_precision for float32 operands on the
+    GPU, "ieee" (default), "tf32x3" or "tf32" (see distill.kernels.relation_kl). blocks: None
+    for the defaults, (BLOCK_M, BLOCK_N, num_warps, num_stages) for both kernels, or a pair
+    (forward, backward) of such tuples (None for that kernel's default).
+    Raises RuntimeError when triton cannot run on the tensors' device (see `unavailable_reason`).
+    """
+    from distill.relations import _check_inputs, relation_name
+
+    relations = _check_inputs(teacher_qkv, student_qkv, attention_mask, num_relation_heads, relations, chunk_size)
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(_PRECISIONS)}")
+    device = student_qkv[0].device
+    reason = unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"relation_loss_triton cannot run: {reason}; use distill.relations.relation_loss "
+                           f"(chunk_size=... for the chunked version) instead")
+    from distill.kernels.relation_kl import TritonRelationKL, split_blocks
+
+    split_blocks(blocks)                  # validate before any kernel runs
+
+    valid = attention_mask.to(device=device, dtype=torch.bool)                       # (B, S)
+    batch = valid.shape[0]
+    lengths = valid.sum(dim=1, dtype=torch.float32)
+    row_weight = (valid / (batch * num_relation_heads * lengths.clamp(min=1)).unsqueeze(1)).contiguous()
+    key_bias = torch.zeros(valid.shape, dtype=torch.float32, device=device).masked_fill_(~valid, -1e30)
+    pairs = tuple(relations)
+    teacher = tuple(t.detach() for t in teacher_qkv)
+    with torch.autocast(device.type, enabled=False):
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                losses = TritonRelationKL.apply(key_bias, row_weight, valid, num_relation_heads, pairs, precision,
+                                                blocks, *teacher, *student_qkv)
+        else:
+            losses = TritonRelationKL.apply(key_bias, row_weight, valid, num_relation_heads, pairs, precision,
+                                            blocks, *teacher, *student_qkv)
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    parts: dict[str, torch.Tensor] = {}
+    for r, ((m, n), weight) in enumerate(relations.items()):
+        parts[relation_name((m, n))] = losses[r].detach()
+        total = total + weight * losses[r]
+    return total, parts

@@ -1,0 +1,322 @@
+"""Fused Triton kernels for the MiniLMv2 relation KL: forward and backward, no S x S matrix in memory.
+
+For one relation (m, n), per (example b, relation head h), with d_t = H_t / A_r, d_s = H_s / A_r:
+
+    z_t = X_m^t X_n^t^T / sqrt(d_t),  z_s = X_m^s X_n^s^T / sqrt(d_s),  padded keys at -1e30
+    KL_i = sum_j p_t,ij (log p_t,ij - log p_s,ij) = sum_j p_t,ij (z_t,ij - z_s,ij) - lse_t,i + lse_s,i
+    loss = sum_{b, h, i} row_weight_b,i * KL_b,h,i        row_weight = valid / (B * A_r * n_b)
+
+Forward (`_relation_kl_fwd`): one program per (block of BLOCK_M query rows, b * A_r + h). The two
+row blocks of queries stay in registers; the program walks the keys BLOCK_N at a time, computes
+both logit tiles with tl.dot, and keeps an online log-sum-exp for each side plus the running
+cross term sum_j exp(z_t - max_t) (z_t - z_s), rescaled whenever the teacher's running max moves.
+It writes per row KL_i and the two log-sum-exps (B * A_r * S floats each), nothing per key.
+
+Backward (`_relation_kl_bwd`): one program per (block of BLOCK_N keys, b * A_r + h). It keeps its
+key tiles in registers, walks the query rows, recomputes both logit tiles and, from the saved
+log-sum-exps, G = w_i (softmax(z_s) - softmax(z_t)), the gradient of the loss w.r.t. z_s. Then
+    dX_n^s[j] += sum_i G_ij X_m^s[i] / sqrt(d_s)   (accumulated in registers, added once)
+    dX_m^s[i] += sum_j G_ij X_n^s[j] / sqrt(d_s)   (added with fp32 atomics, one tile per step)
+Both go into float32 accumulators of the student tensors' [B, S, H_s] shape, so that m == n (the
+same tensor receives both terms) and several relations sharing a tensor simply add up. Atomic
+addition makes the gradient's last bits depend on the order the GPU schedules programs in.
+
+Inside the kernels logits live in base 2 (scaled by log2(e)) so that every exponential is one
+exp2; the log-sum-exps are saved in base 2 and the KL is converted back with ln(2).
+Padding: key_bias is 0 at real tokens and -1e30 at padding (DESIGN.md); key columns past the
+sequence end (a tile's tail) load the same -1e30, so their exp2 is exactly 0 next to any real key.
+Only real keys (bias == 0) enter the cross term, and only rows of nonzero weight the gradient,
+so a padded row never multiplies a weight by a difference of two -1e30's. A row of an
+all-padding example stays finite (all its logits are -1e30) and has weight 0.
+
+Offsets are 32-bit: each [B, S, H] input must span fewer than 2**31 elements (checked).
+Inputs are read in their own dtype ([B, S, H] with unit stride along H; any batch and sequence
+stride) and converted to float32 on chip; all arithmetic is float32. `precision` is tl.dot's
+input_precision for float32 operands on the GPU: "ieee" (exact float32 FMA, the default),
+"tf32x3" (three TF32 products on the tensor cores, about float32 accuracy) or "tf32" (10-bit
+mantissa: not accurate enough for the 1e-4 target). The logit products of float16 / bfloat16
+inputs are exact in TF32, so those use "tf32" regardless. The interpreter (TRITON_INTERPRET=1)
+ignores it and computes in numpy float32.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+MASKED = -1e30          # the padding bias of distill.relations (_MASKED)
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 before import)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@triton.jit
+def _relation_kl_fwd(
+    TM, TN, SM, SN, KEY_BIAS, KL, LSE_T, LSE_S,
+    stride_tm_b, stride_tm_s, stride_tn_b, stride_tn_s,
+    stride_sm_b, stride_sm_s, stride_sn_b, stride_sn_s,
+    stride_kb_b,
+    seq, num_heads, d_t, d_s, scale_t, scale_s,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr,
+    PREC_T: tl.constexpr, PREC_S: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < seq
+    cols_t = tl.arange(0, BLOCK_DT)
+    cols_s = tl.arange(0, BLOCK_DS)
+    dt_ok = cols_t < d_t
+    ds_ok = cols_s < d_s
+
+    q_t = tl.load(TM + b * stride_tm_b + rows[:, None] * stride_tm_s + h * d_t + cols_t[None, :],
+                  mask=row_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
+    q_s = tl.load(SM + b * stride_sm_b + rows[:, None] * stride_sm_s + h * d_s + cols_s[None, :],
+                  mask=row_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+
+    max_t = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    max_s = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    sum_t = tl.zeros([BLOCK_M], tl.float32)
+    sum_s = tl.zeros([BLOCK_M], tl.float32)
+    cross = tl.zeros([BLOCK_M], tl.float32)     # sum_j exp2(z_t - max_t) (z_t - z_s), base 2
+    for start in range(0, seq, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        key_ok = keys < seq
+        k_t = tl.load(TN + b * stride_tn_b + keys[:, None] * stride_tn_s + h * d_t + cols_t[None, :],
+                      mask=key_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
+        k_s = tl.load(SN + b * stride_sn_b + keys[:, None] * stride_sn_s + h * d_s + cols_s[None, :],
+                      mask=key_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+        bias = tl.load(KEY_BIAS + b * stride_kb_b + keys, mask=key_ok, other=-1e30)
+        real = (bias == 0.0)[None, :]
+        z_t = tl.dot(q_t, tl.trans(k_t), input_precision=PREC_T) * scale_t + bias[None, :]
+        z_s = tl.dot(q_s, tl.trans(k_s), input_precision=PREC_S) * scale_s + bias[None, :]
+
+        new_max_t = tl.maximum(max_t, tl.max(z_t, 1))
+        alpha = tl.exp2(max_t - new_max_t)
+        e_t = tl.exp2(z_t - new_max_t[:, None])
+        sum_t = sum_t * alpha + tl.sum(e_t, 1)
+        cross = cross * alpha + tl.sum(tl.where(real, e_t * (z_t - z_s), 0.0), 1)
+        max_t = new_max_t
+
+        new_max_s = tl.maximum(max_s, tl.max(z_s, 1))
+        sum_s = sum_s * tl.exp2(max_s - new_max_s) + tl.sum(tl.exp2(z_s - new_max_s[:, None]), 1)
+        max_s = new_max_s
+
+    lse_t = max_t + tl.log2(sum_t)
+    lse_s = max_s + tl.log2(sum_s)
+    kl = (cross / sum_t - lse_t + lse_s) * 0.6931471805599453
+    out = bh * seq + rows
+    tl.store(KL + out, kl, mask=row_ok)
+    tl.store(LSE_T + out, lse_t, mask=row_ok)
+    tl.store(LSE_S + out, lse_s, mask=row_ok)
+
+
+@triton.jit
+def _relation_kl_bwd(
+    TM, TN, SM, SN, KEY_BIAS, ROW_W, LSE_T, LSE_S, DM, DN,
+    stride_tm_b, stride_tm_s, stride_tn_b, stride_tn_s,
+    stride_sm_b, stride_sm_s, stride_sn_b, stride_sn_s,
+    stride_kb_b, stride_w_b, stride_dm_b, stride_dm_s, stride_dn_b, stride_dn_s,
+    seq, num_heads, d_t, d_s, scale_t, scale_s, grad_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr,
+    PREC_T: tl.constexpr, PREC_S: tl.constexpr, PREC_G: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // num_heads
+    h = bh % num_heads
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < seq
+    cols_t = tl.arange(0, BLOCK_DT)
+    cols_s = tl.arange(0, BLOCK_DS)
+    dt_ok = cols_t < d_t
+    ds_ok = cols_s < d_s
+
+    k_t = tl.load(TN + b * stride_tn_b + keys[:, None] * stride_tn_s + h * d_t + cols_t[None, :],
+                  mask=key_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
+    k_s = tl.load(SN + b * stride_sn_b + keys[:, None] * stride_sn_s + h * d_s + cols_s[None, :],
+                  mask=key_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+    bias = tl.load(KEY_BIAS + b * stride_kb_b + keys, mask=key_ok, other=-1e30)
+    real = (bias == 0.0)[None, :]
+
+    d_k = tl.zeros([BLOCK_N, BLOCK_DS], tl.float32)
+    for start in range(0, seq, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_ok = rows < seq
+        w = tl.load(ROW_W + b * stride_w_b + rows, mask=row_ok, other=0.0)
+        q_t = tl.load(TM + b * stride_tm_b + rows[:, None] * stride_tm_s + h * d_t + cols_t[None, :],
+                      mask=row_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
+        q_s = tl.load(SM + b * stride_sm_b + rows[:, None] * stride_sm_s + h * d_s + cols_s[None, :],
+                      mask=row_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+        lse_t = tl.load(LSE_T + bh * seq + rows, mask=row_ok, other=0.0)
+        lse_s = tl.load(LSE_S + bh * seq + rows, mask=row_ok, other=0.0)
+        z_t = tl.dot(q_t, tl.trans(k_t), input_precision=PREC_T) * scale_t + bias[None, :]
+        z_s = tl.dot(q_s, tl.trans(k_s), input_precision=PREC_S) * scale_s + bias[None, :]
+        p_t = tl.exp2(z_t - lse_t[:, None])
+        p_s = tl.exp2(z_s - lse_s[:, None])
+        g = tl.where(real & (w != 0.0)[:, None], (p_s - p_t) * w[:, None], 0.0)     # dloss / dz_s
+        d_k += tl.dot(tl.trans(g), q_s, input_precision=PREC_G)
+        d_q = tl.dot(g, k_s, input_precision=PREC_G) * grad_scale
+        tl.atomic_add(DM + b * stride_dm_b + rows[:, None] * stride_dm_s + h * d_s + cols_s[None, :], d_q,
+                      mask=row_ok[:, None] & ds_ok[None, :], sem="relaxed")
+    tl.atomic_add(DN + b * stride_dn_b + keys[:, None] * stride_dn_s + h * d_s + cols_s[None, :], d_k * grad_scale,
+                  mask=key_ok[:, None] & ds_ok[None, :], sem="relaxed")
+
+
+def _head_block(d: int) -> int:
+    # tl.dot needs every dimension >= 16 on the GPU; the extra columns load as zeros
+    return max(16, triton.next_power_of_2(d))
+
+
+def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] * x.stride(0) >= 2**31:
+        # the kernels index with 32-bit offsets (b * stride_b + s * stride_s + column)
+        raise ValueError(f"a [B, S, H] = {list(x.shape)} tensor spans 2**31 elements or more: the Triton relation "
+                         f"loss indexes with 32-bit offsets; split the batch")
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _dot_precision(x_m: torch.Tensor, x_n: torch.Tensor, precision: str) -> str:
+    low = (torch.float16, torch.bfloat16)
+    return "tf32" if x_m.dtype in low and x_n.dtype in low else precision
+
+
+Blocks = tuple[int, int, int, int]      # (BLOCK_M query rows, BLOCK_N keys, num_warps, num_stages)
+
+
+def default_blocks(kernel: str) -> Blocks:
+    """The tiles of "forward" or "backward": tiny ones in the interpreter (each tile operation is a
+    numpy call there, and 16 still walks several blocks at the test shapes). On the GPU, chosen from
+    ptxas's register report for sm_90 (d <= 16): the forward with 64 x 64 and 4 warps needs no
+    spill for float32 or bfloat16 inputs, "ieee" or "tf32x3"; the backward holds more tiles at once
+    and spills at 64 x 64 (up to 600 bytes per thread with "ieee"), not at 32 query rows x 64 keys."""
+    if interpreting():
+        return 16, 16, 1, 1
+    return (64, 64, 4, 2) if kernel == "forward" else (32, 64, 4, 2)
+
+
+def split_blocks(blocks) -> tuple[Blocks | None, Blocks | None]:
+    """None -> (None, None) (the defaults); one (BLOCK_M, BLOCK_N, warps, stages) -> for both kernels;
+    a pair (forward, backward) of such tuples or None -> as given."""
+    if blocks is None:
+        return None, None
+    def one(b):
+        if b is None:
+            return None
+        if not (isinstance(b, (tuple, list)) and len(b) == 4 and all(isinstance(v, int) and v >= 1 for v in b)):
+            raise ValueError(f"blocks {blocks!r}: give (BLOCK_M, BLOCK_N, num_warps, num_stages) of positive "
+                             f"integers, or a pair (forward, backward) of them")
+        block_m, block_n = b[0], b[1]
+        if block_m & (block_m - 1) or block_n & (block_n - 1) or (not interpreting() and min(block_m, block_n) < 16):
+            raise ValueError(f"blocks {blocks!r}: BLOCK_M and BLOCK_N must be powers of 2 (at least 16 on the GPU)")
+        return tuple(b)
+    if isinstance(blocks, (tuple, list)) and len(blocks) == 2:
+        return one(blocks[0]), one(blocks[1])
+    b = one(blocks)
+    return b, b
+
+
+def relation_kl_forward(t_m, t_n, s_m, s_n, key_bias, num_heads: int, *, precision: str = "ieee",
+                        blocks: Blocks | None = None):
+    """One relation's per-row KL and base-2 log-sum-exps, each (B, A_r, S) float32."""
+    batch, seq, width_t = t_m.shape
+    width_s = s_m.shape[2]
+    d_t, d_s = width_t // num_heads, width_s // num_heads
+    block_m, block_n, warps, stages = blocks or default_blocks("forward")
+    t_m, t_n, s_m, s_n = (_unit_stride(x) for x in (t_m, t_n, s_m, s_n))
+    kl = torch.empty((batch, num_heads, seq), dtype=torch.float32, device=s_m.device)
+    lse_t, lse_s = torch.empty_like(kl), torch.empty_like(kl)
+    grid = (triton.cdiv(seq, block_m), batch * num_heads)
+    _relation_kl_fwd[grid](
+        t_m, t_n, s_m, s_n, key_bias, kl, lse_t, lse_s,
+        t_m.stride(0), t_m.stride(1), t_n.stride(0), t_n.stride(1),
+        s_m.stride(0), s_m.stride(1), s_n.stride(0), s_n.stride(1),
+        key_bias.stride(0),
+        seq, num_heads, d_t, d_s, LOG2E / math.sqrt(d_t), LOG2E / math.sqrt(d_s),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DT=_head_block(d_t), BLOCK_DS=_head_block(d_s),
+        PREC_T=_dot_precision(t_m, t_n, precision), PREC_S=_dot_precision(s_m, s_n, precision),
+        num_warps=warps, num_stages=stages,
+    )
+    return kl, lse_t, lse_s
+
+
+def relation_kl_backward(t_m, t_n, s_m, s_n, key_bias, row_weight, lse_t, lse_s, d_m, d_n, num_heads: int, *,
+                         precision: str = "ieee", blocks: Blocks | None = None) -> None:
+    """Add the gradient of sum(row_weight * KL) w.r.t. s_m into d_m and w.r.t. s_n into d_n.
+
+    row_weight (B, S) float32 already carries the upstream gradient; d_m, d_n are float32
+    [B, S, H_s] accumulators (unit stride along H) and may be the same tensor.
+    """
+    batch, seq, width_t = t_m.shape
+    width_s = s_m.shape[2]
+    d_t, d_s = width_t // num_heads, width_s // num_heads
+    block_m, block_n, warps, stages = blocks or default_blocks("backward")
+    t_m, t_n, s_m, s_n = (_unit_stride(x) for x in (t_m, t_n, s_m, s_n))
+    grid = (triton.cdiv(seq, block_n), batch * num_heads)
+    _relation_kl_bwd[grid](
+        t_m, t_n, s_m, s_n, key_bias, row_weight, lse_t, lse_s, d_m, d_n,
+        t_m.stride(0), t_m.stride(1), t_n.stride(0), t_n.stride(1),
+        s_m.stride(0), s_m.stride(1), s_n.stride(0), s_n.stride(1),
+        key_bias.stride(0), row_weight.stride(0), d_m.stride(0), d_m.stride(1), d_n.stride(0), d_n.stride(1),
+        seq, num_heads, d_t, d_s, LOG2E / math.sqrt(d_t), LOG2E / math.sqrt(d_s), 1.0 / math.sqrt(d_s),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_DT=_head_block(d_t), BLOCK_DS=_head_block(d_s),
+        PREC_T=_dot_precision(t_m, t_n, precision), PREC_S=_dot_precision(s_m, s_n, precision), PREC_G=precision,
+        num_warps=warps, num_stages=stages,
+    )
+
+
+class TritonRelationKL(torch.autograd.Function):
+    """All relations of one layer pair in one autograd node.
+
+    apply(key_bias (B, S) float32, row_weight (B, S) float32, valid (B, S) bool, num_heads,
+          pairs ((m, n), ...), precision, blocks (see `split_blocks`), tq, tk, tv, sq, sk, sv)
+    -> (R,) float32: each relation's loss. Saves the inputs and, per relation, the two (B, A_r, S)
+    log-sum-exps; backward runs one kernel per relation into float32 gradient accumulators, one
+    per student tensor, rounded to each tensor's dtype once.
+    """
+
+    @staticmethod
+    def forward(ctx, key_bias, row_weight, valid, num_heads, pairs, precision, blocks, tq, tk, tv, sq, sk, sv):
+        teacher, student = (tq, tk, tv), (sq, sk, sv)
+        forward_blocks, backward_blocks = split_blocks(blocks)
+        losses, saved_lse = [], []
+        for m, n in pairs:
+            kl, lse_t, lse_s = relation_kl_forward(teacher[m - 1], teacher[n - 1], student[m - 1], student[n - 1],
+                                                   key_bias, num_heads, precision=precision, blocks=forward_blocks)
+            per_row = kl.sum(dim=1)                                              # (B, S), summed over heads
+            losses.append(torch.where(valid, per_row * row_weight, 0.0).sum())
+            saved_lse += [lse_t, lse_s]
+        ctx.save_for_backward(key_bias, row_weight, tq, tk, tv, sq, sk, sv, *saved_lse)
+        ctx.num_heads, ctx.pairs, ctx.precision, ctx.blocks = num_heads, pairs, precision, backward_blocks
+        return torch.stack(losses)
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        key_bias, row_weight, tq, tk, tv, sq, sk, sv, *saved_lse = ctx.saved_tensors
+        teacher, student = (tq, tk, tv), (sq, sk, sv)
+        grads: list[torch.Tensor | None] = [None, None, None]
+        for index in {i for pair in ctx.pairs for i in pair}:
+            if ctx.needs_input_grad[10 + index - 1]:
+                grads[index - 1] = torch.zeros(student[index - 1].shape, dtype=torch.float32,
+                                               device=student[index - 1].device)
+        grad_losses = grad_losses.float()
+        for r, (m, n) in enumerate(ctx.pairs):
+            if grads[m - 1] is None and grads[n - 1] is None:
+                continue
+            d_m = grads[m - 1] if grads[m - 1] is not None else torch.empty_like(grads[n - 1])   # unused sink
+            d_n = grads[n - 1] if grads[n - 1] is not None else torch.empty_like(d_m)
+            relation_kl_backward(teacher[m - 1], teacher[n - 1], student[m - 1], student[n - 1], key_bias,
+                                 row_weight * grad_losses[r], saved_lse[2 * r], saved_lse[2 * r + 1], d_m, d_n,
+                                 ctx.num_heads, precision=ctx.precision, blocks=ctx.blocks)
+        student_grads = tuple(None if g is None else g.to(s.dtype) for g, s in zip(grads, student))
+        return (None,) * 10 + student_grads
