@@ -15,7 +15,7 @@ setup(
     install_requires=[
         # torch: kept as installed; the Makefile installs a CPU build where one is at hand.
         "torch>=2.1",
-        "transformers>=4.40",
+        "transformers>=4.46",
         "tokenizers>=0.15",
         "datasets>=2.18",
         "deepspeed>=0.14",

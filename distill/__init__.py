@@ -13,6 +13,7 @@ _EXPORTS = {
     "ShardSet": "shards", "ShardError": "shards",
     "WindowDataset": "data", "WindowSampler": "data", "DataError": "data",
     "get_adapter": "encoders", "train": "trainer",
+    "evaluate": "evaluation", "create_summary_table": "evaluation",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -374,6 +374,21 @@ def test_tiny_finetune_grid_writes_results_and_skips_finished(tmp_path, tiny_mod
         evaluate(tiny_model_dir, tasks=[task], seeds=[1], output_dir=out, model_name="tiny-bert",
                  log=lines.append, **{**TINY, "max_seq_length": 32})
 
+    # a re-trained model saved in the same place: its old results are refused, or redone with overwrite="changed"
+    from transformers import BertModel
+
+    model_v2 = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_v2)
+    evaluate(model_v2, tasks=[task], seeds=[1], output_dir=out, log=lines.append, **TINY)
+    model = BertModel.from_pretrained(model_v2)
+    model.embeddings.word_embeddings.weight.data.mul_(2)
+    model.save_pretrained(model_v2)
+    with pytest.raises(TaskDataError, match="another model"):
+        evaluate(model_v2, tasks=[task], seeds=[1], output_dir=out, log=lines.append, **TINY)
+    assert [r["status"] for r in evaluate(model_v2, tasks=[task], seeds=[1], output_dir=out, log=lines.append,
+                                          overwrite="changed", **TINY)] == ["finished"]
+    shutil.rmtree(out / "model")
+
     # the CLI's summary reads the same results: mean over seeds 1 and 2 (seed 3 failed)
     capsys.readouterr()
     cli = _load_cli()
@@ -384,7 +399,26 @@ def test_tiny_finetune_grid_writes_results_and_skips_finished(tmp_path, tiny_mod
     assert "mean of 2 runs" in printed and (out / "summary.csv").is_file()
 
 
-def test_grid_in_worker_processes(tmp_path, tiny_model_dir, tiny_task_files):
+def test_glue_tasks_end_to_end_from_tsv(tmp_path, tiny_model_dir):
+    """MNLI's two dev sets and STS-B's regression head, trained from the hand-written GLUE layout."""
+    root = _glue_dir(tmp_path / "glue")
+    out = tmp_path / "results"
+    records = evaluate(tiny_model_dir, tasks=["mnli", "stsb"], data_dir=root, seeds=[7], output_dir=out,
+                       model_name="tiny", log=lambda line: None, **TINY)
+    assert [r["status"] for r in records] == ["finished", "finished"]
+    assert set(records[0]["metrics"]) == {"accuracy_m", "accuracy_mm"}
+    assert set(records[1]["metrics"]) == {"pearson", "spearman"}
+    stsb = json.loads((Path(records[1]["run_dir"]) / "metrics.json").read_text())
+    assert stsb["eval_examples"] == {"validation": 1} and stsb["train"]["examples"] == 1
+    mnli = json.loads((Path(records[0]["run_dir"]) / "metrics.json").read_text())
+    assert mnli["eval_examples"] == {"validation_matched": 1, "validation_mismatched": 1}
+    table = create_summary_table(out, save=False)
+    assert list(table.columns) == ["stsb", "mnli", "avg"]
+    assert table.loc["tiny", "mnli"] == pytest.approx(50 * (mnli["metrics"]["accuracy_m"] + mnli["metrics"]["accuracy_mm"]))
+
+
+@pytest.mark.slow
+def test_grid_in_worker_processes(tmp_path, tiny_model_dir, tiny_task_files, capsys):
     """The multi-GPU path (one subprocess per device at a time), here with two CPU workers."""
     train, dev = tiny_task_files
     task = custom_task("tiny", train, dev, "sentence")
@@ -396,5 +430,12 @@ def test_grid_in_worker_processes(tmp_path, tiny_model_dir, tiny_task_files):
     assert sum("running on cpu" in line for line in lines) == 2
     for r in records:
         assert json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["metrics"] == r["metrics"]
-    again = evaluate(tiny_model_dir, tasks=[task], seeds=[1, 2], output_dir=out, log=lines.append, **TINY)
-    assert [r["status"] for r in again] == ["skipped", "skipped"]
+    # the CLI, same grid: both runs skipped, then the table
+    cli = _load_cli()
+    capsys.readouterr()
+    assert cli.main([str(tiny_model_dir), "--train_file", str(train), "--validation_file", str(dev), "--task_name",
+                     "tiny", "--text_fields", "sentence", "--learning_rate", "5e-4", "--epochs", "1", "--seeds", "1",
+                     "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+                     "--max_seq_length", "16", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier, skipped") == 2 and f"| {tiny_model_dir.name} |" in printed

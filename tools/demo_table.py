@@ -6,11 +6,13 @@ Builds the random student (AutoConfig.from_pretrained(STUDENT) + AutoModel.from_
 saved with the student's tokenizer), fine-tunes the three models the same way on the reviews task
 (the same grid, data subset and settings, through distill.evaluation.evaluate), and prints the
 Markdown table (also saved to OUTPUT_DIR/table.md and OUTPUT_DIR/results/summary.csv).
-The defaults (2000 training reviews, 1000 dev reviews, 128 tokens, 1 epoch, one learning rate and
-seed) take about 5 minutes on 2 CPU cores; raise them with the flags. A re-run reuses finished runs.
+The defaults (2000 training reviews, 1000 dev reviews, 128 tokens, batches of 16 grouped by length,
+1 epoch, learning rate 2e-4, seed 42) take about 5 minutes on 2 CPU cores; raise them with the flags.
+A re-run reuses finished runs and redoes those of a model that changed (e.g. a new student).
 """
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,9 +35,11 @@ def parse_args(argv=None):
     p.add_argument("--max_eval_samples", type=int, default=1000, help="dev reviews (0: all 1981)")
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--epochs", nargs="+", type=float, default=[1])
-    p.add_argument("--learning_rate", nargs="+", type=float, default=[1e-4])
+    p.add_argument("--learning_rate", nargs="+", type=float, default=[2e-4])
     p.add_argument("--seeds", nargs="+", type=int, default=[42])
-    p.add_argument("--per_device_train_batch_size", type=int, default=32)
+    p.add_argument("--per_device_train_batch_size", type=int, default=16)
+    p.add_argument("--group_by_length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch reviews of similar length together (less padding; on by default)")
     p.add_argument("--aggregation", choices=["best", "mean", "median"], default="best")
     p.add_argument("--random_init_seed", type=int, default=0, help="seed of the random student's weights")
     p.add_argument("--devices", nargs="+", default=None, help="as evaluate_glue.py --devices")
@@ -49,17 +53,24 @@ def build_random_student(student_dir: str, out_dir: Path, seed: int) -> Path:
 
     from distill.evaluation.finetune import load_tokenizer
 
-    if (out_dir / "config.json").is_file():
-        return out_dir
-    tokenizer = load_tokenizer(student_dir)
     config = AutoConfig.from_pretrained(student_dir)
+    if (out_dir / "config.json").is_file() and _shape_of(AutoConfig.from_pretrained(out_dir)) == _shape_of(config):
+        return out_dir  # built before for a student of this shape (same seed: the same weights)
+    tokenizer = load_tokenizer(student_dir)
     torch.manual_seed(seed)
     model = AutoModel.from_config(config)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+def _shape_of(config) -> dict:
+    ignore = {"_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype"}
+    return {k: v for k, v in config.to_dict().items() if k not in ignore}
 
 
 def shape(model_dir) -> dict:
@@ -81,6 +92,7 @@ def main(argv=None) -> int:
 
     args = parse_args(argv)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     out = Path(args.output_dir)
     results = out / "results"
     t0 = time.time()
@@ -97,6 +109,7 @@ def main(argv=None) -> int:
                                per_device_train_batch_size=args.per_device_train_batch_size,
                                max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples or None,
                                max_eval_samples=args.max_eval_samples or None, disable_tqdm=True,
+                               group_by_length=args.group_by_length, overwrite="changed",
                                devices=[d if d == "cpu" else int(d) for d in args.devices] if args.devices else None)
             if any(r["status"] == "failed" for r in records):
                 raise RuntimeError(f"{name}: a fine-tuning run failed; see error.txt under {results / name}")
@@ -118,7 +131,8 @@ def main(argv=None) -> int:
     text = markdown_table(table, digits=2)
     hp = every.hyperparameters["reviews"]
     note = (f"reviews: {args.max_train_samples or 'all'} train / {args.max_eval_samples or 'all'} dev examples, "
-            f"max_seq_length {args.max_seq_length}, epochs {args.epochs}, learning rate {args.learning_rate}, "
+            f"max_seq_length {args.max_seq_length}, batch {args.per_device_train_batch_size}, "
+            f"epochs {args.epochs}, learning rate {args.learning_rate}, "
             f"seeds {args.seeds} ({args.aggregation}; chosen: {', '.join(f'{m} {hp[m]}' for m in ROWS)}); "
             f"scores x100 on the dev subset; total {time.time() - t0:.0f} s")
     (out / "table.md").write_text(text + "\n\n" + note + "\n")

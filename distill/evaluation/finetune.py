@@ -23,7 +23,7 @@ from ..shards import atomic_write_json
 from .metrics import compute_metrics
 from .tasks import Task, TaskDataError, load_task_data
 
-__all__ = ["RunSettings", "run_finetune", "load_tokenizer", "check_model", "COMPARED_SETTINGS", "PRECISIONS"]
+__all__ = ["RunSettings", "run_finetune", "load_tokenizer", "check_model", "model_fingerprint", "COMPARED_SETTINGS", "PRECISIONS"]
 
 SETTINGS_NAME, METRICS_NAME, ERROR_NAME = "settings.json", "metrics.json", "error.txt"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -69,6 +69,9 @@ class RunSettings:
     """fp32, or bf16 / fp16 mixed precision (CUDA)."""
     cache_dir: str | None = None
     """Hugging Face cache for hub models and datasets."""
+    model_fingerprint: str | None = None
+    """sha256 over a local model's config and weight files (`model_fingerprint`), so a finished
+    run is not mistaken for one of a re-trained model saved at the same place; None for hub names."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +86,27 @@ class RunSettings:
 # as done; paths (model, data, cache) may move.
 COMPARED_SETTINGS = ("task", "learning_rate", "epochs", "seed", "per_device_train_batch_size",
                      "per_device_eval_batch_size", "max_seq_length", "warmup_ratio", "weight_decay",
-                     "max_train_samples", "max_eval_samples", "group_by_length", "precision")
+                     "max_train_samples", "max_eval_samples", "group_by_length", "precision", "model_fingerprint")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack")
+
+
+def model_fingerprint(model_name_or_path: str) -> str | None:
+    """sha256 of a local model directory's config.json and weight files (names and contents); None for a hub name."""
+    import hashlib
+
+    directory = Path(model_name_or_path)
+    if not directory.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and (path.name == "config.json" or path.suffix in WEIGHT_SUFFIXES):
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_tokenizer(model_name_or_path: str, tokenizer: str | None = None, cache_dir: str | None = None):
@@ -144,16 +167,17 @@ def tokenize_splits(task: Task, data, tokenizer, max_seq_length: int, max_train_
 
 
 def run_finetune(run_dir: str | os.PathLike, settings: RunSettings, data=None, tokenizer=None,
-                 disable_tqdm: bool | None = None) -> dict:
+                 disable_tqdm: bool | None = None, encoded: dict | None = None) -> dict:
     """Fine-tune and evaluate one run; write RUN_DIR/metrics.json; return its content.
 
     metrics.json: {"model", "task", "learning_rate", "epochs", "seed", "metrics": {key: fraction},
     "metric_keys": [...], "score": mean of the metrics (the GLUE per-task score, a fraction),
     "train": {"examples", "steps", "loss", "runtime_s"}, "eval_examples": {split: n}, "device"}.
-    `data` (the task's DatasetDict) and `tokenizer` may be passed in to skip reloading them.
+    `data` (the task's DatasetDict), `tokenizer` and `encoded` (a dict that keeps the tokenized
+    splits between runs of one task and settings) may be passed in to skip redoing that work.
     """
     with _quiet_progress_bars(bool(disable_tqdm)):
-        return _run(Path(run_dir), settings, data, tokenizer, disable_tqdm)
+        return _run(Path(run_dir), settings, data, tokenizer, disable_tqdm, encoded)
 
 
 @contextlib.contextmanager
@@ -175,7 +199,7 @@ def _quiet_progress_bars(quiet: bool):
             hf_logging.enable_progress_bar()
 
 
-def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm) -> dict:
+def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm, cache: dict | None) -> dict:
     import numpy as np
     import torch
     from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
@@ -188,8 +212,13 @@ def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm) ->
     if data is None:
         data = load_task_data(task, settings.data_dir, settings.cache_dir)
     check_model(settings.model_name_or_path, tokenizer, settings.max_seq_length, settings.cache_dir)
-    encoded = tokenize_splits(task, data, tokenizer, settings.max_seq_length,
-                              settings.max_train_samples, settings.max_eval_samples)
+    if cache is not None and "splits" in cache:
+        encoded = cache["splits"]
+    else:
+        encoded = tokenize_splits(task, data, tokenizer, settings.max_seq_length,
+                                  settings.max_train_samples, settings.max_eval_samples)
+        if cache is not None:
+            cache["splits"] = encoded
 
     set_seed(settings.seed)  # before the model: the new classifier head's initialisation depends on it
     label_kw = {} if task.is_regression else {

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..shards import atomic_write_json
 from .finetune import (COMPARED_SETTINGS, ERROR_NAME, METRICS_NAME, PRECISIONS, SETTINGS_NAME, RunSettings,
-                       check_model, load_tokenizer, run_finetune)
+                       check_model, load_tokenizer, model_fingerprint, run_finetune)
 from .tasks import DEFAULT_TASKS, Task, TaskDataError, get_task, load_task_data
 
 __all__ = ["evaluate", "run_name", "read_finished"]
@@ -86,7 +86,7 @@ def evaluate(
     precision: str = "fp32",
     cache_dir: str | None = None,
     devices: "Sequence[int | str] | None" = None,
-    overwrite: bool = False,
+    overwrite: "bool | str" = False,
     disable_tqdm: bool | None = None,
     seed: int | None = None,
     log: Callable[[str], None] | None = None,
@@ -108,7 +108,8 @@ def evaluate(
             see `RunSettings`.
         devices: run the grid in worker subprocesses, one per entry at a time: CUDA device
             indices, or "cpu". Default: all GPUs when more than one is visible, else in-process.
-        overwrite: redo finished runs (needed when their settings differ from these).
+        overwrite: False: skip finished runs, and refuse (before training) finished runs made with
+            other settings or another model; True: redo every run; "changed": redo only those.
         disable_tqdm: passed to the Trainer (in-process runs).
         seed: bertdistiller's single-seed argument; same as seeds=[seed].
         log: where progress lines go (default: print to stdout).
@@ -125,6 +126,18 @@ def evaluate(
     _check_numbers(lrs, eps, per_device_train_batch_size, per_device_eval_batch_size, max_seq_length,
                    warmup_ratio, weight_decay, max_train_samples, max_eval_samples, precision)
     task_list = _as_tasks(tasks)
+    if overwrite not in (False, True, "changed"):
+        raise TaskDataError(f"overwrite={overwrite!r}: choose False, True or 'changed'")
+    import torch
+
+    if precision != "fp32" and not torch.cuda.is_available():
+        raise TaskDataError(f"precision={precision} needs a CUDA GPU; use precision=fp32 on CPU")
+    if devices is not None:
+        devices = list(devices)
+        bad = [d for d in devices if str(d) != "cpu" and not (isinstance(d, int) and 0 <= d < torch.cuda.device_count())]
+        if bad or not devices:
+            raise TaskDataError(f"devices={devices}: give CUDA device indices below {torch.cuda.device_count()} "
+                                f"(the GPUs visible here) or 'cpu'")
 
     model = str(model_name_or_path)
     if os.path.isdir(model):
@@ -134,6 +147,8 @@ def evaluate(
     name = model_name or Path(str(model_name_or_path).rstrip("/")).name
     if not name or name in (".", "..") or "/" in name:
         raise TaskDataError(f"model_name={name!r}: give a plain name for the results folder and table row")
+    if tokenizer_name is not None and os.path.isdir(tokenizer_name):
+        tokenizer_name = str(Path(tokenizer_name).resolve())  # the workers may run elsewhere
     tokenizer = load_tokenizer(model, tokenizer_name, cache_dir)
     check_model(model, tokenizer, max_seq_length, cache_dir)
 
@@ -143,6 +158,7 @@ def evaluate(
         data_dirs[task.name] = str(Path(d).resolve()) if d is not None else None
         data[task.name] = load_task_data(task, d, cache_dir)
 
+    fingerprint = model_fingerprint(model)
     runs, grid = [], list(itertools.product(task_list, lrs, eps, seed_list))
     for i, (task, lr, ep, s) in enumerate(grid, 1):
         settings = RunSettings(
@@ -152,7 +168,7 @@ def evaluate(
             per_device_eval_batch_size=per_device_eval_batch_size, max_seq_length=max_seq_length,
             warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_train_samples=max_train_samples,
             max_eval_samples=max_eval_samples, group_by_length=group_by_length, precision=precision,
-            cache_dir=cache_dir)
+            cache_dir=cache_dir, model_fingerprint=fingerprint)
         run = _Run(i, task, settings, Path(output_dir) / name / task.name / run_name(lr, ep, s))
         run.label = f"[{i}/{len(grid)}] {name} {task.name} lr={lr:g} epochs={ep:g} seed={s}"
         runs.append(run)
@@ -162,10 +178,6 @@ def evaluate(
     for r in runs:
         if r.status == "skipped":
             say(f"{r.label}: finished earlier, skipped ({_scores(r.result)})")
-    import torch
-
-    if precision != "fp32" and not torch.cuda.is_available():
-        raise TaskDataError(f"precision={precision} needs a CUDA GPU; use precision=fp32 on CPU")
     if devices is None:
         n_gpus = torch.cuda.device_count()
         devices = list(range(n_gpus)) if n_gpus > 1 and len(pending) > 1 else None
@@ -175,14 +187,15 @@ def evaluate(
         r.run_dir.mkdir(parents=True)
         atomic_write_json(r.run_dir / SETTINGS_NAME, r.settings.to_dict())
     if devices:
-        _run_workers(pending, list(devices), say)
+        _run_workers(pending, devices, say)
     else:
+        encoded = {t.name: {} for t in task_list}  # tokenized once per task, shared by its runs
         for r in pending:
             say(f"{r.label}: running")
             t0 = time.time()
             try:
                 r.result = run_finetune(r.run_dir, r.settings, data=data[r.task.name], tokenizer=tokenizer,
-                                        disable_tqdm=disable_tqdm)
+                                        disable_tqdm=disable_tqdm, encoded=encoded[r.task.name])
                 r.status = "finished"
                 say(f"{r.label}: {_scores(r.result)} ({time.time() - t0:.0f} s)")
             except KeyboardInterrupt:
@@ -200,28 +213,32 @@ def evaluate(
              "metrics": (r.result or {}).get("metrics"), "error": r.error} for r in runs]
 
 
-def _plan(runs: list[_Run], overwrite: bool) -> None:
+def _plan(runs: list[_Run], overwrite: "bool | str") -> None:
     """Mark finished runs skipped; refuse, before any training, finished runs made with other settings."""
     conflicts = []
     for r in runs:
         done = read_finished(r.run_dir)
-        if done is None or overwrite:
+        if done is None or overwrite is True:
             continue
         try:
-            old = json.loads((r.run_dir / SETTINGS_NAME).read_text())
+            old = _comparable(json.loads((r.run_dir / SETTINGS_NAME).read_text()))
         except (OSError, ValueError):
             old = None
         if old is not None:
-            old, new = _comparable(old), _comparable(r.settings.to_dict())
+            new = _comparable(r.settings.to_dict())
             diff = [k for k in COMPARED_SETTINGS if old.get(k) != new.get(k)]
+            if diff and overwrite == "changed":
+                continue  # redone
             if diff:
-                conflicts.append(f"{r.run_dir}: " + ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})"
-                                                               for k in diff[:3]))
+                conflicts.append(f"{r.run_dir}: " + ", ".join(
+                    "another model (its config or weights changed)" if k == "model_fingerprint"
+                    else f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in diff[:3]))
                 continue
         r.status, r.result = "skipped", done
     if conflicts:
         raise TaskDataError(f"{len(conflicts)} finished run(s) were made with other settings, e.g. {conflicts[0]}; "
-                            f"use another output_dir, or overwrite=True (--overwrite) to redo them")
+                            f"use another output_dir, overwrite='changed' (--redo_changed) to redo those, or "
+                            f"overwrite=True (--overwrite) to redo every run")
 
 
 def _comparable(settings: dict) -> dict:
