@@ -98,3 +98,16 @@ def write_shard_dir(directory: Path, docs: list[list[int]], *, vocab_size: int =
     }
     S.atomic_write_json(directory / S.MANIFEST_NAME, manifest)
     return directory
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where no CUDA GPU is present."""
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (gpu marker)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
