@@ -35,13 +35,16 @@ class MiniLMv2Objective:
             chunked), "chunked" (chunk_size rows at a time; None: one piece), "reference" (one piece, S x S
             matrices under autograd) or "triton" (distill.kernels; refused where it cannot run).
         student_layer: 1-based student layer whose Q/K/V are distilled; default its last.
+        device: where the student will train (decides relation_impl="auto"); default where its
+            parameters are now (a DeepSpeed engine moves a CPU-built student to the GPU later).
 
     Call `remove()` to take the hooks off the student when the objective is no longer used.
     """
 
     def __init__(self, teacher: FrozenTeacher, student: nn.Module, *, num_relation_heads: int,
                  relations: Mapping[tuple[int, int], float], chunk_size: int | None = None,
-                 student_layer: int | None = None, relation_impl: str = "chunked"):
+                 student_layer: int | None = None, relation_impl: str = "chunked",
+                 device: torch.device | str | None = None):
         if not isinstance(teacher, FrozenTeacher):
             raise TypeError(f"teacher must be a FrozenTeacher (wrap the model: FrozenTeacher(model, teacher_layer)), "
                             f"not {type(teacher).__name__}")
@@ -74,7 +77,8 @@ class MiniLMv2Objective:
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of query rows, or None")
 
-        self.relation_impl = resolve_relation_impl(relation_impl, _module_device(student))
+        device = torch.device(device) if device is not None else _module_device(student)
+        self.relation_impl = resolve_relation_impl(relation_impl, device)
         if self.relation_impl == "reference":
             chunk_size = None
 

@@ -258,7 +258,7 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
         dataset = build_dataset(cfg, frozen.config)
     objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
                                   relations=cfg.relation_weights, chunk_size=cfg.chunk_size,
-                                  relation_impl=cfg.relation_impl)
+                                  relation_impl=cfg.relation_impl, device=device)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "run_config.json")

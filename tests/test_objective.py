@@ -327,3 +327,17 @@ def test_triton_impl_through_the_objective_matches_chunked_in_the_interpreter(tm
     env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "MATCH" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def test_relation_impl_follows_the_training_device_not_where_the_student_was_built(monkeypatch):
+    import distill.kernels as kernels
+
+    monkeypatch.setattr(kernels, "available", lambda device=None: torch.device(device).type == "cuda")
+    teacher = tiny_teacher()
+    student = create_student(teacher, 2, 16, 2, init="random")  # built on CPU, as before deepspeed.initialize
+    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,
+                                  relation_impl="auto", device="cuda:0")
+    assert objective.relation_impl == "triton"
+    objective.remove()
+    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5, relation_impl="auto")
+    assert objective.relation_impl == "chunked"

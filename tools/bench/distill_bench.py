@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         frozen, student = build_models(cfg, device, teacher=teacher_model)
         objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
                                       relations=cfg.relation_weights, chunk_size=cfg.chunk_size,
-                                      relation_impl=cfg.relation_impl)
+                                      relation_impl=cfg.relation_impl, device=device)
         engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters()],
                                                config=ds_json)
         engine.train()
