@@ -178,15 +178,21 @@ def config_from_args(argv: list[str] | None = None) -> DistillConfig:
     return DistillConfig(**values)
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
+def _read_json_object(path: str | Path, flag: str, missing_hint: str, object_hint: str) -> dict[str, Any]:
+    """The JSON object in `path`, or a ConfigError naming `flag` and the fix."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise ConfigError(f"--config {path}: no such file") from e
+        raise ConfigError(f"{flag} {path}: no such file{missing_hint}") from e
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--config {path} is not valid JSON: {e}") from e
+        raise ConfigError(f"{flag} {path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path} must hold a JSON object of field: value")
+        raise ConfigError(f"{flag} {path} must hold a JSON object{object_hint}")
+    return data
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    data = _read_json_object(path, "--config", "", " of field: value")
     known = {f.name for f in fields(DistillConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -212,15 +218,7 @@ def default_deepspeed_config() -> dict[str, Any]:
 def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
     if str(path) == "auto":
         return default_deepspeed_config()
-    try:
-        ds = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"--deepspeed_config {path}: no such file; pick one of ds_configs/*.json") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--deepspeed_config {path} is not valid JSON: {e}") from e
-    if not isinstance(ds, dict):
-        raise ConfigError(f"--deepspeed_config {path} must hold a JSON object")
-    return ds
+    return _read_json_object(path, "--deepspeed_config", "; pick one of ds_configs/*.json", "")
 
 
 def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_size: int, device_type: str,
