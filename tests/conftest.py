@@ -31,7 +31,7 @@ def build_tiny_tokenizer(directory: Path, lowercase: bool = True):
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()-")
-    vocab = specials + sorted(set(WORDS)) + pieces
+    vocab = list(dict.fromkeys(specials + sorted(set(WORDS)) + pieces))  # "a" is a word and a letter: ids stay contiguous
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     import inspect
 
@@ -41,6 +41,20 @@ def build_tiny_tokenizer(directory: Path, lowercase: bool = True):
         tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=lowercase, model_max_length=128)
     tok.save_pretrained(directory)
     return tok
+
+
+def save_tiny_teacher(directory: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A randomly initialised BERT teacher (3 layers, hidden 32, 64 positions) saved with the tiny tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    teacher = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                   intermediate_size=64, max_position_embeddings=64))
+    teacher.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")

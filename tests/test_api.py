@@ -65,14 +65,11 @@ print("CHANGED", changed, len(before))
 
 def test_bertdistiller_quick_start_runs_on_the_deepspeed_loop(tmp_path, tiny_tokenizer_dir):
     import torch
-    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoModel, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    teacher = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                   intermediate_size=64, max_position_embeddings=64))
-    teacher.save_pretrained(tmp_path / "teacher")
-    tok.save_pretrained(tmp_path / "teacher")
+    from conftest import save_tiny_teacher
+
+    tok = AutoTokenizer.from_pretrained(save_tiny_teacher(tmp_path / "teacher", tiny_tokenizer_dir))
     out = tmp_path / "output"
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(QUICK_START), str(tmp_path / "teacher"), str(out),
                            " ".join(WORDS)], cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -32,15 +32,10 @@ def tiny(tmp_path_factory, tiny_tokenizer_dir):
     """A tiny BERT teacher (3 layers, hidden 32) with the tiny tokenizer, and shards of a random-word corpus."""
     import random
 
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from conftest import save_tiny_teacher
 
     root = tmp_path_factory.mktemp("tiny_run")
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    teacher = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                   intermediate_size=64, max_position_embeddings=64))
-    teacher.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
+    save_tiny_teacher(root / "teacher", tiny_tokenizer_dir)
     rng = random.Random(0)
     docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))) for _ in range(300)]
     (root / "corpus.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")

@@ -33,7 +33,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 
     directory = tmp_path_factory.mktemp("tiny_bert")
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    config = BertConfig(vocab_size=max(tok.get_vocab().values()) + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
     BertModel(config).save_pretrained(directory)
     tok.save_pretrained(directory)
