@@ -59,6 +59,13 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def _head_tile(X, b, stride_b, pos, stride_s, h, d, cols, pos_ok, col_ok):
+    """Rows `pos` of relation head h (columns h*d .. h*d + d) of example b of a [B, S, H] tensor, as float32."""
+    return tl.load(X + b * stride_b + pos[:, None] * stride_s + h * d + cols[None, :],
+                   mask=pos_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _relation_kl_fwd(
     TM, TN, SM, SN, KEY_BIAS, KL, LSE_T, LSE_S,
     stride_tm_b, stride_tm_s, stride_tn_b, stride_tn_s,
@@ -79,10 +86,8 @@ def _relation_kl_fwd(
     dt_ok = cols_t < d_t
     ds_ok = cols_s < d_s
 
-    q_t = tl.load(TM + b * stride_tm_b + rows[:, None] * stride_tm_s + h * d_t + cols_t[None, :],
-                  mask=row_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
-    q_s = tl.load(SM + b * stride_sm_b + rows[:, None] * stride_sm_s + h * d_s + cols_s[None, :],
-                  mask=row_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+    q_t = _head_tile(TM, b, stride_tm_b, rows, stride_tm_s, h, d_t, cols_t, row_ok, dt_ok)
+    q_s = _head_tile(SM, b, stride_sm_b, rows, stride_sm_s, h, d_s, cols_s, row_ok, ds_ok)
 
     max_t = tl.full([BLOCK_M], float("-inf"), tl.float32)
     max_s = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -92,10 +97,8 @@ def _relation_kl_fwd(
     for start in range(0, seq, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         key_ok = keys < seq
-        k_t = tl.load(TN + b * stride_tn_b + keys[:, None] * stride_tn_s + h * d_t + cols_t[None, :],
-                      mask=key_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
-        k_s = tl.load(SN + b * stride_sn_b + keys[:, None] * stride_sn_s + h * d_s + cols_s[None, :],
-                      mask=key_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+        k_t = _head_tile(TN, b, stride_tn_b, keys, stride_tn_s, h, d_t, cols_t, key_ok, dt_ok)
+        k_s = _head_tile(SN, b, stride_sn_b, keys, stride_sn_s, h, d_s, cols_s, key_ok, ds_ok)
         bias = tl.load(KEY_BIAS + b * stride_kb_b + keys, mask=key_ok, other=-1e30)
         real = (bias == 0.0)[None, :]
         z_t = tl.dot(q_t, tl.trans(k_t), input_precision=PREC_T) * scale_t + bias[None, :]
@@ -142,10 +145,8 @@ def _relation_kl_bwd(
     dt_ok = cols_t < d_t
     ds_ok = cols_s < d_s
 
-    k_t = tl.load(TN + b * stride_tn_b + keys[:, None] * stride_tn_s + h * d_t + cols_t[None, :],
-                  mask=key_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
-    k_s = tl.load(SN + b * stride_sn_b + keys[:, None] * stride_sn_s + h * d_s + cols_s[None, :],
-                  mask=key_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+    k_t = _head_tile(TN, b, stride_tn_b, keys, stride_tn_s, h, d_t, cols_t, key_ok, dt_ok)
+    k_s = _head_tile(SN, b, stride_sn_b, keys, stride_sn_s, h, d_s, cols_s, key_ok, ds_ok)
     bias = tl.load(KEY_BIAS + b * stride_kb_b + keys, mask=key_ok, other=-1e30)
     real = (bias == 0.0)[None, :]
 
@@ -154,10 +155,8 @@ def _relation_kl_bwd(
         rows = start + tl.arange(0, BLOCK_M)
         row_ok = rows < seq
         w = tl.load(ROW_W + b * stride_w_b + rows, mask=row_ok, other=0.0)
-        q_t = tl.load(TM + b * stride_tm_b + rows[:, None] * stride_tm_s + h * d_t + cols_t[None, :],
-                      mask=row_ok[:, None] & dt_ok[None, :], other=0.0).to(tl.float32)
-        q_s = tl.load(SM + b * stride_sm_b + rows[:, None] * stride_sm_s + h * d_s + cols_s[None, :],
-                      mask=row_ok[:, None] & ds_ok[None, :], other=0.0).to(tl.float32)
+        q_t = _head_tile(TM, b, stride_tm_b, rows, stride_tm_s, h, d_t, cols_t, row_ok, dt_ok)
+        q_s = _head_tile(SM, b, stride_sm_b, rows, stride_sm_s, h, d_s, cols_s, row_ok, ds_ok)
         lse_t = tl.load(LSE_T + bh * seq + rows, mask=row_ok, other=0.0)
         lse_s = tl.load(LSE_S + bh * seq + rows, mask=row_ok, other=0.0)
         z_t = tl.dot(q_t, tl.trans(k_t), input_precision=PREC_T) * scale_t + bias[None, :]
