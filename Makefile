@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 ASSETS ?= assets
 DEMO   ?= demo
 
-.PHONY: install assets demo test bench clean
+.PHONY: install assets demo lint test bench clean
 
 $(VENV)/.installed: setup.py tools/install.sh
 	bash tools/install.sh $(VENV)
@@ -20,7 +20,11 @@ demo: assets
 	PYTHON=$(PY) ASSETS=$(ASSETS) bash tools/demo.sh $(DEMO)
 
 test: assets
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: assets
 	$(PY) tools/bench/pretokenize_bench.py --out tools/bench/results/pretokenize_bench_cpu.md

@@ -14,8 +14,9 @@ setup(
     packages=find_packages(include=["distill", "distill.*"]),
     install_requires=[
         # torch: kept as installed; the Makefile installs a CPU build where one is at hand.
-        "torch>=2.1",
-        "transformers>=4.46",
+        "torch>=2.2",
+        # from_pretrained(dtype=...) arrived in 4.56; CI's floor job installs exactly 4.56.0
+        "transformers>=4.56",
         "tokenizers>=0.15",
         "datasets>=2.18",
         "deepspeed>=0.14",
@@ -30,7 +31,13 @@ setup(
         "scipy>=1.10",
         "pandas>=2.0",
     ],
-    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2",
+    entry_points={"console_scripts": [
+        "distill-pretokenize = distill.pretokenize:main",
+        "distill-inspect = distill.inspect_shards:main",
+        "distill-export = distill.export:main",
+        "distill-evaluate = distill.evaluation.cli:main",
+    ]},
+    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff==0.17.6",
                               # the Triton kernels run in its CPU interpreter in the tests
                               "triton>=3.0; sys_platform == 'linux' and platform_machine == 'x86_64'"]},
     classifiers=[

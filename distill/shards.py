@@ -1,4 +1,4 @@
-"""The token shard format: writer, manifest and memory-mapped reader.
+"""The token shard format: its writer and its memory-mapped reader, the one place that knows it.
 
 A shard directory holds
 
@@ -10,16 +10,22 @@ The stream inside the shards is each document's ids (no special tokens), each do
 followed by the tokenizer's SEP id. Documents never straddle shards. A shard appears under
 its final name only when complete (temporary name, fsync, rename) and the manifest is
 written last, so a reader never sees a half-written shard.
+
+Writing: `ShardWriter` cuts a stream of documents into shards (distill.pretokenize feeds it
+from worker processes), `build_manifest` and `write_manifest` finish the directory, and
+`write_documents` does all three for documents already in memory (tests, small corpora).
+Reading: `read_manifest` and `ShardSet`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import secrets
 from bisect import bisect_right
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -27,6 +33,8 @@ FORMAT_NAME = "distill-shards"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+SHARD_FILE_PATTERN = r"shard-(\d{5,})\.bin"  # shard_name's files; group 1: the index
+SHARD_FILE = re.compile(rf"^{SHARD_FILE_PATTERN}$")
 
 
 class ShardError(ValueError):
@@ -51,7 +59,8 @@ def dtype_for_vocab(vocab_size: int, requested: str = "uint16") -> np.dtype:
 
 
 # --------------------------------------------------------------------------- atomic I/O
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make renames and unlinks in `directory` durable (where the platform allows)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # not supported on this platform / filesystem
@@ -102,7 +111,7 @@ def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes | memoryv
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return digest.hexdigest()
 
 
@@ -119,12 +128,136 @@ def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def write_shard(directory: str | os.PathLike, index: int, tokens: np.ndarray, dtype: np.dtype) -> dict:
-    """Write one complete shard atomically; return its manifest entry (without num_documents)."""
-    arr = np.ascontiguousarray(tokens, dtype=dtype)  # little-endian by construction of DTYPES
-    name = shard_name(index)
-    sha = atomic_write_bytes(Path(directory) / name, [memoryview(arr).cast("B")])
-    return {"file": name, "num_tokens": int(arr.size), "sha256": sha}
+# --------------------------------------------------------------------------- writer
+class ShardWriter:
+    """Cuts a token stream into shards at the first document boundary at or past `shard_tokens`.
+
+    The open shard is streamed to a temporary file (so memory does not grow with the shard),
+    fsynced and renamed when complete; then `on_shard(entry, consumed)` records its manifest
+    entry, `consumed` being how many documents of the input stream the finished shards cover.
+    Shards are numbered from `first_index` (a resumed build continues after its finished shards).
+    """
+
+    def __init__(self, directory: str | os.PathLike, dtype: str, shard_tokens: int, first_index: int = 0,
+                 on_shard: Callable[[dict, int], None] = lambda entry, consumed: None):
+        if dtype not in DTYPES:
+            raise ShardError(f"unknown shard dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        self.directory, self.dtype, self.shard_tokens = Path(directory), DTYPES[dtype], int(shard_tokens)
+        self.index, self.on_shard = first_index, on_shard
+        self.documents_without_tokens = 0  # dropped (length 0) since the last finished shard; the caller resets it
+        self._file = None
+
+    def _open(self) -> None:
+        self.name = shard_name(self.index)
+        fd, self._tmp = _create_temporary(self.directory / self.name)
+        self._file = os.fdopen(fd, "wb")
+        self._sha = hashlib.sha256()
+        self.tokens = self.documents = 0
+
+    def _write(self, ids: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(ids, dtype=self.dtype)).cast("B")  # no copy when already this dtype
+        self._sha.update(data)
+        self._file.write(data)
+        self.tokens += ids.size
+
+    def _close(self, consumed: int) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self._tmp, self.directory / self.name)
+        fsync_dir(self.directory)  # the rename itself is durable before on_shard records the shard
+        entry = {"file": self.name, "num_tokens": int(self.tokens), "num_documents": int(self.documents),
+                 "sha256": self._sha.hexdigest()}
+        self.index += 1
+        self.on_shard(entry, consumed)
+
+    def add(self, ids: np.ndarray, lens: np.ndarray, stream_index: np.ndarray) -> None:
+        """Append a batch: `lens[i]` tokens (0: dropped) of the document at stream position `stream_index[i]`.
+
+        `ids` is the batch's documents back to back, each ending with its SEP: (sum(lens),).
+        """
+        while lens.size:
+            if self._file is None:
+                self._open()
+            ends = np.cumsum(lens)
+            k = int(np.searchsorted(ends, self.shard_tokens - self.tokens))  # first doc reaching the target
+            if k == lens.size:
+                self._write(ids)
+                self.documents += int(np.count_nonzero(lens))
+                self.documents_without_tokens += int(lens.size - np.count_nonzero(lens))
+                return
+            cut = int(ends[k])
+            self._write(ids[:cut])
+            self.documents += int(np.count_nonzero(lens[: k + 1]))
+            self.documents_without_tokens += int(k + 1 - np.count_nonzero(lens[: k + 1]))
+            self._close(consumed=int(stream_index[k]) + 1)
+            ids, lens, stream_index = ids[cut:], lens[k + 1:], stream_index[k + 1:]
+
+    def finish(self, consumed: int) -> None:
+        """Close the last shard (if it got tokens); `consumed`: documents of the stream read in all."""
+        if self._file is not None and self.tokens:
+            self._close(consumed)
+        else:
+            self.abandon()  # opened for documents that all had no tokens: no shard
+
+    def abandon(self) -> None:
+        """Drop the open shard's temporary file; the finished shards stay."""
+        if self._file is not None:
+            self._file.close()
+            os.unlink(self._tmp)
+            self._file = None
+
+
+def build_manifest(dtype: str, tokenizer: dict, shards: list[dict], **provenance) -> dict:
+    """The manifest of finished shards: the format's fields, then `provenance` (inputs, stats, command ...).
+
+    `tokenizer` holds at least name_or_path, vocab_size and the cls/sep/pad/mask token ids (what
+    distill.data checks a model against), and by convention do_lower_case, model_max_length
+    (None: unbounded) and fingerprint; `shards` is the ShardWriter entries in order.
+    """
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "dtype": dtype,
+        "byte_order": "little",
+        "tokenizer": tokenizer,
+        "shards": list(shards),
+        "total_tokens": int(sum(e["num_tokens"] for e in shards)),
+        "total_documents": int(sum(e["num_documents"] for e in shards)),
+        **provenance,
+    }
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict) -> None:
+    """Write manifest.json atomically: the last file of a build, which makes the directory readable."""
+    atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
+
+
+def write_documents(directory: str | os.PathLike, documents: Iterable[Sequence[int]], *, tokenizer: dict,
+                    dtype: str = "uint16", shard_tokens: int = 1 << 20, **provenance) -> dict:
+    """Write documents held in memory (lists of ids, without SEP) as a finished shard directory.
+
+    Shards close as ShardWriter closes them; returns the manifest (build_manifest's fields and
+    `provenance`). For tests and small corpora: distill.pretokenize streams large ones.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np_dtype = dtype_for_vocab(int(tokenizer["vocab_size"]), dtype)
+    sep = np.asarray([tokenizer["sep_token_id"]], dtype=np_dtype)
+    docs = [np.concatenate([np.asarray(doc, dtype=np_dtype), sep]) for doc in documents]
+    entries: list[dict] = []
+    writer = ShardWriter(directory, dtype, shard_tokens, on_shard=lambda entry, consumed: entries.append(entry))
+    try:
+        if docs:
+            writer.add(np.concatenate(docs), np.asarray([d.size for d in docs], dtype=np.int64), np.arange(len(docs)))
+        writer.finish(consumed=len(docs))
+    except BaseException:
+        writer.abandon()
+        raise
+    manifest = build_manifest(dtype, tokenizer, entries, **provenance)
+    write_manifest(directory, manifest)
+    return manifest
 
 
 # --------------------------------------------------------------------------- reader
@@ -186,7 +319,9 @@ class ShardSet:
             path = self.directory / entry["file"]
             expected = int(entry["num_tokens"]) * self.dtype.itemsize
             if not path.is_file():
-                raise ShardError(f"{path} is listed in the manifest but missing; rebuild the shards with tools/pretokenize.py")
+                raise ShardError(
+                    f"{path} is listed in the manifest but missing; rebuild the shards with tools/pretokenize.py"
+                )
             actual = path.stat().st_size
             if actual != expected:
                 raise ShardError(

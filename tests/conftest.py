@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from distill import shards as S
@@ -31,12 +30,14 @@ def build_tiny_tokenizer(directory: Path, lowercase: bool = True):
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()-")
-    vocab = list(dict.fromkeys(specials + sorted(set(WORDS)) + pieces))  # "a" is a word and a letter: ids stay contiguous
+    # "a" is a word and a letter: ids stay contiguous
+    vocab = list(dict.fromkeys(specials + sorted(set(WORDS)) + pieces))
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     import inspect
 
     if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers >= 5
-        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=lowercase, model_max_length=128)
+        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=lowercase,
+                                model_max_length=128)
     else:
         tok = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=lowercase, model_max_length=128)
     tok.save_pretrained(directory)
@@ -81,36 +82,12 @@ def corpus_dir() -> Path:
 def write_shard_dir(directory: Path, docs: list[list[int]], *, vocab_size: int = 300, sep: int = 3, cls: int = 2,
                     pad: int = 0, mask: int = 4, model_max_length: int = 512, shard_tokens: int = 64,
                     dtype: str = "uint16", tokenizer_name: str = "tiny") -> Path:
-    """Write `docs` (lists of ids) as a shard directory in the manifest format, shards closing
-    at the first document boundary at or past `shard_tokens`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    np_dtype = S.DTYPES[dtype]
-    entries, buf, ndocs = [], [], 0
-
-    def flush():
-        nonlocal buf, ndocs
-        entry = S.write_shard(directory, len(entries), np.asarray(buf, dtype=np_dtype), np_dtype)
-        entry["num_documents"] = ndocs
-        entries.append(entry)
-        buf, ndocs = [], 0
-
-    for doc in docs:
-        buf.extend(list(doc) + [sep])
-        ndocs += 1
-        if len(buf) >= shard_tokens:
-            flush()
-    if buf:
-        flush()
-    manifest = {
-        "format": S.FORMAT_NAME, "version": S.FORMAT_VERSION, "dtype": dtype, "byte_order": "little",
-        "tokenizer": {"name_or_path": tokenizer_name, "vocab_size": vocab_size, "cls_token_id": cls,
-                      "sep_token_id": sep, "pad_token_id": pad, "mask_token_id": mask,
-                      "do_lower_case": True, "model_max_length": model_max_length, "fingerprint": tokenizer_name},
-        "shards": entries,
-        "total_tokens": sum(e["num_tokens"] for e in entries),
-        "total_documents": sum(e["num_documents"] for e in entries),
-    }
-    S.atomic_write_json(directory / S.MANIFEST_NAME, manifest)
+    """Write `docs` (lists of ids) as a shard directory through the format's writer, shards closing
+    at the first document boundary at or past `shard_tokens`; the tokenizer entry is made up."""
+    tokenizer = {"name_or_path": tokenizer_name, "vocab_size": vocab_size, "cls_token_id": cls, "sep_token_id": sep,
+                 "pad_token_id": pad, "mask_token_id": mask, "do_lower_case": True,
+                 "model_max_length": model_max_length, "fingerprint": tokenizer_name}
+    S.write_documents(directory, docs, tokenizer=tokenizer, dtype=dtype, shard_tokens=shard_tokens)
     return directory
 
 

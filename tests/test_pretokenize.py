@@ -1,4 +1,4 @@
-"""tools/pretokenize.py: every input format decodes back to the tokenizer's ids, shards close at
+"""distill.pretokenize (tools/pretokenize.py): every input format decodes back to the tokenizer's ids, shards close at
 document boundaries, output is identical for any worker count, a SIGKILLed run resumes to the
 same bytes, and bad inputs fail with a message that says what to do, losing nothing."""
 from __future__ import annotations
@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, WORDS
-from distill.shards import MANIFEST_NAME, ShardError, ShardSet, file_sha256
 
-sys.path.insert(0, str(REPO / "tools"))  # spawned workers inherit sys.path, so they can import it too
-import pretokenize as P  # noqa: E402
+import distill.pretokenize as P
+from distill.pretokenize import inputs as P_inputs
+from distill.shards import MANIFEST_NAME, ShardError, ShardSet, file_sha256
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "HF_DATASETS_OFFLINE": "1"}
@@ -33,7 +32,8 @@ def random_docs(n: int, seed: int = 0, max_words: int = 60) -> list[str]:
     extras = ["Hello,", "World!", "naïve", "café", "(x)", "3.14", "don't", "ÜBER", "[SEP]", "a\tb"]
     docs = []
     for _ in range(n):
-        words = [rng.choice(WORDS) if rng.random() < 0.9 else rng.choice(extras) for _ in range(rng.randint(1, max_words))]
+        words = [rng.choice(WORDS) if rng.random() < 0.9 else rng.choice(extras)
+                 for _ in range(rng.randint(1, max_words))]
         if len(words) > 6 and rng.random() < 0.3:
             words.insert(len(words) // 2, "\n")  # a line break inside a document (not a blank line)
         docs.append(" ".join(words).replace(" \n ", "\n"))
@@ -110,7 +110,7 @@ def test_txt_documents_are_blocks_between_blank_lines(tmp_path, monkeypatch):
     path = tmp_path / "a.txt"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     for block in (1, 7, 64, 1 << 22):  # blocks cut separators, CRLFs and UTF-8 sequences anywhere
-        monkeypatch.setattr(P, "READ_BLOCK", block)
+        monkeypatch.setattr(P_inputs, "READ_BLOCK", block)
         got = list(P.DocumentReader(P.resolve_inputs([str(path)]), "text"))
         assert got == txt_reference(text), block
 
@@ -150,7 +150,8 @@ def write_corpus(directory: Path, fmt: str, docs: list[str]) -> tuple[Path, dict
         ds = datasets.Dataset.from_dict({"text": docs, "id": list(range(len(docs)))})
         if fmt == "datasetdict":
             path = directory / "dd"
-            datasets.DatasetDict({"train": ds, "test": ds.select(range(3))}).save_to_disk(str(path), num_shards={"train": 2, "test": 1})
+            datasets.DatasetDict({"train": ds, "test": ds.select(range(3))}).save_to_disk(
+                str(path), num_shards={"train": 2, "test": 1})
             return path, {"split": "train"}
         ds.save_to_disk(str(directory / "saved"), num_shards=2)
         if fmt == "arrow-stream":  # one of datasets' own arrow files, given as a file
@@ -198,7 +199,8 @@ def test_directory_inputs_are_read_sorted_recursively_in_the_order_given(tmp_pat
 def test_hub_dataset_is_streamed(tmp_path, tiny_tokenizer_dir):
     docs = random_docs(120, seed=3)
     (tmp_path / "hub").mkdir()
-    (tmp_path / "hub" / "train.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in docs), encoding="utf-8")
+    (tmp_path / "hub" / "train.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in docs),
+                                                  encoding="utf-8")
     out = tmp_path / "out"
     m = P.build(tokenizer=str(tiny_tokenizer_dir), dataset=str(tmp_path / "hub"), split="train", text_field="content",
                 output=str(out), num_workers=2, shard_tokens=400, show_progress=False, log=lambda s: None).manifest
@@ -228,7 +230,8 @@ def test_determinism_across_worker_counts(tmp_path, tiny_tokenizer_dir):
     results = {}
     for n in (1, 2, 3):
         out = tmp_path / f"out{n}"
-        m = build(tiny_tokenizer_dir, [tmp_path / "c.txt"], out, num_workers=n, shard_tokens=3000, batch_chars=2000).manifest
+        m = build(tiny_tokenizer_dir, [tmp_path / "c.txt"], out, num_workers=n, shard_tokens=3000,
+                  batch_chars=2000).manifest
         results[n] = (m["shards"], m["stats"], {e["file"]: (out / e["file"]).read_bytes() for e in m["shards"]})
     assert len(results[1][0]) > 5
     assert results[1] == results[2] == results[3]
@@ -329,14 +332,16 @@ def test_rerun_of_a_finished_directory_is_a_noop(finished, tiny_tokenizer_dir, c
     assert snapshot(finished) == before
 
 
-def test_refuses_other_inputs_or_tokenizer_and_overwrite_deletes_only_its_files(finished, tiny_tokenizer_dir, teacher_dir):
+def test_refuses_other_inputs_or_tokenizer_and_overwrite_deletes_only_its_files(finished, tiny_tokenizer_dir,
+                                                                                 teacher_dir):
     other = finished.parent / "other.txt"
     other.write_text("\n\n".join(random_docs(20, seed=7)), encoding="utf-8")
     before = snapshot(finished)
     with pytest.raises(P.PretokenizeError, match=r"(?s)other settings.*inputs: built from.*good\.txt.*other\.txt"
                                                  r".*--overwrite.*another --output"):
         build(tiny_tokenizer_dir, [other], finished)
-    with pytest.raises(P.PretokenizeError, match=r"(?s)tokenizer: built with .*tiny_tokenizer.*now .*teacher.*--overwrite"):
+    with pytest.raises(P.PretokenizeError,
+                       match=r"(?s)tokenizer: built with .*tiny_tokenizer.*now .*teacher.*--overwrite"):
         build(teacher_dir, [finished.parent / "good.txt"], finished)
     with pytest.raises(P.PretokenizeError, match=r"shard_tokens: built with 500, now 501"):
         build(tiny_tokenizer_dir, [finished.parent / "good.txt"], finished, shard_tokens=501)
@@ -344,7 +349,8 @@ def test_refuses_other_inputs_or_tokenizer_and_overwrite_deletes_only_its_files(
 
     (finished / ".shard-00009.bin.abc.tmp").write_bytes(b"half")
     m = build(tiny_tokenizer_dir, [other], finished, overwrite=True).manifest
-    assert sorted(p.name for p in finished.iterdir()) == sorted(["notes.md", MANIFEST_NAME] + [e["file"] for e in m["shards"]])
+    assert sorted(p.name for p in finished.iterdir()) == sorted(["notes.md", MANIFEST_NAME]
+                                                                + [e["file"] for e in m["shards"]])
     check_shards(finished, reference_ids(load_tok(tiny_tokenizer_dir), random_docs(20, seed=7)), 500)
 
 
@@ -353,7 +359,8 @@ def test_refuses_stray_shards_and_an_unfinished_build_of_other_inputs(tmp_path, 
     stray = tmp_path / "stray"
     stray.mkdir()
     (stray / "shard-00000.bin").write_bytes(b"\0\0")
-    with pytest.raises(P.PretokenizeError, match=r"(?s)1 shard files.*no manifest\.json or \.progress\.json.*--overwrite"):
+    with pytest.raises(P.PretokenizeError,
+                       match=r"(?s)1 shard files.*no manifest\.json or \.progress\.json.*--overwrite"):
         build(tiny_tokenizer_dir, [tmp_path / "a.txt"], stray)
     assert (stray / "shard-00000.bin").read_bytes() == b"\0\0"
 
@@ -396,7 +403,8 @@ def test_bad_inputs_say_what_to_do_and_lose_nothing(finished, tiny_tokenizer_dir
     (tmp_path / "notparquet.parquet").write_bytes(b"PAR1 nope")
     cases = {
         "missing.txt": r"input '.*missing\.txt' does not exist; check the path",
-        "data.csv": r"unsupported extension '\.csv'; supported: \.txt, \.txt\.gz, \.jsonl, \.jsonl\.gz, \.parquet, \.arrow",
+        "data.csv": r"unsupported extension '\.csv'; supported: "
+                    r"\.txt, \.txt\.gz, \.jsonl, \.jsonl\.gz, \.parquet, \.arrow",
         "nothing": r"holds no supported file \(found readme\.md\); supported: \.txt",
         "empty.txt": r"the inputs are empty .*nothing to tokenize",
         "blank.txt": r"no documents to tokenize: the inputs hold no text",
@@ -406,7 +414,8 @@ def test_bad_inputs_say_what_to_do_and_lose_nothing(finished, tiny_tokenizer_dir
         "number.jsonl": r"number\.jsonl:1: field 'text' holds a int, not text",
         "broken.jsonl": r"broken\.jsonl:2: not valid JSON",
         "fake.jsonl.gz": r"cannot read .*fake\.jsonl\.gz: Not a gzipped file",
-        "content.parquet": r"content\.parquet has no field 'text' \(its fields are \['content', 'id'\]\); pass --text-field content",
+        "content.parquet": r"content\.parquet has no field 'text' \(its fields are \['content', 'id'\]\); "
+                           r"pass --text-field content",
         "ints.parquet": r"column 'text' has type int64, not text",
         "notparquet.parquet": r"notparquet\.parquet is not a readable parquet file",
     }
@@ -433,12 +442,14 @@ def test_bad_inputs_say_what_to_do_and_lose_nothing(finished, tiny_tokenizer_dir
 
 def test_undecodable_bytes_are_replaced_and_counted_per_input(tmp_path, tiny_tokenizer_dir, capsys):
     (tmp_path / "bad.txt").write_bytes(b"hello \xff\xfe world\n\nok \xc3\x28 then\n\n" + "café".encode() + b"\n")
-    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "caf\xe9 time"}\n{"text": "\\udc80 lone"}\n{"text": "\\u0000\\u0001"}\n'
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "caf\xe9 time"}\n{"text": "\\udc80 lone"}\n'
+                                         b'{"text": "\\u0000\\u0001"}\n'
                                          b'{"text": "\\u0002"}\n')  # the last batch: only a document without tokens
     out = tmp_path / "out"
-    rc = P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "bad.txt"), str(tmp_path / "bad.jsonl"),
-                 "--output", str(out), "--num-workers", "1", "--no-progress", "--batch-chars", "1",
-                 "--shard-tokens", "1"])  # a shard per document: the last batch opens one that gets no tokens
+    # --shard-tokens 1: a shard per document; the last batch opens one that gets no tokens
+    rc = P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "bad.txt"),
+                 str(tmp_path / "bad.jsonl"), "--output", str(out), "--num-workers", "1", "--no-progress",
+                 "--batch-chars", "1", "--shard-tokens", "1"])
     stdout = capsys.readouterr().out
     assert rc == 0
     m = json.loads((out / MANIFEST_NAME).read_text())
@@ -470,13 +481,16 @@ def test_tokenizers_that_cannot_work_are_refused(finished, tmp_path):
     big = _word_level_tokenizer(tmp_path / "big", 70_000, {"sep_token": "[SEP]", "cls_token": "[CLS]"})
     good = finished.parent / "good.txt"
     before = snapshot(finished)
-    with pytest.raises(P.PretokenizeError, match=r"CanineTokenizer\) has no fast \(Rust `tokenizers`\) backend.*tokenizer\.json"):
+    with pytest.raises(P.PretokenizeError,
+                       match=r"CanineTokenizer\) has no fast \(Rust `tokenizers`\) backend.*tokenizer\.json"):
         build(tmp_path / "canine", [good], finished, overwrite=True)
-    with pytest.raises(P.PretokenizeError, match=r"has no SEP token and no CLS token: distill separates documents with SEP"):
+    with pytest.raises(P.PretokenizeError,
+                       match=r"has no SEP token and no CLS token: distill separates documents with SEP"):
         build(tmp_path / "nosep", [good], finished, overwrite=True)
     with pytest.raises(P.PretokenizeError, match=r"70003 ids, which do not fit in uint16.*pass --dtype uint32"):
         build(big, [good], finished, overwrite=True)
-    with pytest.raises(P.PretokenizeError, match="tokenizer directory .*no-such-dir' does not exist; pass a local directory holding tokenizer.json"):
+    with pytest.raises(P.PretokenizeError, match="tokenizer directory .*no-such-dir' does not exist; "
+                                                 "pass a local directory holding tokenizer.json"):
         build(tmp_path / "no-such-dir", [good], finished, overwrite=True)
     assert snapshot(finished) == before
 
@@ -484,7 +498,8 @@ def test_tokenizers_that_cannot_work_are_refused(finished, tmp_path):
     notes = []
     m = P.build(tokenizer=str(big), inputs=[str(tmp_path / "words.txt")], output=str(tmp_path / "wide"), dtype="uint32",
                 num_workers=1, show_progress=False, log=notes.append).manifest
-    assert notes == ["note: writing uint32 shards (4 bytes per token): the tokenizer's ids go up to 70002, beyond uint16"]
+    assert notes == ["note: writing uint32 shards (4 bytes per token): "
+                     "the tokenizer's ids go up to 70002, beyond uint16"]
     assert m["dtype"] == "uint32" and (tmp_path / "wide" / "shard-00000.bin").stat().st_size == 4 * m["total_tokens"]
     assert [d.tolist() for d in ShardSet(tmp_path / "wide", verify=True).documents()] == [[70002, 3, 65538], [0, 4]]
 
@@ -498,8 +513,8 @@ def test_real_teacher_tokenizer_on_the_real_corpus(tmp_path, teacher_dir, corpus
     with open(corpus_dir / "reviews.jsonl", encoding="utf-8") as f:
         reviews.write_text("".join(next(f) for _ in range(400)), encoding="utf-8")
     out = tmp_path / "shards"
-    rc = P.main(["--tokenizer", str(teacher_dir), "--input", *map(str, sotu + brown), str(reviews), "--output", str(out),
-                 "--shard-tokens", "20000", "--num-workers", "2", "--no-progress"])
+    rc = P.main(["--tokenizer", str(teacher_dir), "--input", *map(str, sotu + brown), str(reviews),
+                 "--output", str(out), "--shard-tokens", "20000", "--num-workers", "2", "--no-progress"])
     assert rc == 0
     docs = [d for p in sotu + brown for d in txt_reference(p.read_text(encoding="utf-8"))]
     docs += [json.loads(line)["text"] for line in reviews.read_text(encoding="utf-8").splitlines()]

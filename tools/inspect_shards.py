@@ -1,85 +1,13 @@
-"""Check a shard directory and print its statistics.
+#!/usr/bin/env python
+"""Check a shard directory and print its statistics: `distill-inspect` from a checkout.
 
     python tools/inspect_shards.py DIR [--verify] [--decode N] [--seq-len 128 512]
 
-Sizes are always checked against the manifest; --verify also checks every sha256.
---decode N prints the first N training windows as text (needs the tokenizer named in the
-manifest to be loadable).
+The flags and the logic live in distill.inspect_shards (`--help` lists them).
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-
-from distill.shards import ShardError, ShardSet  # noqa: E402
-
-
-def shard_statistics(shards: ShardSet, seq_lens=(128, 512)) -> dict:
-    """Documents, tokens, document lengths and window counts, in one pass over the memmaps."""
-    sep = int(shards.tokenizer["sep_token_id"])
-    lengths = []
-    used = np.zeros(int(shards.tokenizer["vocab_size"]), dtype=bool)
-    for i in range(len(shards.shards)):
-        arr = np.asarray(shards.shard(i))
-        ends = np.flatnonzero(arr == sep)
-        lengths.append(np.diff(np.concatenate([[-1], ends])) - 1)  # ids per document, SEP excluded
-        used[np.unique(arr)] = True
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    return {
-        "shards": len(shards.shards),
-        "documents": int(lengths.size),
-        "tokens": shards.num_tokens,
-        "bytes": shards.num_tokens * shards.dtype.itemsize,
-        "dtype": shards.manifest["dtype"],
-        "doc_tokens_mean": float(lengths.mean()) if lengths.size else 0.0,
-        "doc_tokens_median": float(np.median(lengths)) if lengths.size else 0.0,
-        "doc_tokens_max": int(lengths.max()) if lengths.size else 0,
-        "vocab_used": int(used.sum()),
-        "vocab_size": int(shards.tokenizer["vocab_size"]),
-        "windows": {L: -(-shards.num_tokens // (L - 2)) for L in seq_lens},
-    }
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("directory", help="a shard directory written by tools/pretokenize.py")
-    p.add_argument("--verify", action="store_true", help="check every shard's sha256 too")
-    p.add_argument("--seq-len", type=int, nargs="+", default=[128, 512], help="window lengths to count")
-    p.add_argument("--decode", type=int, default=0, metavar="N", help="print the first N windows as text")
-    args = p.parse_args(argv)
-    try:
-        shards = ShardSet(args.directory, verify=args.verify)
-    except ShardError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    st = shard_statistics(shards, args.seq_len)
-    tok = shards.tokenizer
-    print(f"{args.directory}: {'sha256 verified' if args.verify else 'sizes checked'}")
-    print(f"  tokenizer   {tok['name_or_path']} (vocab {tok['vocab_size']}, {st['vocab_used']} ids used)")
-    print(f"  shards      {st['shards']} x {st['dtype']}, {st['bytes'] / 2**20:.1f} MiB, "
-          f"{st['bytes'] / max(st['tokens'], 1):.2f} bytes/token")
-    print(f"  documents   {st['documents']:,}  (tokens each: mean {st['doc_tokens_mean']:.0f}, "
-          f"median {st['doc_tokens_median']:.0f}, max {st['doc_tokens_max']:,})")
-    print(f"  tokens      {st['tokens']:,}")
-    for L, n in st["windows"].items():
-        print(f"  windows@{L:<4d} {n:,}")
-    if args.decode:
-        from transformers import AutoTokenizer
-
-        from distill.data import WindowDataset
-
-        tokenizer = AutoTokenizer.from_pretrained(tok["name_or_path"])
-        ds = WindowDataset(shards, args.seq_len[0])
-        for i in range(min(args.decode, len(ds))):
-            ids = ds[i]["input_ids"][ds[i]["attention_mask"].bool()].tolist()
-            print(f"  window {i}: {tokenizer.decode(ids)[:300]!r}")
-    return 0
-
+from distill.inspect_shards import main
 
 if __name__ == "__main__":
     sys.exit(main())

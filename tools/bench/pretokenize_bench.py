@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Throughput and memory of tools/pretokenize.py against the usual way and the tokenizer's ceiling.
+"""Throughput and memory of distill.pretokenize against the usual way and the tokenizer's ceiling.
 
     python tools/bench/pretokenize_bench.py [--size-mb 100] [--corpus FILE ...] [--rounds 2] [--out FILE]
 
 On one corpus, each method in a fresh subprocess, all cores:
-  1. tools/pretokenize.py: reading, worker processes, uint16 shards (the build() call, timed whole)
+  1. distill.pretokenize: reading, worker processes, uint16 shards (the build() call, timed whole)
   2. datasets: load_dataset("text", sample_by="paragraph") -> map(tokenizer, batched=True,
      num_proc=cores) -> save_to_disk, how published distillers prepare data (Arrow, int32 lists)
   3. the ceiling: the Rust tokenizer's own batch encoding (Rayon threads on all cores) over the
@@ -39,9 +39,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]  # for the default assets
 
 METHODS = {
     "pretokenize": "1. tools/pretokenize.py",
@@ -63,7 +61,8 @@ def cores() -> int:
 def offline_documents(assets: Path) -> list[str]:
     corpus = assets / "corpus"
     if not corpus.is_dir():
-        sys.exit(f"error: the offline corpus is not under {corpus}: run `bash tools/fetch_offline_assets.sh`, or pass --corpus")
+        sys.exit(f"error: the offline corpus is not under {corpus}: "
+                 "run `bash tools/fetch_offline_assets.sh`, or pass --corpus")
     docs = [f.read_text(encoding="utf-8", errors="replace") for f in sorted((corpus / "sotu").glob("*.txt"))]
     for f in sorted((corpus / "brown").glob("*.txt")):
         docs += re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace"))
@@ -97,7 +96,7 @@ def build_corpus(directory: Path, size_mb: float, assets: Path) -> list[Path]:
 def run_pretokenize(files: list[Path], work: Path, tokenizer: str, workers: int) -> dict:
     import numpy as np
 
-    import pretokenize as P
+    import distill.pretokenize as P
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     m = P.build(tokenizer=tokenizer, inputs=[str(f) for f in files], output=str(work / "shards"), num_workers=workers,
@@ -141,7 +140,7 @@ def run_ceiling(files: list[Path], work: Path, tokenizer: str, workers: int, fas
     os.environ["RAYON_NUM_THREADS"] = str(workers)
     from tokenizers import Tokenizer
 
-    import pretokenize as P
+    import distill.pretokenize as P
 
     spec = P.load_tokenizer(tokenizer)  # the same backend as pretokenize: truncation and padding off
     tok = Tokenizer.from_str(spec.json)
@@ -222,7 +221,8 @@ def measure(method: str, files: list[Path], tokenizer: str, workers: int, scratc
     waited = wait_for_quiet(quiet_wait)
     work = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=scratch))
     result = work / "result.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--work", str(work), "--tokenizer", tokenizer,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--work", str(work),
+           "--tokenizer", tokenizer,
            "--workers", str(workers), "--result", str(result), "--corpus", *map(str, files)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
@@ -259,7 +259,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def table(best: dict, rounds: list[list[dict]], corpus_bytes: int, files: list[Path], tokenizer: str, workers: int) -> str:
+def table(best: dict, rounds: list[list[dict]], corpus_bytes: int, files: list[Path], tokenizer: str,
+          workers: int) -> str:
     import datasets
     import tokenizers
     import transformers
@@ -312,13 +313,18 @@ def table(best: dict, rounds: list[list[dict]], corpus_bytes: int, files: list[P
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", nargs="+", metavar="FILE", help="text files to use (default: the offline corpus, repeated)")
+    p.add_argument("--corpus", nargs="+", metavar="FILE",
+                   help="text files to use (default: the offline corpus, repeated)")
     p.add_argument("--size-mb", type=float, default=100, help="size of the default corpus in MiB (default: 100)")
-    p.add_argument("--tokenizer", default=str(REPO / "assets" / "teacher"), help="tokenizer (default: the offline teacher)")
-    p.add_argument("--workers", type=int, default=cores(), help="processes / threads for every method (default: all cores)")
-    p.add_argument("--rounds", type=int, default=1, help="run every method this many times, interleaved; report the fastest")
+    p.add_argument("--tokenizer", default=str(REPO / "assets" / "teacher"),
+                   help="tokenizer (default: the offline teacher)")
+    p.add_argument("--workers", type=int, default=cores(),
+                   help="processes / threads for every method (default: all cores)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every method this many times, interleaved; report the fastest")
     p.add_argument("--quiet-wait", type=float, default=60, metavar="S",
-                   help="before each method, wait up to S seconds for other processes to leave the cores idle (default: 60)")
+                   help="before each method, wait up to S seconds for other processes to leave the cores idle "
+                        "(default: 60)")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help=argparse.SUPPRESS)
     p.add_argument("--out", help="also write the Markdown table to this file")
     p.add_argument("--child", choices=list(METHODS), help=argparse.SUPPRESS)  # internal: run one method here
@@ -326,7 +332,8 @@ def main(argv=None) -> int:
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args.child, [Path(f) for f in args.corpus], Path(args.work), args.tokenizer, args.workers, Path(args.result))
+        child(args.child, [Path(f) for f in args.corpus], Path(args.work), args.tokenizer, args.workers,
+              Path(args.result))
         return 0
     try:
         import psutil  # noqa: F401

@@ -1,0 +1,100 @@
+"""Check a shard directory and print its statistics: `distill-inspect` (tools/inspect_shards.py).
+
+    distill-inspect DIR [--verify] [--decode N] [--seq-len 128 512]
+
+Sizes are always checked against the manifest; --verify also checks every sha256.
+--decode N prints the first N training windows as text (needs the tokenizer named in the
+manifest to be loadable).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from .shards import ShardError, ShardSet
+
+MIN_SEQ_LEN = 3  # a window is CLS + at least one token + SEP
+
+
+def shard_statistics(shards: ShardSet, seq_lens=(128, 512)) -> dict:
+    """Documents, tokens, document lengths and window counts, in one pass over the memmaps."""
+    sep = int(shards.tokenizer["sep_token_id"])
+    lengths = []
+    used = np.zeros(int(shards.tokenizer["vocab_size"]), dtype=bool)
+    for i in range(len(shards.shards)):
+        arr = np.asarray(shards.shard(i))
+        ends = np.flatnonzero(arr == sep)
+        lengths.append(np.diff(np.concatenate([[-1], ends])) - 1)  # ids per document, SEP excluded
+        used[np.unique(arr)] = True
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return {
+        "shards": len(shards.shards),
+        "documents": int(lengths.size),
+        "tokens": shards.num_tokens,
+        "bytes": shards.num_tokens * shards.dtype.itemsize,
+        "dtype": shards.manifest["dtype"],
+        "doc_tokens_mean": float(lengths.mean()) if lengths.size else 0.0,
+        "doc_tokens_median": float(np.median(lengths)) if lengths.size else 0.0,
+        "doc_tokens_max": int(lengths.max()) if lengths.size else 0,
+        "vocab_used": int(used.sum()),
+        "vocab_size": int(shards.tokenizer["vocab_size"]),
+        "windows": {L: -(-shards.num_tokens // (L - 2)) for L in seq_lens},  # L - 2 stream tokens per window
+    }
+
+
+def report(directory: str, shards: ShardSet, st: dict, verified: bool) -> str:
+    """The statistics as printed: one line per quantity."""
+    tok = shards.tokenizer
+    lines = [
+        f"{directory}: {'sha256 verified' if verified else 'sizes checked'}",
+        f"  tokenizer   {tok['name_or_path']} (vocab {tok['vocab_size']}, {st['vocab_used']} ids used)",
+        f"  shards      {st['shards']} x {st['dtype']}, {st['bytes'] / 2**20:.1f} MiB, "
+        f"{st['bytes'] / max(st['tokens'], 1):.2f} bytes/token",
+        f"  documents   {st['documents']:,}  (tokens each: mean {st['doc_tokens_mean']:.0f}, "
+        f"median {st['doc_tokens_median']:.0f}, max {st['doc_tokens_max']:,})",
+        f"  tokens      {st['tokens']:,}",
+    ]
+    lines += [f"  windows@{L:<4d} {n:,}" for L, n in st["windows"].items()]
+    return "\n".join(lines)
+
+
+def print_windows(shards: ShardSet, seq_len: int, count: int) -> None:
+    """The first `count` training windows of length `seq_len`, decoded (at most 300 characters each)."""
+    from transformers import AutoTokenizer
+
+    from .data import WindowDataset
+
+    tokenizer = AutoTokenizer.from_pretrained(shards.tokenizer["name_or_path"])
+    ds = WindowDataset(shards, seq_len)
+    for i in range(min(count, len(ds))):
+        ids = ds[i]["input_ids"][ds[i]["attention_mask"].bool()].tolist()
+        print(f"  window {i}: {tokenizer.decode(ids)[:300]!r}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory", help="a shard directory written by tools/pretokenize.py")
+    p.add_argument("--verify", action="store_true", help="check every shard's sha256 too")
+    p.add_argument("--seq-len", type=int, nargs="+", default=[128, 512], help="window lengths to count")
+    p.add_argument("--decode", type=int, default=0, metavar="N", help="print the first N windows as text")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    too_short = [L for L in args.seq_len if L < MIN_SEQ_LEN]
+    if too_short:
+        print(f"error: --seq-len {too_short[0]} is too small: a window holds CLS, at least one token and SEP; "
+              f"pass --seq-len {MIN_SEQ_LEN} or more", file=sys.stderr)
+        return 2
+    try:
+        shards = ShardSet(args.directory, verify=args.verify)
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report(args.directory, shards, shard_statistics(shards, args.seq_len), args.verify))
+    if args.decode:
+        print_windows(shards, args.seq_len[0], args.decode)
+    return 0
