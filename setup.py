@@ -36,6 +36,7 @@ setup(
         "distill-inspect = distill.inspect_shards:main",
         "distill-export = distill.export:main",
         "distill-evaluate = distill.evaluation.cli:main",
+        "distill-demo-table = distill.evaluation.demo:main",
     ]},
     extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff==0.17.6",
                               # the Triton kernels run in its CPU interpreter in the tests

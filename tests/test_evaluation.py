@@ -10,15 +10,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, WORDS
+
+from distill.evaluation import cli
 from distill.evaluation import metrics as M
+from distill.evaluation.config import EvaluationConfig
 from distill.evaluation.grid import evaluate
 from distill.evaluation.summary import create_summary_table, markdown_table, summarize
-from distill.evaluation.tasks import (GLUE_TASKS, TASKS, TaskDataError, custom_task, load_reviews, load_task_data)
+from distill.evaluation.tasks import (
+    DEFAULT_TASKS,
+    GLUE_TASKS,
+    TaskDataError,
+    custom_task,
+    get_task,
+    load_reviews,
+    load_task_data,
+)
 
 
-def _load_cli():
+def _load_script():
+    """launch/evaluate_glue.py as a module: the thin entry point must hand over to the package's command."""
     spec = importlib.util.spec_from_file_location("evaluate_glue_cli", REPO / "launch" / "evaluate_glue.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -95,6 +106,33 @@ def test_metrics_match_sklearn_and_scipy():
     assert M.pearson(a, np.full(100, 2.0)) == 0.0
     with pytest.raises(ValueError, match="unknown metric"):
         M.compute_metrics(["bleu"], y, p)
+
+
+def test_metrics_on_hand_computed_examples():
+    # binary: TP 2, TN 2, FP 0, FN 1
+    y, p = [0, 1, 1, 0, 1], [0, 1, 0, 0, 1]
+    assert M.accuracy(y, p) == pytest.approx(4 / 5)
+    assert M.f1(y, p) == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+    assert M.f1_macro(y, p) == pytest.approx((4 / 5 + 4 / 5) / 2)  # class 0: TP 2, FP 1, FN 0
+    assert M.mcc(y, p) == pytest.approx((2 * 2 - 0 * 1) / np.sqrt((2 + 0) * (2 + 1) * (2 + 0) * (2 + 1)))
+    # three classes: confusion (true x predicted) [[1,0,0],[0,0,1],[0,1,1]]
+    y3, p3 = [0, 1, 2, 2], [0, 2, 2, 1]
+    assert M.accuracy(y3, p3) == pytest.approx(0.5)
+    assert M.f1(y3, p3) == 0.0  # class 1 is never predicted right
+    assert M.f1_macro(y3, p3) == pytest.approx((1 + 0 + 2 / 4) / 3)
+    assert M.mcc(y3, p3) == pytest.approx((2 * 4 - 6) / (16 - 6))  # (c n - t.q) / sqrt((n^2 - t.t)(n^2 - q.q))
+    # correlations: r = 3 / sqrt(2 * 14/3); Spearman with x's tie at average rank 2.5: 4.5 / sqrt(4.5 * 5)
+    assert M.pearson([1, 2, 3], [1, 2, 4]) == pytest.approx(np.sqrt(27 / 28))
+    assert M.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(np.sqrt(0.9))
+    assert M.compute_metrics(["accuracy", "mcc"], y, p) == {"accuracy": M.accuracy(y, p), "mcc": M.mcc(y, p)}
+    # undefined -> 0.0: no examples, one pair, a constant side, no positives anywhere
+    for name, metric in M.METRICS.items():
+        assert metric([], []) == 0.0, name
+    assert M.pearson([1.0], [2.0]) == M.spearman([1.0], [2.0]) == 0.0
+    assert M.spearman([1, 2, 3], [5, 5, 5]) == 0.0 and M.mcc([0, 1, 1], [1, 1, 1]) == 0.0
+    assert M.f1([0, 0], [0, 0]) == 0.0 and M.f1([0, 2, 2], [2, 0, 2]) == 0.0  # labels without class 1
+    with pytest.raises(ValueError, match="3 labels but 2 predictions"):
+        M.accuracy([0, 1, 1], [0, 1])
 
 
 # --------------------------------------------------------------------------- summary table
@@ -191,15 +229,17 @@ def _glue_dir(root: Path) -> Path:
                                                    "Everyone loves them.", *["contradiction"] * 5, "contradiction"]])
     _tsv(root / "MNLI" / "dev_mismatched.tsv", [dev, ["0", "2", "2e", "letters", "x", "y", "x", "y", "Your gift.",
                                                       "It helps.", *["entailment"] * 5, "entailment"]])
-    _tsv(root / "QNLI" / "train.tsv", [["index", "question", "sentence", "label"],
-                                       ["0", "When?", "In 1990.", "entailment"], ["1", "Who?", "Nobody.", "not_entailment"]])
-    _tsv(root / "QNLI" / "dev.tsv", [["index", "question", "sentence", "label"], ["0", "What?", "It.", "not_entailment"]])
+    qnli = ["index", "question", "sentence", "label"]
+    _tsv(root / "QNLI" / "train.tsv", [qnli, ["0", "When?", "In 1990.", "entailment"],
+                                       ["1", "Who?", "Nobody.", "not_entailment"]])
+    _tsv(root / "QNLI" / "dev.tsv", [qnli, ["0", "What?", "It.", "not_entailment"]])
     for folder in ("RTE", "WNLI"):
         lab = ("entailment", "not_entailment") if folder == "RTE" else ("1", "0")
         _tsv(root / folder / "train.tsv", [["index", "sentence1", "sentence2", "label"],
                                            ["0", "No weapons found.", "Weapons found.", lab[1]],
                                            ["1", "A dog ran.", "An animal ran.", lab[0]]])
-        _tsv(root / folder / "dev.tsv", [["index", "sentence1", "sentence2", "label"], ["0", "It is.", "It is.", lab[0]]])
+        _tsv(root / folder / "dev.tsv", [["index", "sentence1", "sentence2", "label"],
+                                         ["0", "It is.", "It is.", lab[0]]])
     return root
 
 
@@ -221,10 +261,12 @@ def test_glue_tsv_layouts(tmp_path):
     assert cola["validation"]["sentence"][0] == 'He said "that" fast.'  # quotes kept verbatim (QUOTE_NONE)
     assert load_task_data("mrpc", root)["train"]["sentence1"][0] == "Amrozi accused his brother ."
     stsb = load_task_data("stsb", root)
-    assert stsb["validation"]["label"] == [pytest.approx(3.8)] and stsb["train"]["sentence2"] == ["An air plane is taking off."]
+    assert stsb["validation"]["label"] == [pytest.approx(3.8)]
+    assert stsb["train"]["sentence2"] == ["An air plane is taking off."]
     mnli = load_task_data("mnli", root)
     assert mnli["train"]["label"] == [1] and mnli["validation_matched"]["label"] == [2]
-    assert mnli["validation_mismatched"]["label"] == [0] and mnli["validation_matched"]["premise"] == ["The new rights."]
+    assert mnli["validation_mismatched"]["label"] == [0]
+    assert mnli["validation_matched"]["premise"] == ["The new rights."]
     assert load_task_data("qqp", root)["train"]["question1"] == ["How do I learn?", "Why?"]
     # one task's folder passed directly, and a save_to_disk directory with the hub's columns
     assert load_task_data("sst-2", root / "SST-2")["validation"]["sentence"][0] == "it 's a charming journey . "
@@ -277,7 +319,7 @@ def test_reviews_split(tmp_path):
     train, dev = splits["train"][0], splits["validation"][0]
     kept = [i for i, r in enumerate(ratings) if r != 3 and i != 9]
     assert len(kept) == 19 and (len(train["text"]), len(dev["text"])) == (18, 1)  # dev: floor(10% of 19)
-    texts = dict(zip(train["text"] + dev["text"], train["label"] + dev["label"]))
+    texts = dict(zip(train["text"] + dev["text"], train["label"] + dev["label"], strict=True))
     assert texts["Love it. review 0"] == 1 and texts["Awful! review 2"] == 0 and texts["review 3"] == 1
     assert texts["Meh. review 4"] == 0 and not any(t.endswith(("review 1", "review 5", "review 9")) for t in texts)
     order = np.random.default_rng(0).permutation(19)  # the documented split: dev first, then train
@@ -288,6 +330,102 @@ def test_reviews_split(tmp_path):
         dd = load_task_data("reviews", real)
         assert (len(dd["train"]), len(dd["validation"])) == (17837, 1981)
         assert dd["validation"]["text"][:3] == load_task_data("reviews", real.parent)["validation"]["text"][:3]
+
+
+# --------------------------------------------------------------------------- config and command line
+# The command's flags before the parser was generated from EvaluationConfig: (flag, nargs, default, choices).
+RUN_FLAGS = {
+    "tasks": ("+", None, None), "learning_rate": ("+", [1e-5, 3e-5, 5e-5], None), "epochs": ("+", [3, 5, 10], None),
+    "seeds": ("+", [42], None), "output_dir": (None, "./evaluation_results", None), "model_name": (None, None, None),
+    "tokenizer_name": (None, None, None), "data_dir": (None, None, None),
+    "per_device_train_batch_size": (None, 32, None), "per_device_eval_batch_size": (None, 64, None),
+    "max_seq_length": (None, 128, None), "warmup_ratio": (None, 0.1, None), "weight_decay": (None, 0.01, None),
+    "max_train_samples": (None, None, None), "max_eval_samples": (None, None, None),
+    "precision": (None, "fp32", ["fp32", "bf16", "fp16"]), "cache_dir": (None, None, None),
+    "devices": ("+", None, None), "overwrite": (0, False, None), "redo_changed": (0, False, None),
+    "group_by_length": (0, False, None), "aggregation": (None, "best", ["best", "mean", "median"]),
+    "task_name": (None, "custom", None), "train_file": (None, None, None), "validation_file": (None, None, None),
+    "text_fields": ("+", ["text"], None), "label_field": (None, "label", None), "metrics": ("+", ["accuracy"], None),
+    "labels": ("+", None, None),
+}
+SUMMARY_FLAGS = {"aggregation": (None, "best", ["best", "mean", "median"]), "metrics": (None, "main", ["main", "all"]),
+                 "models": ("+", None, None), "tasks": ("+", None, None), "output": (None, None, None),
+                 "hyperparameters": (0, False, None)}
+
+
+def _flags(parser) -> dict:
+    return {a.dest: (a.nargs, a.default, a.choices) for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def test_command_line_flags_are_the_config_fields():
+    assert _flags(cli.run_parser("evaluate_glue.py")) == RUN_FLAGS
+    assert _flags(cli.summary_parser("evaluate_glue.py")) == SUMMARY_FLAGS
+    args = cli.run_parser().parse_args(["model", "--learning_rate", "1e-5", "2e-5", "--devices", "0", "cpu",
+                                        "--redo_changed", "--max_train_samples", "100"])
+    config = EvaluationConfig(**vars(args))
+    assert config.learning_rate == [1e-5, 2e-5] and config.devices == [0, "cpu"] and config.max_train_samples == 100
+    assert config.overwrite_mode == "changed" and config.tasks == [get_task(t) for t in DEFAULT_TASKS]
+    defaults = EvaluationConfig(**vars(cli.run_parser().parse_args(["runs/x/student/"])))
+    assert defaults == EvaluationConfig("runs/x/student/") and defaults.model_name == "student"
+    assert defaults.overwrite_mode is False
+    assert EvaluationConfig("m", overwrite=True, redo_changed=True).overwrite_mode is True
+
+
+def test_config_normalizes_and_explains_mistakes(tmp_path, capsys):
+    c = EvaluationConfig(tmp_path / "model", "sst-2", 3e-5, 3, [1, 1, 2], "out", overwrite="changed", seed=None)
+    assert (c.model_name_or_path, c.model_name) == (str(tmp_path / "model"), "model")
+    assert c.tasks == [get_task("sst2")] and c.learning_rate == [3e-5] and c.epochs == [3.0] and c.seeds == [1, 2]
+    assert c.redo_changed and not c.overwrite and c.output_dir == "out"
+    assert EvaluationConfig("m", seeds=[1, 2], seed=7).seeds == [7]  # bertdistiller's single seed wins
+    assert EvaluationConfig("m", train_file="t.csv").tasks == []  # only the custom task (built by task_list)
+    with pytest.raises(TypeError):
+        EvaluationConfig("m", ["sst2"], 1e-5, 3, 42, "out", "a-model-name")  # later fields by name only
+    for kwargs, message in [
+        ({"learning_rate": [0, 1e-5]}, r"learning_rate=\[0.0, 1e-05\] must be > 0"),
+        ({"epochs": []}, "epochs is empty: give at least one value"),
+        ({"seeds": [1.5]}, "expected whole numbers"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size=0 must be a positive integer"),
+        ({"warmup_ratio": 1.0}, r"warmup_ratio=1.0 must be in \[0, 1\)"),
+        ({"precision": "int8"}, "precision='int8': choose among fp32, bf16, fp16"),
+        ({"tasks": []}, "no tasks given: name some"),
+        ({"tasks": ["sst3"]}, "unknown task 'sst3'"),
+        ({"overwrite": "yes"}, "overwrite='yes': choose False, True or 'changed'"),
+        ({"devices": ["gpu0"]}, r"devices=\['gpu0'\]: give GPU indices \(--devices 0 1 ...\) or 'cpu'"),
+        ({"model_name": "a/b"}, "model_name='a/b': give a plain name"),
+        ({"aggregation": "max"}, "aggregation='max': choose among best, mean, median"),
+    ]:
+        with pytest.raises(TaskDataError, match=message):
+            EvaluationConfig("m", **kwargs)
+    assert cli.main(["m", "--devices", "1", "gpu"]) == 2
+    assert "error: devices=['1', 'gpu']: give GPU indices" in capsys.readouterr().err
+
+
+def test_cli_args_generates_flags_from_any_dataclass():
+    import argparse
+    from dataclasses import dataclass
+
+    from distill.cli_args import add_arguments, option
+
+    @dataclass
+    class Options:
+        path: str = option("where", positional=True)
+        sizes: "int | list[int]" = option("sizes", default_factory=lambda: [1, 2])
+        rate: float | None = option("rate", default=None)
+        fast: bool = option("go fast", default=False)
+        color: bool = option("colors", default=True, group="looks")
+        mode: str = option("mode", default="a", choices=("a", "b"), group="looks")
+        hook: object = option("Python only", default=None, flag=False)
+
+    parser = add_arguments(argparse.ArgumentParser(), Options)
+    assert Options(**vars(parser.parse_args(["p"]))) == Options("p")
+    parsed = Options(**vars(parser.parse_args(["p", "--sizes", "3", "--rate", "0.5", "--fast", "--no-color"])))
+    assert parsed == Options("p", sizes=[3], rate=0.5, fast=True, color=False)
+    assert "looks" in [g.title for g in parser._action_groups] and "--hook" not in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["p", "--mode", "c"])
+    layered = add_arguments(argparse.ArgumentParser(), Options, suppress_defaults=True)
+    assert vars(layered.parse_args(["p", "--rate", "none"])) == {"path": "p", "rate": None}
+    assert "(default: [1, 2])" in layered.format_help()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -322,8 +460,8 @@ def test_bad_inputs_fail_before_training(tmp_path, tiny_model_dir, tiny_task_fil
                  **{**TINY, "max_seq_length": 512})
     assert not out.exists()  # nothing started
 
-    cli = _load_cli()
-    assert cli.main([str(tiny_model_dir), "--tasks", "nope", "--output_dir", str(out)]) == 2
+    script = _load_script()
+    assert script.main([str(tiny_model_dir), "--tasks", "nope", "--output_dir", str(out)]) == 2
     assert cli.main(["summary", str(tmp_path / "missing")]) == 2
 
 
@@ -391,7 +529,6 @@ def test_tiny_finetune_grid_writes_results_and_skips_finished(tmp_path, tiny_mod
 
     # the CLI's summary reads the same results: mean over seeds 1 and 2 (seed 3 failed)
     capsys.readouterr()
-    cli = _load_cli()
     assert cli.main(["summary", str(out), "--aggregation", "mean", "--hyperparameters"]) == 0
     printed = capsys.readouterr().out
     scores = [json.loads((d / "metrics.json").read_text())["score"] for d in run_dirs]
@@ -414,7 +551,8 @@ def test_glue_tasks_end_to_end_from_tsv(tmp_path, tiny_model_dir):
     assert mnli["eval_examples"] == {"validation_matched": 1, "validation_mismatched": 1}
     table = create_summary_table(out, save=False)
     assert list(table.columns) == ["stsb", "mnli", "avg"]
-    assert table.loc["tiny", "mnli"] == pytest.approx(50 * (mnli["metrics"]["accuracy_m"] + mnli["metrics"]["accuracy_mm"]))
+    mnli_scores = mnli["metrics"]["accuracy_m"] + mnli["metrics"]["accuracy_mm"]
+    assert table.loc["tiny", "mnli"] == pytest.approx(50 * mnli_scores)
 
 
 @pytest.mark.slow
@@ -431,7 +569,6 @@ def test_grid_in_worker_processes(tmp_path, tiny_model_dir, tiny_task_files, cap
     for r in records:
         assert json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["metrics"] == r["metrics"]
     # the CLI, same grid: both runs skipped, then the table
-    cli = _load_cli()
     capsys.readouterr()
     assert cli.main([str(tiny_model_dir), "--train_file", str(train), "--validation_file", str(dev), "--task_name",
                      "tiny", "--text_fields", "sentence", "--learning_rate", "5e-4", "--epochs", "1", "--seeds", "1",

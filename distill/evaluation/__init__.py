@@ -6,13 +6,15 @@
              seeds=[42], output_dir="results")
     print(create_summary_table("results", aggregation="best"))
 
-Modules: tasks (the task registry and the data loaders), metrics, finetune (one run with the
-Hugging Face Trainer), grid (`evaluate`), summary (`create_summary_table`). Names are imported
-lazily, so importing the package does not import torch.
+Modules: tasks (the task registry and the data loaders), metrics (scikit-learn / scipy), finetune
+(one run with the Hugging Face Trainer), config (`EvaluationConfig`: the grid's settings, which are
+also the command's flags), grid (`evaluate`: prepare, plan, run), summary (`create_summary_table`),
+cli (the `distill-evaluate` command: `main`), demo (the demo's comparison table: `main`). Names are
+imported lazily, so importing the package does not import torch.
 """
 
 _EXPORTS = {
-    "evaluate": "grid", "run_name": "grid",
+    "evaluate": "grid", "run_name": "grid", "EvaluationConfig": "config",
     "create_summary_table": "summary", "summarize": "summary", "Summary": "summary", "markdown_table": "summary",
     "collect_runs": "summary",
     "Task": "tasks", "TaskDataError": "tasks", "TASKS": "tasks", "GLUE_TASKS": "tasks", "DEFAULT_TASKS": "tasks",

@@ -23,7 +23,8 @@ from ..shards import atomic_write_json
 from .metrics import compute_metrics
 from .tasks import Task, TaskDataError, load_task_data
 
-__all__ = ["RunSettings", "run_finetune", "load_tokenizer", "check_model", "model_fingerprint", "COMPARED_SETTINGS", "PRECISIONS"]
+__all__ = ["RunSettings", "run_finetune", "load_tokenizer", "check_model", "model_fingerprint", "COMPARED_SETTINGS",
+           "PRECISIONS"]
 
 SETTINGS_NAME, METRICS_NAME, ERROR_NAME = "settings.json", "metrics.json", "error.txt"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -136,7 +137,8 @@ def check_model(model_name_or_path: str, tokenizer, max_seq_length: int, cache_d
     try:
         config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir)
     except Exception as e:
-        raise TaskDataError(f"could not load a model config from {model_name_or_path}: {type(e).__name__}: {e}") from None
+        raise TaskDataError(f"could not load a model config from {model_name_or_path}: "
+                            f"{type(e).__name__}: {e}") from None
     vocab = getattr(config, "vocab_size", None)
     if vocab is not None and max(tok_id for tok_id in tokenizer.get_vocab().values()) >= vocab:
         raise TaskDataError(f"the tokenizer's ids go up to {max(tokenizer.get_vocab().values())} but the model "
@@ -202,8 +204,7 @@ def _quiet_progress_bars(quiet: bool):
 def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm, cache: dict | None) -> dict:
     import numpy as np
     import torch
-    from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import set_seed
 
     task = Task.from_dict(settings.task)
     start = time.time()
@@ -221,17 +222,40 @@ def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm, ca
             cache["splits"] = encoded
 
     set_seed(settings.seed)  # before the model: the new classifier head's initialisation depends on it
+    cuda = torch.cuda.is_available()
+    if settings.precision != "fp32" and not cuda:
+        raise TaskDataError(f"precision={settings.precision} needs a CUDA GPU; use precision=fp32 on CPU")
+    trainer = _trainer(run_dir, settings, task, tokenizer, encoded["train"], cuda, disable_tqdm)
+    train_out = trainer.train()
+    metrics, eval_examples = _evaluate_splits(trainer, task, encoded)
+    result = {
+        "model": settings.model_name_or_path,
+        "task": task.name,
+        "learning_rate": settings.learning_rate,
+        "epochs": settings.epochs,
+        "seed": settings.seed,
+        "metrics": metrics,
+        "metric_keys": list(task.metric_keys),
+        "score": float(np.mean([metrics[k] for k in task.metric_keys])),
+        "train": {"examples": len(encoded["train"]), "steps": int(train_out.global_step),
+                  "loss": float(train_out.training_loss), "runtime_s": round(time.time() - start, 2)},
+        "eval_examples": eval_examples,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+    }
+    atomic_write_json(run_dir / METRICS_NAME, result)
+    return result
+
+
+def _trainer(run_dir: Path, settings: RunSettings, task: Task, tokenizer, train_set, cuda: bool, disable_tqdm):
+    """The Trainer of a new classification (or regression) head on the model: linear schedule, no checkpoints."""
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+
     label_kw = {} if task.is_regression else {
         "id2label": dict(enumerate(task.label_names)), "label2id": {n: i for i, n in enumerate(task.label_names)}}
     model = AutoModelForSequenceClassification.from_pretrained(
         settings.model_name_or_path, num_labels=task.num_labels, cache_dir=settings.cache_dir,
         problem_type="regression" if task.is_regression else "single_label_classification", **label_kw)
-
-    cuda = torch.cuda.is_available()
-    if settings.precision != "fp32" and not cuda:
-        raise TaskDataError(f"precision={settings.precision} needs a CUDA GPU; use precision=fp32 on CPU")
-    n_train = len(encoded["train"])
-    steps_per_epoch = math.ceil(n_train / settings.per_device_train_batch_size)
+    steps_per_epoch = math.ceil(len(train_set) / settings.per_device_train_batch_size)
     total_steps = math.ceil(steps_per_epoch * settings.epochs)
     args = TrainingArguments(
         output_dir=str(run_dir / "trainer"),
@@ -255,13 +279,18 @@ def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm, ca
         disable_tqdm=disable_tqdm,
     )
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if settings.precision != "fp32" else None)
-    trainer = Trainer(model=model, args=args, train_dataset=encoded["train"], data_collator=collator,
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
                       processing_class=tokenizer)
     if args.disable_tqdm:
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # it prints every log dict when the bars are off
-    train_out = trainer.train()
+    return trainer
+
+
+def _evaluate_splits(trainer, task: Task, encoded: dict) -> tuple[dict, dict]:
+    """({metric[_suffix]: fraction} over the task's eval splits, {split: examples})."""
+    import numpy as np
 
     metrics, eval_examples = {}, {}
     for split, suffix in task.eval_splits:
@@ -271,22 +300,7 @@ def _run(run_dir: Path, settings: RunSettings, data, tokenizer, disable_tqdm, ca
         for name, value in compute_metrics(task.metrics, pred.label_ids, preds).items():
             metrics[f"{name}_{suffix}" if suffix else name] = value
         eval_examples[split] = len(encoded[split])
-    result = {
-        "model": settings.model_name_or_path,
-        "task": task.name,
-        "learning_rate": settings.learning_rate,
-        "epochs": settings.epochs,
-        "seed": settings.seed,
-        "metrics": metrics,
-        "metric_keys": list(task.metric_keys),
-        "score": float(np.mean([metrics[k] for k in task.metric_keys])),
-        "train": {"examples": n_train, "steps": int(train_out.global_step), "loss": float(train_out.training_loss),
-                  "runtime_s": round(time.time() - start, 2)},
-        "eval_examples": eval_examples,
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-    }
-    atomic_write_json(run_dir / METRICS_NAME, result)
-    return result
+    return metrics, eval_examples
 
 
 def _length_grouping(args_cls, on: bool) -> dict:

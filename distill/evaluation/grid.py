@@ -7,6 +7,11 @@ hyper-parameters, finished runs made with other settings) is checked before the 
 trains. A run whose metrics.json exists is skipped; a run directory without one (an interrupted
 or failed run) is cleared and run again. One run failing is reported and the others go on.
 
+`evaluate` takes an `EvaluationConfig` (checked on construction) through three steps:
+prepare (the devices, model, tokenizer and every task's data, loaded and checked), plan (the
+runs, finished ones marked skipped, conflicting ones refused), run (the pending runs); then it
+reports the counts and returns one record per run.
+
 Devices: on CPU or one GPU the runs go one after the other in this process. With several CUDA
 GPUs visible (or `devices` given) each device gets a worker thread that runs one run at a time in
 a subprocess (`python -m distill.evaluation.finetune RUN_DIR`, CUDA_VISIBLE_DEVICES set to its
@@ -24,14 +29,24 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 from ..shards import atomic_write_json
-from .finetune import (COMPARED_SETTINGS, ERROR_NAME, METRICS_NAME, PRECISIONS, SETTINGS_NAME, RunSettings,
-                       check_model, load_tokenizer, model_fingerprint, run_finetune)
-from .tasks import DEFAULT_TASKS, Task, TaskDataError, get_task, load_task_data
+from .config import EvaluationConfig
+from .finetune import (
+    COMPARED_SETTINGS,
+    ERROR_NAME,
+    METRICS_NAME,
+    SETTINGS_NAME,
+    RunSettings,
+    check_model,
+    load_tokenizer,
+    model_fingerprint,
+    run_finetune,
+)
+from .tasks import Task, TaskDataError, load_task_data
 
 __all__ = ["evaluate", "run_name", "read_finished"]
 
@@ -64,120 +79,119 @@ class _Run:
     label: str = field(default="")
 
 
-def evaluate(
-    model_name_or_path: str | os.PathLike,
-    tasks: "str | Task | Iterable[str | Task]" = DEFAULT_TASKS,
-    learning_rate: "float | Sequence[float]" = (1e-5, 3e-5, 5e-5),
-    epochs: "float | Sequence[float]" = (3, 5, 10),
-    seeds: "int | Sequence[int]" = (42,),
-    output_dir: str | os.PathLike = "./evaluation_results",
-    *,
-    model_name: str | None = None,
-    tokenizer_name: str | None = None,
-    data_dir: "str | os.PathLike | dict | None" = None,
-    per_device_train_batch_size: int = 32,
-    per_device_eval_batch_size: int = 64,
-    max_seq_length: int = 128,
-    warmup_ratio: float = 0.1,
-    weight_decay: float = 0.01,
-    max_train_samples: int | None = None,
-    max_eval_samples: int | None = None,
-    group_by_length: bool = False,
-    precision: str = "fp32",
-    cache_dir: str | None = None,
-    devices: "Sequence[int | str] | None" = None,
-    overwrite: "bool | str" = False,
-    disable_tqdm: bool | None = None,
-    seed: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> list[dict]:
-    """Fine-tune `model_name_or_path` on every task over the grid learning_rate x epochs x seeds.
+def evaluate(model_name_or_path: "str | os.PathLike | EvaluationConfig", *args,
+             log: Callable[[str], None] | None = None, **kwargs) -> list[dict]:
+    """Fine-tune the model on every task over the grid learning_rate x epochs x seeds.
 
-    Args:
+    Give an `EvaluationConfig`, or its fields: the model, then (by position or name) tasks,
+    learning_rate, epochs, seeds, output_dir, then by name only the others (see `EvaluationConfig`):
         model_name_or_path: a Hugging Face model directory (with its tokenizer) or hub name.
         tasks: names from `distill.evaluation.TASKS` (the nine GLUE tasks and "reviews") and/or
             `custom_task(...)` objects; default the eight GLUE tasks other than WNLI.
         learning_rate, epochs, seeds: the grid (one value or a list each).
         output_dir: results root; this model's runs go under OUTPUT_DIR/<model_name>/.
-        model_name: the model's row in the summary table; default the directory's base name.
-        tokenizer_name: tokenizer directory or hub name, when not the model's own.
-        data_dir: where the data is (see `distill.evaluation.tasks`): one directory for all tasks,
-            or {task name: directory}; None: the hub for GLUE, the offline assets for reviews.
-        per_device_train_batch_size, per_device_eval_batch_size, max_seq_length, warmup_ratio,
-        weight_decay, max_train_samples, max_eval_samples, group_by_length, precision, cache_dir:
-            see `RunSettings`.
+        data_dir: one directory for all tasks, or {task name: directory}.
         devices: run the grid in worker subprocesses, one per entry at a time: CUDA device
             indices, or "cpu". Default: all GPUs when more than one is visible, else in-process.
         overwrite: False: skip finished runs, and refuse (before training) finished runs made with
             other settings or another model; True: redo every run; "changed": redo only those.
-        disable_tqdm: passed to the Trainer (in-process runs).
-        seed: bertdistiller's single-seed argument; same as seeds=[seed].
-        log: where progress lines go (default: print to stdout).
+    log: where progress lines go (default: print to stdout).
 
     Returns one record per run: task, learning_rate, epochs, seed, run_dir, status
     ("finished", "skipped" = finished earlier, "failed"), metrics (fractions), error.
     """
+    if isinstance(model_name_or_path, EvaluationConfig):
+        if args:
+            raise TypeError("evaluate(config, ...): give further settings by name, or in the config")
+        config = replace(model_name_or_path, **kwargs) if kwargs else model_name_or_path
+    else:
+        config = EvaluationConfig(model_name_or_path, *args, **kwargs)
     say = log or (lambda line: print(line, flush=True))
-    if seed is not None:
-        seeds = [seed]
-    lrs = _as_list(learning_rate, float, "learning_rate")
-    eps = _as_list(epochs, float, "epochs")
-    seed_list = _as_list(seeds, int, "seeds")
-    _check_numbers(lrs, eps, per_device_train_batch_size, per_device_eval_batch_size, max_seq_length,
-                   warmup_ratio, weight_decay, max_train_samples, max_eval_samples, precision)
-    task_list = _as_tasks(tasks)
-    if overwrite not in (False, True, "changed"):
-        raise TaskDataError(f"overwrite={overwrite!r}: choose False, True or 'changed'")
-    import torch
+    inputs = _prepare(config)
+    runs = _plan(config, inputs)
+    _run(runs, config, inputs, say)
+    return _report(runs, config.model_name, say)
 
-    if precision != "fp32" and not torch.cuda.is_available():
-        raise TaskDataError(f"precision={precision} needs a CUDA GPU; use precision=fp32 on CPU")
-    if devices is not None:
-        devices = list(devices)
-        bad = [d for d in devices if str(d) != "cpu" and not (isinstance(d, int) and 0 <= d < torch.cuda.device_count())]
-        if bad or not devices:
-            raise TaskDataError(f"devices={devices}: give CUDA device indices below {torch.cuda.device_count()} "
-                                f"(the GPUs visible here) or 'cpu'")
 
-    model = str(model_name_or_path)
+@dataclass
+class _Inputs:
+    """What every run of the grid reads, loaded and checked before the first run trains."""
+
+    model: str  # the model directory made absolute (the workers may run elsewhere), or the hub name
+    tokenizer_name: str | None
+    tokenizer: object
+    tasks: list[Task]
+    data: dict  # {task name: DatasetDict}
+    data_dirs: dict  # {task name: absolute directory or None}
+    fingerprint: str | None  # see `model_fingerprint`
+
+
+def _prepare(config: EvaluationConfig) -> _Inputs:
+    """Check the devices, the model, its tokenizer and every task's data; nothing is trained or written."""
+    _check_devices(config)
+    model = config.model_name_or_path
     if os.path.isdir(model):
         model = str(Path(model).resolve())
     elif os.path.exists(model):
         raise TaskDataError(f"{model} is a file: pass the model directory")
-    name = model_name or Path(str(model_name_or_path).rstrip("/")).name
-    if not name or name in (".", "..") or "/" in name:
-        raise TaskDataError(f"model_name={name!r}: give a plain name for the results folder and table row")
+    tokenizer_name = config.tokenizer_name
     if tokenizer_name is not None and os.path.isdir(tokenizer_name):
         tokenizer_name = str(Path(tokenizer_name).resolve())  # the workers may run elsewhere
-    tokenizer = load_tokenizer(model, tokenizer_name, cache_dir)
-    check_model(model, tokenizer, max_seq_length, cache_dir)
-
+    tokenizer = load_tokenizer(model, tokenizer_name, config.cache_dir)
+    check_model(model, tokenizer, config.max_seq_length, config.cache_dir)
+    tasks = config.task_list()
     data, data_dirs = {}, {}
-    for task in task_list:  # every task's data is read and checked before any run trains
-        d = data_dir.get(task.name) if isinstance(data_dir, dict) else data_dir
+    for task in tasks:  # every task's data is read and checked before any run trains
+        d = config.data_dir.get(task.name) if isinstance(config.data_dir, dict) else config.data_dir
         data_dirs[task.name] = str(Path(d).resolve()) if d is not None else None
-        data[task.name] = load_task_data(task, d, cache_dir)
+        data[task.name] = load_task_data(task, d, config.cache_dir)
+    return _Inputs(model, tokenizer_name, tokenizer, tasks, data, data_dirs, model_fingerprint(model))
 
-    fingerprint = model_fingerprint(model)
-    runs, grid = [], list(itertools.product(task_list, lrs, eps, seed_list))
+
+def _check_devices(config: EvaluationConfig) -> None:
+    """Mixed precision needs CUDA; devices must be GPUs visible here (or "cpu")."""
+    import torch
+
+    if config.precision != "fp32" and not torch.cuda.is_available():
+        raise TaskDataError(f"precision={config.precision} needs a CUDA GPU; use precision=fp32 on CPU")
+    n_gpus = torch.cuda.device_count()
+    if config.devices is not None and any(d != "cpu" and d >= n_gpus for d in config.devices):
+        raise TaskDataError(f"devices={config.devices}: give CUDA device indices below {n_gpus} "
+                            f"(the GPUs visible here) or 'cpu'")
+
+
+# RunSettings fields that every run of the grid takes from the config as they are.
+SHARED_SETTINGS = ("per_device_train_batch_size", "per_device_eval_batch_size", "max_seq_length", "warmup_ratio",
+                   "weight_decay", "max_train_samples", "max_eval_samples", "group_by_length", "precision",
+                   "cache_dir")
+
+
+def _plan(config: EvaluationConfig, inputs: _Inputs) -> list[_Run]:
+    """One run per (task, learning rate, epochs, seed); finished ones marked skipped, conflicts refused."""
+    shared = {key: getattr(config, key) for key in SHARED_SETTINGS}
+    name, runs = config.model_name, []
+    grid = list(itertools.product(inputs.tasks, config.learning_rate, config.epochs, config.seeds))
     for i, (task, lr, ep, s) in enumerate(grid, 1):
         settings = RunSettings(
-            model_name_or_path=model, task=task.to_dict(), learning_rate=lr, epochs=ep, seed=s,
-            tokenizer=tokenizer_name, data_dir=data_dirs[task.name],
-            per_device_train_batch_size=per_device_train_batch_size,
-            per_device_eval_batch_size=per_device_eval_batch_size, max_seq_length=max_seq_length,
-            warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_train_samples=max_train_samples,
-            max_eval_samples=max_eval_samples, group_by_length=group_by_length, precision=precision,
-            cache_dir=cache_dir, model_fingerprint=fingerprint)
-        run = _Run(i, task, settings, Path(output_dir) / name / task.name / run_name(lr, ep, s))
+            model_name_or_path=inputs.model, task=task.to_dict(), learning_rate=lr, epochs=ep, seed=s,
+            tokenizer=inputs.tokenizer_name, data_dir=inputs.data_dirs[task.name],
+            model_fingerprint=inputs.fingerprint, **shared)
+        run = _Run(i, task, settings, Path(config.output_dir) / name / task.name / run_name(lr, ep, s))
         run.label = f"[{i}/{len(grid)}] {name} {task.name} lr={lr:g} epochs={ep:g} seed={s}"
         runs.append(run)
-    _plan(runs, overwrite)
+    _mark_finished(runs, config.overwrite_mode)
+    return runs
+
+
+def _run(runs: list[_Run], config: EvaluationConfig, inputs: _Inputs, say) -> None:
+    """Train the pending runs: in worker processes when devices are given or several GPUs are visible."""
+    import torch
 
     pending = [r for r in runs if r.status == "pending"]
     for r in runs:
         if r.status == "skipped":
             say(f"{r.label}: finished earlier, skipped ({_scores(r.result)})")
+    devices = config.devices
     if devices is None:
         n_gpus = torch.cuda.device_count()
         devices = list(range(n_gpus)) if n_gpus > 1 and len(pending) > 1 else None
@@ -189,20 +203,27 @@ def evaluate(
     if devices:
         _run_workers(pending, devices, say)
     else:
-        encoded = {t.name: {} for t in task_list}  # tokenized once per task, shared by its runs
-        for r in pending:
-            say(f"{r.label}: running")
-            t0 = time.time()
-            try:
-                r.result = run_finetune(r.run_dir, r.settings, data=data[r.task.name], tokenizer=tokenizer,
-                                        disable_tqdm=disable_tqdm, encoded=encoded[r.task.name])
-                r.status = "finished"
-                say(f"{r.label}: {_scores(r.result)} ({time.time() - t0:.0f} s)")
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:
-                _record_failure(r, f"{type(e).__name__}: {e}", traceback.format_exc(), say)
+        _run_in_process(pending, inputs, config.disable_tqdm, say)
 
+
+def _run_in_process(runs: list[_Run], inputs: _Inputs, disable_tqdm: bool | None, say) -> None:
+    encoded = {t.name: {} for t in inputs.tasks}  # tokenized once per task, shared by its runs
+    for r in runs:
+        say(f"{r.label}: running")
+        t0 = time.time()
+        try:
+            r.result = run_finetune(r.run_dir, r.settings, data=inputs.data[r.task.name], tokenizer=inputs.tokenizer,
+                                    disable_tqdm=disable_tqdm, encoded=encoded[r.task.name])
+            r.status = "finished"
+            say(f"{r.label}: {_scores(r.result)} ({time.time() - t0:.0f} s)")
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            _record_failure(r, f"{type(e).__name__}: {e}", traceback.format_exc(), say)
+
+
+def _report(runs: list[_Run], name: str, say) -> list[dict]:
+    """Say the counts; return `evaluate`'s records."""
     counts = {s: sum(r.status == s for r in runs) for s in ("finished", "skipped", "failed")}
     line = f"{name}: {len(runs)} runs: {counts['finished']} finished, {counts['skipped']} skipped (finished earlier)"
     if counts["failed"]:
@@ -213,7 +234,7 @@ def evaluate(
              "metrics": (r.result or {}).get("metrics"), "error": r.error} for r in runs]
 
 
-def _plan(runs: list[_Run], overwrite: "bool | str") -> None:
+def _mark_finished(runs: list[_Run], overwrite: "bool | str") -> None:
     """Mark finished runs skipped; refuse, before any training, finished runs made with other settings."""
     conflicts = []
     for r in runs:
@@ -302,50 +323,3 @@ def _scores(result: dict | None) -> str:
         return "no metrics"
     m = result["metrics"]
     return " ".join(f"{k} {100 * m[k]:.2f}" for k in result.get("metric_keys", m))
-
-
-def _as_list(value, kind, name) -> list:
-    values = [value] if isinstance(value, (int, float, str)) else list(value)
-    if not values:
-        raise TaskDataError(f"{name} is empty: give at least one value")
-    try:
-        out = [kind(v) for v in values]
-    except (TypeError, ValueError):
-        raise TaskDataError(f"{name}={values!r}: expected {kind.__name__} values") from None
-    if kind is int and any(float(v) != int(v) for v in values):
-        raise TaskDataError(f"{name}={values!r}: expected whole numbers")
-    return list(dict.fromkeys(out))  # drop repeats, keep order
-
-
-def _as_tasks(tasks) -> list[Task]:
-    items = [tasks] if isinstance(tasks, (str, Task)) else list(tasks)
-    if not items:
-        raise TaskDataError("no tasks given")
-    out = {}
-    for t in items:
-        task = get_task(t)
-        out.setdefault(task.name, task)
-    return list(out.values())
-
-
-def _check_numbers(lrs, eps, train_bs, eval_bs, max_len, warmup, wd, max_train, max_eval, precision) -> None:
-    problems = []
-    if any(not lr > 0 for lr in lrs):
-        problems.append(f"learning_rate={lrs} must be > 0")
-    if any(not e > 0 for e in eps):
-        problems.append(f"epochs={eps} must be > 0")
-    for key, v in (("per_device_train_batch_size", train_bs), ("per_device_eval_batch_size", eval_bs),
-                   ("max_seq_length", max_len)):
-        if not isinstance(v, int) or v < 1:
-            problems.append(f"{key}={v!r} must be a positive integer")
-    for key, v in (("max_train_samples", max_train), ("max_eval_samples", max_eval)):
-        if v is not None and (not isinstance(v, int) or v < 1):
-            problems.append(f"{key}={v!r} must be a positive integer or None (all)")
-    if not 0 <= warmup < 1:
-        problems.append(f"warmup_ratio={warmup} must be in [0, 1)")
-    if wd < 0:
-        problems.append(f"weight_decay={wd} must be >= 0")
-    if precision not in PRECISIONS:
-        problems.append(f"precision={precision!r}: choose among {', '.join(PRECISIONS)}")
-    if problems:
-        raise TaskDataError("; ".join(problems))

@@ -1,12 +1,15 @@
-"""The task metrics, in plain numpy (the tests check them against scikit-learn and scipy).
+"""The task metrics, from scikit-learn and scipy.
 
 Every function takes 1-d arrays of references and predictions and returns a float fraction
 (accuracy 0.91, MCC 0.52); tables multiply by 100. Where a metric is undefined because one side
-is constant (MCC, Pearson, Spearman) or has no positives (F1), it is 0.0, as scikit-learn's
-`zero_division=0` and `matthews_corrcoef` give, so a degenerate run ranks last instead of NaN.
+is constant (MCC, Pearson, Spearman), has no positives (F1) or there are too few examples, it is
+0.0, as scikit-learn's `zero_division=0` and `matthews_corrcoef` give, so a degenerate run ranks
+last instead of NaN. scikit-learn and scipy are imported on first use: the task registry imports
+this module, and listing tasks or reading results should not pay for them.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -16,49 +19,50 @@ __all__ = ["METRICS", "REGRESSION_METRICS", "accuracy", "f1", "f1_macro", "mcc",
 
 
 def accuracy(labels, preds) -> float:
+    from sklearn.metrics import accuracy_score
+
     labels, preds = _pair(labels, preds)
-    return float(np.mean(labels == preds)) if labels.size else 0.0
+    return float(accuracy_score(labels, preds)) if labels.size else 0.0
 
 
 def f1(labels, preds) -> float:
     """Binary F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
+    from sklearn.metrics import f1_score
+
     labels, preds = _pair(labels, preds)
-    return _f1_of(labels, preds, 1)
+    # labels=[1] with average="macro": class 1's F1 whichever classes occur (no binary-only check)
+    return float(f1_score(labels, preds, labels=[1], average="macro", zero_division=0)) if labels.size else 0.0
 
 
 def f1_macro(labels, preds) -> float:
     """Unweighted mean of the per-class F1 over the classes present in labels or predictions."""
+    from sklearn.metrics import f1_score
+
     labels, preds = _pair(labels, preds)
-    classes = np.union1d(labels, preds)
-    return float(np.mean([_f1_of(labels, preds, c) for c in classes])) if classes.size else 0.0
+    return float(f1_score(labels, preds, average="macro", zero_division=0)) if labels.size else 0.0
 
 
 def mcc(labels, preds) -> float:
     """Matthews correlation coefficient (multi-class form of Gorodkin 2004; the binary phi for two classes)."""
+    from sklearn.metrics import matthews_corrcoef
+
     labels, preds = _pair(labels, preds)
-    classes, inverse = np.unique(np.concatenate([labels, preds]), return_inverse=True)
-    y, p = inverse[: labels.size], inverse[labels.size:]
-    k = classes.size
-    cm = np.zeros((k, k), dtype=np.float64)  # (true, predicted)
-    np.add.at(cm, (y, p), 1.0)
-    t, q = cm.sum(axis=1), cm.sum(axis=0)  # true / predicted counts per class
-    n, c = cm.sum(), np.trace(cm)
-    cov_yp = c * n - t @ q
-    cov_yy = n * n - t @ t
-    cov_pp = n * n - q @ q
-    denom = np.sqrt(cov_yy * cov_pp)
-    return float(cov_yp / denom) if denom > 0 else 0.0
+    return float(matthews_corrcoef(labels, preds)) if labels.size else 0.0
 
 
 def pearson(labels, preds) -> float:
+    from scipy.stats import pearsonr
+
     labels, preds = _pair(labels, preds, float)
-    return _corr(labels, preds)
+    return _correlation(pearsonr, labels, preds)
 
 
 def spearman(labels, preds) -> float:
-    """Pearson correlation of the ranks, ties sharing their average rank (scipy's `rankdata` default)."""
+    """Pearson correlation of the ranks, ties sharing their average rank."""
+    from scipy.stats import spearmanr
+
     labels, preds = _pair(labels, preds, float)
-    return _corr(_rank(labels), _rank(preds))
+    return _correlation(spearmanr, labels, preds)
 
 
 METRICS: dict[str, Callable] = {
@@ -86,26 +90,9 @@ def _pair(labels, preds, dtype=None):
     return labels, preds
 
 
-def _f1_of(labels: np.ndarray, preds: np.ndarray, positive) -> float:
-    tp = float(np.sum((labels == positive) & (preds == positive)))
-    fp = float(np.sum((labels != positive) & (preds == positive)))
-    fn = float(np.sum((labels == positive) & (preds != positive)))
-    return 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
-
-
-def _corr(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    denom = np.sqrt((x @ x) * (y @ y))
-    return float(np.clip((x @ y) / denom, -1.0, 1.0)) if denom > 0 else 0.0
-
-
-def _rank(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties averaged."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])  # first index of each run of equal values
-    ends = np.r_[starts[1:], xs.size]
-    avg = (starts + ends + 1) / 2.0  # mean of the 1-based positions starts+1 .. ends
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+def _correlation(correlate, x: np.ndarray, y: np.ndarray) -> float:
+    """scipy's coefficient, clipped to [-1, 1]; 0.0 for fewer than two pairs or a constant side (scipy: NaN)."""
+    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return 0.0
+    value = float(correlate(x, y)[0])
+    return 0.0 if math.isnan(value) else float(np.clip(value, -1.0, 1.0))

@@ -178,7 +178,7 @@ def markdown_table(df, digits: int = 2, index_name: str | None = None) -> str:
     head = [index_name or df.index.name or ""] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(head) + " |",
              "|" + "|".join(["---"] + ["---:" if df[c].dtype.kind in "fiu" else "---" for c in df.columns]) + "|"]
-    for idx, row in zip(df.index, df.astype(object).itertuples(index=False)):  # object: ints stay ints
+    for idx, row in zip(df.index, df.astype(object).itertuples(index=False), strict=True):  # object: ints stay ints
         lines.append("| " + " | ".join([str(idx)] + [cell(v) for v in row]) + " |")
     return "\n".join(lines)
 

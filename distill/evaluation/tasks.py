@@ -340,7 +340,8 @@ GLUE_TSV: dict[str, GlueTsv] = {
     "stsb": GlueTsv("STS-B", {"sentence1": "sentence1", "sentence2": "sentence2", "label": "score"}),
     # id qid1 qid2 question1 question2 is_duplicate
     "qqp": GlueTsv("QQP", {"question1": "question1", "question2": "question2", "label": "is_duplicate"}),
-    # index promptID pairID genre sentence{1,2}_binary_parse sentence{1,2}_parse sentence1 sentence2 label1 [...] gold_label
+    # index promptID pairID genre sentence{1,2}_binary_parse sentence{1,2}_parse sentence1 sentence2
+    # label1 [...] gold_label
     "mnli": GlueTsv("MNLI", {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"},
                     files={"train": "train.tsv", "validation_matched": "dev_matched.tsv",
                            "validation_mismatched": "dev_mismatched.tsv"}),
@@ -456,7 +457,7 @@ def load_reviews(path: str | os.PathLike) -> dict:
     title = df["Title"].fillna("").astype(str).str.strip()[keep].tolist()
     review = review[keep].tolist()
     labels = (rating[keep] >= 4).astype("int64").to_numpy()
-    texts = [f"{t}{'' if t[-1] in '.!?' else '.'} {r}" if t else r for t, r in zip(title, review)]
+    texts = [f"{t}{'' if t[-1] in '.!?' else '.'} {r}" if t else r for t, r in zip(title, review, strict=True)]
     order = np.random.default_rng(REVIEWS_SEED).permutation(len(texts))
     n_dev = int(len(texts) * REVIEWS_DEV_FRACTION)
     out = {}

@@ -1,0 +1,117 @@
+"""Command-line flags generated from a dataclass: one flag per field, named as the field, its help the field's doc.
+
+    @dataclass
+    class Options:
+        model: str = option("model directory", positional=True)
+        epochs: "float | list[float]" = option("grid: epochs", default_factory=lambda: [3.0])
+        precision: str = option("mixed precision", default="fp32", choices=("fp32", "bf16"))
+        log: object = option("Python callers only", default=None, flag=False)
+
+    parser = add_arguments(argparse.ArgumentParser(), Options)
+    options = Options(**vars(parser.parse_args()))
+
+The flag's form comes from the field's annotation (`None` in a union is ignored):
+- `bool`: a switch, `--x` (store_true) when the default is False, `--x / --no-x` when it is True;
+- a `list[T]` (alone or in a union, e.g. `float | list[float]`): `nargs="+"` of T;
+- otherwise the first of str, int, float in the annotation (str when it is there: the dataclass's
+  `__post_init__` turns the text into its own types and reports mistakes in its own words).
+`option(..., type=..., choices=..., group=...)` overrides or adds to that. With
+`suppress_defaults=True` an absent flag leaves no attribute (defaults, then a config file, then
+the flags), the help shows the default, and optional fields take "none" / "null" for None.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Callable
+
+__all__ = ["option", "add_arguments"]
+
+_SCALARS = (str, int, float)
+
+
+def option(doc: str, *, default: Any = dataclasses.MISSING, default_factory: Callable[[], Any] | Any =
+           dataclasses.MISSING, positional: bool = False, flag: bool = True, group: str | None = None,
+           choices: typing.Sequence | None = None, type: Callable[[str], Any] | None = None) -> Any:
+    """A dataclass field documented by `doc` (its --help line), with how it appears on the command line.
+
+    positional: an argument without dashes (the field must have no default); flag=False: not on the
+    command line at all (Python callers only); group: the help section it is listed under.
+    """
+    meta = {"doc": doc, "positional": positional, "flag": flag, "group": group, "choices": choices, "type": type}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *,
+                  suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """Add one argument per field of dataclass `cls` (in field order) to `parser`; return `parser`."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "doc" not in meta or not meta.get("flag", True):
+            continue
+        target = parser
+        if meta.get("group"):
+            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        if meta.get("positional"):
+            target.add_argument(f.name, help=meta["doc"], type=meta.get("type") or _scalar(hints[f.name]))
+            continue
+        target.add_argument(f"--{f.name}", **_flag_kwargs(f, hints[f.name], suppress_defaults))
+    return parser
+
+
+def _flag_kwargs(f: dataclasses.Field, annotation, suppress_defaults: bool) -> dict[str, Any]:
+    meta = f.metadata
+    default = _default(f)
+    kwargs: dict[str, Any] = {"help": meta["doc"], "default": default}
+    if suppress_defaults:
+        kwargs.update(default=argparse.SUPPRESS, help=f"{meta['doc']} (default: {default})")
+    members = _members(annotation)
+    if members == [bool]:
+        kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
+        return kwargs
+    listed = next((m for m in members if typing.get_origin(m) in (list, tuple)), None)
+    if listed is not None:
+        kwargs["nargs"] = "+"
+    parse = meta.get("type") or _scalar(typing.get_args(listed)[0] if listed is not None else annotation)
+    if suppress_defaults and type(None) in typing.get_args(annotation):
+        parse = _none_or(parse)
+    kwargs["type"] = parse
+    if meta.get("choices") is not None:
+        kwargs["choices"] = list(meta["choices"])
+    return kwargs
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _members(annotation) -> list:
+    """The types of a union (without None), or [annotation]."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _scalar(annotation) -> type:
+    members = _members(annotation)
+    for kind in _SCALARS:
+        if kind in members:
+            return kind
+    return str
+
+
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse`, except that "none" / "null" mean None (to unset an optional field a config file set)."""
+    def parse_optional(text: str):
+        return None if text.lower() in ("none", "null") else parse(text)
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")  # argparse names it in "invalid ... value"
+    return parse_optional
