@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 ASSETS ?= assets
 DEMO   ?= demo
 
-.PHONY: install assets demo lint test bench clean
+.PHONY: install assets demo lint test test-floor bench clean
 
 $(VENV)/.installed: setup.py tools/install.sh
 	bash tools/install.sh $(VENV)
@@ -22,6 +22,14 @@ demo: assets
 test: assets
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The lowest versions setup.py allows of the libraries whose API we depend on most, in their own venv:
+# the fast tests (models, loss, data, evaluation) must pass there too. CI runs it after `make test`.
+FLOOR_VENV  ?= .venv-floor
+FLOOR_SPECS ?= transformers==5.0.0
+test-floor: assets
+	EXTRA_SPECS="$(FLOOR_SPECS)" bash tools/install.sh $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,9 +15,10 @@ setup(
     install_requires=[
         # torch: kept as installed; the Makefile installs a CPU build where one is at hand.
         "torch>=2.2",
-        # from_pretrained(dtype=...) arrived in 4.56; CI's floor job installs exactly 4.56.0
-        "transformers>=4.56",
-        "tokenizers>=0.15",
+        # 5.0: from_pretrained(dtype=...) (4.56) and set_attn_implementation on a loaded BERT-family model
+        # (FrozenTeacher(model, attn_implementation=...); 4.57.6 refuses it). `make test-floor` (CI) tests 5.0.0.
+        "transformers>=5.0",
+        "tokenizers>=0.22",  # what transformers 5.0 requires
         "datasets>=2.18",
         "deepspeed>=0.14",
         "accelerate>=0.30",
@@ -25,13 +26,14 @@ setup(
         "numpy>=1.24",
         "pyarrow>=14",
         "tqdm>=4.66",
-        "safetensors>=0.4",
+        "safetensors>=0.4.3",  # what transformers 5.0 requires
         # evaluation
         "scikit-learn>=1.3",
         "scipy>=1.10",
         "pandas>=2.0",
     ],
     entry_points={"console_scripts": [
+        "distill-train = distill.cli:main",
         "distill-pretokenize = distill.pretokenize:main",
         "distill-inspect = distill.inspect_shards:main",
         "distill-export = distill.export:main",

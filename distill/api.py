@@ -34,13 +34,15 @@ class MiniLMTrainingArguments(TrainingArguments):
     teacher_layer: int = field(default=12, metadata={"help": "1-based teacher layer whose Q/K/V are distilled"})
     student_layer: int = field(default=6, metadata={"help": "number of student layers"})
     student_hidden_size: int = field(default=384, metadata={"help": "student width"})
-    student_attention_heads: int | None = field(default=None, metadata={"help": "student heads (default: width / 64, at least 1)"})
+    student_attention_heads: int | None = field(default=None,
+                                                metadata={"help": "student heads (default: width / 64, at least 1)"})
     num_relation_heads: int = field(default=48, metadata={"help": "relation heads"})
     relations: dict = field(default_factory=lambda: {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0},
                             metadata={"help": "{(m, n): weight}, 1=query 2=key 3=value"})
     max_seq_len: int = field(default=512, metadata={"help": "only checked against the teacher's position embeddings"})
     relation_impl: str = field(default="auto", metadata={"help": "relation loss: auto, chunked, reference, triton"})
-    relation_chunk_size: int = field(default=128, metadata={"help": "query rows per chunk of the relation loss (0: unchunked)"})
+    relation_chunk_size: int = field(default=128,
+                                     metadata={"help": "query rows per chunk of the relation loss (0: unchunked)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,7 +64,8 @@ class MiniLMTrainingArguments(TrainingArguments):
             student_hidden_size=self.student_hidden_size, student_attention_heads=self.student_attention_heads,
             num_relation_heads=self.num_relation_heads,
             relations=",".join(f"{relation_name(k)}:{v}" for k, v in self.relations.items()),
-            relation_impl=self.relation_impl, relation_chunk_size=self.relation_chunk_size, max_seq_len=self.max_seq_len,
+            relation_impl=self.relation_impl, relation_chunk_size=self.relation_chunk_size,
+            max_seq_len=self.max_seq_len,
             dataloader_num_workers=self.dataloader_num_workers,
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps, learning_rate=self.learning_rate,

@@ -1,4 +1,4 @@
-"""Checkpoint directories: naming, completeness, rotation, RNG state, shape checks.
+"""Checkpoints: saving and resuming a run, naming, completeness, rotation, RNG state, shape checks.
 
 Layout of `output_dir`:
 
@@ -16,19 +16,85 @@ never counted by the rotation, and is removed by the next successful save.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from .config import ConfigError
 from .shards import atomic_write_json
 
+if TYPE_CHECKING:
+    from .config import DistillConfig
+
 COMPLETE = "COMPLETE"
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint's client state."""
+
+    step: int = 0  # optimizer steps done
+    samples: int = 0  # windows consumed by all ranks together
+    epoch: int = 0  # pass over the data the loader is in
+    epoch_offset: int = 0  # windows of this epoch consumed by all ranks together
+
+
+# --------------------------------------------------------------------------- save and resume
+def save_checkpoint(engine, cfg: DistillConfig, state: TrainState, rank: int) -> Path:
+    """Every rank saves its engine shards and RNG states; rank 0 then marks the checkpoint complete and rotates."""
+    root = checkpoints_dir(cfg.output_dir)
+    tag = tag_for_step(state.step)
+    client = {"state": dataclasses.asdict(state), "config": cfg.to_dict()}
+    engine.save_checkpoint(str(root), tag=tag, client_state=client)
+    torch.save(rng_state(), rng_file(root / tag, rank))
+    dist.barrier()  # every rank's files are on disk before the marker says so
+    if rank == 0:
+        mark_complete(root / tag, client)
+        rotate(cfg.output_dir, cfg.save_total_limit)
+    dist.barrier()
+    return root / tag
+
+
+def check_resume_compatible(path: Path, cfg: DistillConfig) -> dict[str, Any]:
+    """The checkpoint's COMPLETE record; ConfigError when it was made with another model shape."""
+    saved = read_json(path / COMPLETE)
+    diffs = shape_differences(saved["config"], cfg.to_dict())
+    if diffs:
+        raise ConfigError(f"cannot resume {path}: it was made with a different model shape:\n  - "
+                          + "\n  - ".join(diffs)
+                          + "\nresume with the checkpoint's settings or start a new --output_dir")
+    return saved
+
+
+def find_resume(cfg: DistillConfig) -> Path | None:
+    """The checkpoint `cfg.resume` names (None: a fresh start), checked against cfg before any model is built."""
+    path = resolve_resume(cfg.resume, cfg.output_dir)
+    if path is not None:
+        check_resume_compatible(path, cfg)
+    return path
+
+
+def load_train_state(engine, path: Path) -> TrainState:
+    """Load the engine's weights and optimizer from checkpoint `path`; return the run's position."""
+    _, client = engine.load_checkpoint(str(path.parent), tag=path.name)
+    return TrainState(**client["state"])
+
+
+def restore_rng_state(path: Path, rank: int) -> None:
+    """This rank's Python, NumPy, torch (and CUDA) generators as they were when `path` was saved."""
+    set_rng_state(torch.load(rng_file(path, rank), weights_only=False))
+
+
+# --------------------------------------------------------------------------- directories
 _TAG = re.compile(r"^step-(\d{8})$")
 
 

@@ -9,92 +9,106 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .relations import parse_relations
+from .cli_args import add_arguments, option
+from .relations import RelationSpec, divisors, parse_relations
 
 
 class ConfigError(ValueError):
     """A run setting is invalid; the message says how to fix it."""
 
 
-def _doc(text: str, **kwargs):
-    """A dataclass field carrying its one-line documentation (shown by --help)."""
-    return field(metadata={"doc": text}, **kwargs)
-
-
 @dataclass
 class DistillConfig:
     # -- teacher and student ----------------------------------------------------------
-    teacher: str = _doc("teacher: a Hugging Face hub name or a local model directory", default="google-bert/bert-base-uncased")
-    teacher_layer: int | None = _doc("1-based teacher layer whose Q/K/V are distilled (default: the last)", default=None)
-    teacher_dtype: str = _doc("teacher precision: auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32", default="auto")
-    student_layer: int = _doc("number of student layers; its last layer's Q/K/V are distilled", default=6)
-    student_hidden_size: int = _doc("student width", default=384)
-    student_attention_heads: int = _doc("student attention heads (must divide student_hidden_size)", default=12)
-    student_intermediate_size: int | None = _doc("student feed-forward width (default: 4 x student_hidden_size)", default=None)
-    student_init: str = _doc("teacher: copy embeddings and a slice of teacher layers; random: the architecture's init", default="teacher")
+    teacher: str = option("teacher: a Hugging Face hub name or a local model directory",
+                          default="google-bert/bert-base-uncased")
+    teacher_layer: int | None = option("1-based teacher layer whose Q/K/V are distilled (default: the last)",
+                                       default=None)
+    teacher_dtype: str = option("teacher precision: auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32",
+                                default="auto")
+    student_layer: int = option("number of student layers; its last layer's Q/K/V are distilled", default=6)
+    student_hidden_size: int = option("student width", default=384)
+    student_attention_heads: int = option("student attention heads (must divide student_hidden_size)", default=12)
+    student_intermediate_size: int | None = option("student feed-forward width (default: student_hidden_size x the "
+                                                    "teacher's feed-forward/width ratio, i.e. 4 x for BERT)",
+                                                    default=None)
+    student_init: str = option("teacher: copy embeddings and a slice of teacher layers; random: the "
+                               "architecture's init", default="teacher")
     # -- loss ---------------------------------------------------------------------------
-    num_relation_heads: int = _doc("relation heads A_r (must divide the teacher's and the student's widths)", default=48)
-    relations: str = _doc("relations and weights, e.g. qq:1,kk:1,vv:1 (q=query, k=key, v=value)", default="qq:1,kk:1,vv:1")
-    relation_impl: str = _doc("relation loss: auto (fused Triton kernels on CUDA when triton is installed, else chunked), chunked, reference, triton", default="auto")
-    relation_chunk_size: int = _doc("query rows per chunk of the relation loss: memory O(chunk x seq) instead of O(seq^2) (0: the unchunked reference)", default=128)
+    num_relation_heads: int = option("relation heads A_r (must divide the teacher's and the student's widths)",
+                                     default=48)
+    relations: str = option("relations and weights, e.g. qq:1,kk:1,vv:1 (q=query, k=key, v=value)",
+                            default="qq:1,kk:1,vv:1")
+    relation_impl: str = option("relation loss: auto (fused Triton kernels on CUDA when triton is installed, else "
+                                "chunked), chunked, reference, triton",
+                                default="auto")
+    relation_chunk_size: int = option("query rows per chunk of the relation loss: memory O(chunk x seq) instead of "
+                                      "O(seq^2) (0: the unchunked reference)",
+                                      default=128)
     # -- data ---------------------------------------------------------------------------
-    data: str = _doc("a shard directory written by tools/pretokenize.py", default="")
-    max_seq_len: int = _doc("tokens per training window, [CLS] and [SEP] included", default=128)
-    dataloader_num_workers: int = _doc("DataLoader worker processes per rank", default=2)
+    data: str = option("a shard directory written by tools/pretokenize.py", default="")
+    max_seq_len: int = option("tokens per training window, [CLS] and [SEP] included", default=128)
+    dataloader_num_workers: int = option("DataLoader worker processes per rank", default=2)
     # -- optimisation (these also fill the DeepSpeed JSON's "auto" values) ---------------------
-    per_device_train_batch_size: int = _doc("windows per micro-batch on each GPU/rank", default=32)
-    gradient_accumulation_steps: int = _doc("micro-batches accumulated per optimizer step", default=1)
-    learning_rate: float = _doc("peak learning rate after warmup", default=6e-4)
-    weight_decay: float = _doc("AdamW weight decay", default=0.01)
-    adam_beta1: float = _doc("AdamW beta1", default=0.9)
-    adam_beta2: float = _doc("AdamW beta2", default=0.999)
-    adam_epsilon: float = _doc("AdamW epsilon", default=1e-6)
-    warmup_steps: int = _doc("linear warmup steps from 0, then linear decay to 0 at max_steps (DeepSpeed's WarmupDecayLR warms up for at least 2)", default=0)
-    max_steps: int = _doc("optimizer steps of the whole run", default=1000)
-    max_grad_norm: float = _doc("gradient clipping norm (0 disables)", default=1.0)
-    precision: str = _doc("student precision: auto (from the DeepSpeed JSON, else bf16 on GPUs that have it, fp16 on others, fp32 on CPU), bf16, fp16, fp32", default="auto")
+    per_device_train_batch_size: int = option("windows per micro-batch on each GPU/rank", default=32)
+    gradient_accumulation_steps: int = option("micro-batches accumulated per optimizer step", default=1)
+    learning_rate: float = option("peak learning rate after warmup", default=6e-4)
+    weight_decay: float = option("AdamW weight decay", default=0.01)
+    adam_beta1: float = option("AdamW beta1", default=0.9)
+    adam_beta2: float = option("AdamW beta2", default=0.999)
+    adam_epsilon: float = option("AdamW epsilon", default=1e-6)
+    warmup_steps: int = option("linear warmup steps from 0, then linear decay to 0 at max_steps (DeepSpeed's "
+                               "WarmupDecayLR warms up for at least 2)",
+                               default=0)
+    max_steps: int = option("optimizer steps of the whole run", default=1000)
+    max_grad_norm: float = option("gradient clipping norm (0 disables)", default=1.0)
+    precision: str = option("student precision: auto (from the DeepSpeed JSON, else bf16 on GPUs that have it, fp16 on "
+                            "others, fp32 on CPU), bf16, fp16, fp32",
+                            default="auto")
     # -- run ----------------------------------------------------------------------------
-    output_dir: str = _doc("checkpoints, TensorBoard logs and the exported student go here", default="runs/distill")
-    logging_steps: int = _doc("write TensorBoard scalars every N optimizer steps", default=10)
-    save_steps: int = _doc("save a checkpoint every N optimizer steps (0: only at the end)", default=1000)
-    save_total_limit: int | None = _doc("keep only the newest N checkpoints (default: keep all)", default=None)
-    resume: str | None = _doc("a checkpoint directory to continue from, or 'auto' for the newest complete one in output_dir", default=None)
-    seed: int = _doc("seed of initialisation, data order and dropout", default=42)
-    deepspeed_config: str = _doc("DeepSpeed JSON (see ds_configs/), its 'auto' values filled from these flags; auto: ZeRO-1, AdamW, bf16/fp16 on GPU, fp32 on CPU", default="auto")
-    export_dir: str | None = _doc("where the final student is exported as a Hugging Face directory (default: OUTPUT_DIR/student)", default=None)
+    output_dir: str = option("checkpoints, TensorBoard logs and the exported student go here", default="runs/distill")
+    logging_steps: int = option("write TensorBoard scalars every N optimizer steps", default=10)
+    save_steps: int = option("save a checkpoint every N optimizer steps (0: only at the end)", default=1000)
+    save_total_limit: int | None = option("keep only the newest N checkpoints (default: keep all)", default=None)
+    resume: str | None = option("a checkpoint directory to continue from, or 'auto' for the newest complete one in "
+                                "output_dir",
+                                default=None)
+    seed: int = option("seed of initialisation, data order and dropout", default=42)
+    deepspeed_config: str = option("DeepSpeed JSON (see ds_configs/), its 'auto' values filled from these flags; auto: "
+                                   "ZeRO-1, AdamW, bf16/fp16 on GPU, fp32 on CPU",
+                                   default="auto")
+    export_dir: str | None = option("where the final student is exported as a Hugging Face directory (default: "
+                                    "OUTPUT_DIR/student)",
+                                    default=None)
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
             if not cond:
                 raise ConfigError(msg)
 
-        need(bool(self.teacher), "--teacher is empty: give a hub name (google-bert/bert-base-uncased) or a model directory")
-        need(self.teacher_layer is None or self.teacher_layer >= 1, f"--teacher_layer {self.teacher_layer} must be >= 1 (layers are 1-based)")
+        need(bool(self.teacher),
+             "--teacher is empty: give a hub name (google-bert/bert-base-uncased) or a model directory")
+        need(self.teacher_layer is None or self.teacher_layer >= 1,
+             f"--teacher_layer {self.teacher_layer} must be >= 1 (layers are 1-based)")
         need(self.teacher_dtype in ("auto", "float16", "bfloat16", "float32"),
              f"--teacher_dtype {self.teacher_dtype!r}: choose auto, float16, bfloat16 or float32")
         need(self.student_layer >= 1, f"--student_layer {self.student_layer} must be >= 1")
-        need(self.student_hidden_size >= 1 and self.student_attention_heads >= 1, "--student_hidden_size and --student_attention_heads must be positive")
+        need(self.student_hidden_size >= 1 and self.student_attention_heads >= 1,
+             "--student_hidden_size and --student_attention_heads must be positive")
         need(self.student_hidden_size % self.student_attention_heads == 0,
              f"--student_hidden_size {self.student_hidden_size} is not divisible by --student_attention_heads "
-             f"{self.student_attention_heads}; choose heads among {_divisors(self.student_hidden_size, 64)}")
-        need(self.student_init in ("teacher", "random"), f"--student_init {self.student_init!r}: choose teacher or random")
-        need(self.num_relation_heads >= 1, "--num_relation_heads must be >= 1")
-        need(self.student_hidden_size % self.num_relation_heads == 0,
-             f"--num_relation_heads {self.num_relation_heads} does not divide --student_hidden_size {self.student_hidden_size}; "
-             f"choose among {_divisors(self.student_hidden_size, 128)}")
-        try:
-            parse_relations(self.relations)
-        except ValueError as e:
-            raise ConfigError(f"--relations: {e}") from e
-        need(self.relation_impl in ("auto", "chunked", "reference", "triton"),
-             f"--relation_impl {self.relation_impl!r}: choose auto, chunked, reference or triton")
-        need(self.relation_chunk_size >= 0, f"--relation_chunk_size {self.relation_chunk_size} must be >= 0 (0: unchunked)")
-        need(self.max_seq_len >= 3, f"--max_seq_len {self.max_seq_len} must be >= 3 ([CLS] + at least one token + [SEP])")
+             f"{self.student_attention_heads}; choose heads among {divisors(self.student_hidden_size, 64)}")
+        need(self.student_init in ("teacher", "random"),
+             f"--student_init {self.student_init!r}: choose teacher or random")
+        need(self.relation_chunk_size >= 0,
+             f"--relation_chunk_size {self.relation_chunk_size} must be >= 0 (0: unchunked)")
+        self._check_relation_spec()
+        need(self.max_seq_len >= 3,
+             f"--max_seq_len {self.max_seq_len} must be >= 3 ([CLS] + at least one token + [SEP])")
         need(self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
             need(getattr(self, name) >= 1, f"--{name} {getattr(self, name)} must be >= 1")
@@ -102,19 +116,29 @@ class DistillConfig:
         need(0 <= self.warmup_steps <= self.max_steps,
              f"--warmup_steps {self.warmup_steps} must be between 0 and --max_steps {self.max_steps}")
         need(self.save_steps >= 0, "--save_steps must be >= 0 (0: save only at the end)")
-        need(self.save_total_limit is None or self.save_total_limit >= 1, "--save_total_limit must be >= 1 (or left unset to keep all)")
+        need(self.save_total_limit is None or self.save_total_limit >= 1,
+             "--save_total_limit must be >= 1 (or left unset to keep all)")
         need(self.max_grad_norm >= 0, "--max_grad_norm must be >= 0 (0 disables clipping)")
-        need(self.precision in ("auto", "bf16", "fp16", "fp32"), f"--precision {self.precision!r}: choose auto, bf16, fp16 or fp32")
+        need(self.precision in ("auto", "bf16", "fp16", "fp32"),
+             f"--precision {self.precision!r}: choose auto, bf16, fp16 or fp32")
 
     # -- derived ------------------------------------------------------------------------
     @property
-    def relation_weights(self) -> dict[tuple[int, int], float]:
-        return parse_relations(self.relations)
+    def relation_spec(self) -> RelationSpec:
+        """The relation settings as one RelationSpec (relation_chunk_size 0 -> None, the unchunked reference)."""
+        return RelationSpec(self.num_relation_heads, parse_relations(self.relations), self.relation_impl,
+                            self.relation_chunk_size or None)
 
-    @property
-    def chunk_size(self) -> int | None:
-        """Rows per chunk for relation_loss: None selects the unchunked reference."""
-        return self.relation_chunk_size or None
+    def _check_relation_spec(self) -> None:
+        """RelationSpec checks the settings; its messages name the fields, which are the flags."""
+        try:
+            parse_relations(self.relations)
+        except ValueError as e:
+            raise ConfigError(f"--relations: {e}") from e
+        try:
+            self.relation_spec.check_widths({"--student_hidden_size": self.student_hidden_size})
+        except ValueError as e:
+            raise ConfigError(f"--{e}") from e
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,45 +149,21 @@ class DistillConfig:
         atomic_write_json(path, self.to_dict())
 
 
-def _divisors(n: int, limit: int) -> list[int]:
-    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
-
-
 # --------------------------------------------------------------------------- CLI
-def _field_type(f: dataclasses.Field) -> type:
-    hints = typing.get_type_hints(DistillConfig)
-    tp = hints[f.name]
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """One flag per config field (same name), plus --config and DeepSpeed's launcher flags."""
+    """One flag per config field (same name), plus --config and DeepSpeed's launcher flags.
+
+    An absent flag leaves no attribute, so that defaults < --config < flags; "none" unsets an optional field.
+    """
     parser = parser or argparse.ArgumentParser(
         description="MiniLMv2 distillation with DeepSpeed (run with `deepspeed launch/distill.py ...`).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", help="JSON file of field values; flags given on the command line override it")
-    for f in fields(DistillConfig):
-        tp = _field_type(f)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        optional = type(None) in typing.get_args(typing.get_type_hints(DistillConfig)[f.name])
-        parser.add_argument(f"--{f.name}", type=_parse_value(tp, optional), default=argparse.SUPPRESS,
-                            help=f"{f.metadata['doc']} (default: {default})")
+    add_arguments(parser, DistillConfig, suppress_defaults=True)
     # Set by the deepspeed launcher (and torchrun-style runs); the environment carries the rank.
     parser.add_argument("--local_rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
-
-
-def _parse_value(tp: type, optional: bool):
-    """`none`/`null` mean None for the optional fields (--resume none, --teacher_layer none)."""
-    def parse(text: str):
-        if optional and text.lower() in ("none", "null"):
-            return None
-        return tp(text)
-
-    parse.__name__ = tp.__name__
-    return parse
 
 
 def config_from_args(argv: list[str] | None = None) -> DistillConfig:
@@ -207,9 +207,11 @@ def default_deepspeed_config() -> dict[str, Any]:
     return {
         "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
         "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
-        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": "auto", "warmup_num_steps": "auto",
-                                                          "total_num_steps": "auto", "warmup_type": "linear"}},
+        "optimizer": {"type": "AdamW",
+                      "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}},
+        "scheduler": {"type": "WarmupDecayLR",
+                      "params": {"warmup_min_lr": 0, "warmup_max_lr": "auto", "warmup_num_steps": "auto",
+                                 "total_num_steps": "auto", "warmup_type": "linear"}},
         "zero_optimization": {"stage": 1},
         "steps_per_print": 10**9,
     }
@@ -240,7 +242,8 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
             problems.append(f"{label} is {current!r} in the DeepSpeed JSON but {flag} gives {value!r}")
 
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
-    settle(ds, "train_micro_batch_size_per_gpu", micro, "--per_device_train_batch_size", "train_micro_batch_size_per_gpu")
+    settle(ds, "train_micro_batch_size_per_gpu", micro, "--per_device_train_batch_size",
+           "train_micro_batch_size_per_gpu")
     settle(ds, "gradient_accumulation_steps", accum, "--gradient_accumulation_steps", "gradient_accumulation_steps")
     settle(ds, "train_batch_size", micro * accum * world_size,
            f"--per_device_train_batch_size x --gradient_accumulation_steps x {world_size} ranks", "train_batch_size")
@@ -255,7 +258,8 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
     if device_type == "cpu":
         params["torch_adam"] = True  # DeepSpeed's fused Adam is a CUDA kernel
 
-    sched = ds.setdefault("scheduler", {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_type": "linear"}})
+    sched = ds.setdefault("scheduler",
+                          {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_type": "linear"}})
     sp = sched.setdefault("params", {})
     if sched.get("type") in ("WarmupDecayLR", "WarmupLR"):
         settle(sp, "warmup_max_lr", cfg.learning_rate, "--learning_rate", "scheduler.params.warmup_max_lr")
@@ -271,7 +275,17 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
         if zero.get(key) == "auto":
             zero[key] = value
 
-    # Precision: the JSON's bf16/fp16 sections and --precision must agree.
+    precision = _settle_precision(cfg, ds, device_type, bf16_supported, problems)
+    if problems:
+        raise ConfigError("the run config and the DeepSpeed JSON disagree:\n  - " + "\n  - ".join(problems)
+                          + "\nset the JSON value to \"auto\" (filled from the flags) or make the two equal")
+    return ds, precision
+
+
+def _settle_precision(cfg: DistillConfig, ds: dict[str, Any], device_type: str, bf16_supported: bool,
+                      problems: list[str]) -> str:
+    """The training precision from --precision and the JSON's bf16/fp16 sections, which must agree; sets both
+    sections' "enabled" in `ds` and appends any disagreement to `problems`."""
     json_bf16 = ds.get("bf16", {}).get("enabled", False)
     json_fp16 = ds.get("fp16", {}).get("enabled", False)
     if json_bf16 is True and json_fp16 is True:
@@ -296,15 +310,12 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
 
-    if problems:
-        raise ConfigError("the run config and the DeepSpeed JSON disagree:\n  - " + "\n  - ".join(problems)
-                          + "\nset the JSON value to \"auto\" (filled from the flags) or make the two equal")
-    return ds, precision
+    return precision
 
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a)), abs(float(b)))
     return a == b

@@ -251,7 +251,7 @@ class WindowSampler(Sampler[int]):
         if consumed > self.num_samples:
             raise DataError(
                 f"start_sample {consumed} exceeds the {self.num_samples} samples of an epoch: it counts the samples "
-                "of the current epoch only (see samples_to_position), or the data changed since the checkpoint"
+                "of the current epoch only (the checkpoint's epoch_offset), or the data changed since the checkpoint"
             )
         self.start_sample = consumed
 
@@ -283,22 +283,5 @@ def _check_int(name: str, value: Any, low: int | None = None) -> int:
     return int(value)
 
 
-def samples_to_position(consumed_total: int, num_samples: int, global_batch_size: int = 1) -> tuple[int, int]:
-    """(epoch, consumed_in_epoch) after `consumed_total` samples consumed by all ranks together.
-
-    An epoch consumes `num_samples` rounded down to a multiple of `global_batch_size`
-    (ranks x micro-batch: samples short of a full global batch are dropped at the end of each
-    epoch). Pass `consumed_in_epoch` as `start_sample` and `epoch` to `set_epoch`.
-    """
-    consumed_total = _check_int("consumed_total", consumed_total, low=0)
-    num_samples = _check_int("num_samples", num_samples, low=0)
-    global_batch_size = _check_int("global_batch_size", global_batch_size, low=1)
-    per_epoch = num_samples // global_batch_size * global_batch_size
-    if per_epoch == 0:
-        raise DataError(f"{num_samples} samples make no global batch of {global_batch_size}; "
-                        "add data or use fewer ranks / a smaller micro-batch")
-    return divmod(consumed_total, per_epoch)
-
-
-__all__ = ["DataError", "WindowDataset", "WindowSampler", "check_compatible", "samples_to_position",
+__all__ = ["DataError", "WindowDataset", "WindowSampler", "check_compatible",
            "num_windows", "max_length_limit", "ShardError"]

@@ -71,7 +71,11 @@ class EncoderAdapter:
         return tuple(_get(layer, path) for path in self.qkv_paths)  # type: ignore[return-value]
 
     def embedding_modules(self, model: nn.Module, config=None) -> dict[str, nn.Module]:
-        """The embedding modules by role: word, position (unless fixed sinusoids), token_type, layer_norm."""
+        """The embedding modules by role: word, position (unless fixed sinusoids), token_type, layer_norm.
+
+        Public API for callers that inspect or re-initialise a model's embeddings; the package
+        itself copies them by parameter name (distill.student).
+        """
         config = config if config is not None else model.config
         base = self.base_model(model)
         roles = dict(self.embeddings)
@@ -127,7 +131,8 @@ _BERT_EMBEDDINGS = {
 _BERT_QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 
 _BERT = EncoderAdapter("bert", "encoder.layer", _BERT_QKV, _BERT_EMBEDDINGS)
-_ELECTRA = EncoderAdapter("electra", "encoder.layer", _BERT_QKV, _BERT_EMBEDDINGS, embedding_size_field="embedding_size")
+_ELECTRA = EncoderAdapter("electra", "encoder.layer", _BERT_QKV, _BERT_EMBEDDINGS,
+                          embedding_size_field="embedding_size")
 _MPNET = EncoderAdapter(
     "mpnet", "encoder.layer", ("attention.attn.q", "attention.attn.k", "attention.attn.v"),
     {k: v for k, v in _BERT_EMBEDDINGS.items() if k != "token_type"},

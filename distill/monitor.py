@@ -1,10 +1,15 @@
-"""Run monitoring: a small scalar-logger interface (TensorBoard or nothing) and FLOP accounting."""
+"""Run monitoring: a scalar-logger interface (TensorBoard or nothing), the logging window's
+accumulator (`StepMetrics`) and FLOP accounting (`step_flops`, shared with tools/bench/distill_bench.py).
+"""
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import torch
+
+from .encoders import get_adapter
 
 
 class ScalarLogger(Protocol):
@@ -53,6 +58,21 @@ def relation_flops(num_relations: int, teacher_hidden: int, student_hidden: int,
     return float(num_relations * 2 * batch * seq * seq * (teacher_hidden + 4 * student_hidden))
 
 
+def step_flops(teacher_config, student_config, teacher_layers: int, num_relations: int, batch: int,
+               seq: int) -> float:
+    """Matmul FLOPs of one micro-batch of [batch, seq] windows in a training step.
+
+    Teacher forward through its `teacher_layers` run layers, student forward and backward (3 x
+    its forward), and the relation loss; the configs are the two models' Hugging Face configs.
+    """
+    ta, sa = get_adapter(teacher_config), get_adapter(student_config)
+    t_hidden, s_hidden = ta.hidden_size(teacher_config), sa.hidden_size(student_config)
+    return (encoder_forward_flops(teacher_layers, t_hidden, ta.intermediate_size(teacher_config), batch, seq)
+            + 3 * encoder_forward_flops(sa.num_layers(student_config), s_hidden, sa.intermediate_size(student_config),
+                                        batch, seq)
+            + relation_flops(num_relations, t_hidden, s_hidden, batch, seq))
+
+
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of common training GPUs, by name fragment.
 PEAK_FLOPS = {
     "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12,
@@ -71,3 +91,71 @@ def peak_flops(device: torch.device) -> float | None:
         if fragment in name:
             return flops
     return None
+
+
+# --------------------------------------------------------------------------- the logging window
+class StepMetrics:
+    """Sums over one logging window (several optimizer steps), kept on device so a step never waits on .item().
+
+    `add` once per micro-batch; `flush` once per window returns the TensorBoard scalars (mean
+    losses, learning rate, gradient norm, throughput, peak memory, MFU) and starts a new window.
+    `flops(batch, seq)` gives a micro-batch's FLOPs (see `step_flops`); MFU needs it and `peak`.
+    """
+
+    def __init__(self, device: torch.device, *, world: int, precision: str, peak: float | None = None,
+                 flops: Callable[[int, int], float] | None = None):
+        self.device, self.world, self.precision, self.peak, self.flops = device, world, precision, peak, flops
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.parts: dict[str, torch.Tensor] = {}
+        self.micro = 0  # finite micro-batches
+        self.skipped = 0  # non-finite micro-batches
+        self.shapes: list[tuple[int, int]] = []  # (batch, seq) of every micro-batch run
+        self.t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def add(self, loss: torch.Tensor, parts: Mapping[str, torch.Tensor], shape, finite: bool = True) -> None:
+        self.shapes.append((shape[0], shape[1]))
+        if not finite:  # skipped micro-batches cost time but are left out of the mean loss
+            self.skipped += 1
+            return
+        self.loss += loss.float()
+        for k, v in parts.items():
+            self.parts[k] = self.parts.get(k, 0) + v.detach().float()
+        self.micro += 1
+
+    def flush(self, engine) -> dict[str, float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - self.t0
+        steps = max(self.micro, 1)
+        scalars = {"loss/total": self.loss.item() / steps}
+        scalars.update({f"loss/{k}": v.item() / steps for k, v in self.parts.items()})
+        if self.skipped:
+            scalars["train/skipped_nonfinite"] = float(self.skipped)
+        scalars.update(self._engine_scalars(engine))
+        optimizer_steps = self.micro / max(engine.gradient_accumulation_steps(), 1)
+        scalars["throughput/samples_per_s"] = self.world * sum(b for b, _ in self.shapes) / seconds
+        scalars["throughput/tokens_per_s"] = self.world * sum(b * s for b, s in self.shapes) / seconds
+        scalars["time/seconds_per_step"] = seconds / max(optimizer_steps, 1e-9)
+        if self.device.type == "cuda":
+            scalars["memory/peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            if self.peak and self.flops is not None:
+                scalars["throughput/mfu"] = sum(self.flops(b, s) for b, s in self.shapes) / seconds / self.peak
+        self.reset()
+        return scalars
+
+    def _engine_scalars(self, engine) -> dict[str, float]:
+        """Learning rate, gradient norm and (fp16) loss scale, from the DeepSpeed engine."""
+        scalars = {"train/learning_rate": float(engine.get_lr()[0])}
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            scalars["train/grad_norm"] = float(grad_norm)
+        if self.precision == "fp16":
+            scale = getattr(engine.optimizer, "cur_scale", None) or getattr(engine.optimizer, "loss_scale", None)
+            if scale is not None:
+                scalars["train/loss_scale"] = float(scale)
+        return scalars

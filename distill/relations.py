@@ -18,21 +18,33 @@ Two implementations of the same value and gradient (equal within float32 roundin
 - `chunk_size=c`: `_ChunkedRelationKL`, which walks query rows c at a time and holds only
   [B, A_r, c, S] at once; its backward recomputes each chunk and applies the analytic gradient
   of the KL with respect to the student logits, softmax(student) - softmax(teacher).
+A third, `impl="triton"`, runs the fused kernels of `distill.kernels`.
 
-    relations = parse_relations("qq:1,kk:1,vv:1")       # {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
-    total, parts = relation_loss((tq, tk, tv), (sq, sk, sv), attention_mask,
-                                 num_relation_heads=48, relations=relations, chunk_size=128)
+The settings (relation heads, relations and weights, implementation, chunk size) are one value,
+a `RelationSpec`, checked once when it is built; `DistillConfig.relation_spec` builds it from the
+flags and `MiniLMv2Objective` from its keyword arguments.
+
+    spec = RelationSpec(48, parse_relations("qq:1,kk:1,vv:1"), chunk_size=128)
+    total, parts = relation_loss((tq, tk, tv), (sq, sk, sv), attention_mask, spec)
+    total, parts = relation_loss((tq, tk, tv), (sq, sk, sv), attention_mask,   # the same, spelled out
+                                 num_relation_heads=48, relations={(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0},
+                                 chunk_size=128)
     parts["qq"]                                          # detached, for logging
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["parse_relations", "relation_name", "relation_loss"]
+__all__ = ["RelationSpec", "RELATION_IMPLS", "parse_relations", "relation_name", "relation_loss",
+           "resolve_relation_impl", "divisors"]
 
+RELATION_IMPLS = ("auto", "chunked", "reference", "triton")
 _LETTERS = {"q": 1, "k": 2, "v": 3}
 _NAMES = {index: letter for letter, index in _LETTERS.items()}
 _FORMS = ("accepted forms: NAME:WEIGHT items separated by commas, NAME being two of q, k, v "
@@ -46,6 +58,108 @@ _MASKED = -1e30
 # exp() of a float32 below about -87.3 is a denormal or 0, which CPU kernels compute 8-20x slower;
 # clamping first changes only values under 1.7e-38, which vanish next to a softmax's largest entry (~1)
 _EXP_FLOOR = -87.0
+
+
+def divisors(n: int, limit: int | None = None) -> list[int]:
+    """The divisors of n, ascending, up to `limit` (default n): the valid choices for a head count."""
+    return [d for d in range(1, min(n, limit or n) + 1) if n % d == 0]
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass(frozen=True)
+class RelationSpec:
+    """What the relation loss computes and how; every field is checked here, once.
+
+    num_relation_heads: A_r, a positive integer; whether it divides the model widths is checked
+        against the widths (`check_widths`) once they are known.
+    relations: {(m, n): weight}, m, n in 1..3 (1 = query, 2 = key, 3 = value); see `parse_relations`.
+        Stored read-only, in the given order (the order of `parts`).
+    impl: "auto" (the fused Triton kernels on CUDA when triton is installed, else chunked),
+        "chunked" (chunk_size rows at a time; None: one piece), "reference" (one piece, S x S
+        matrices under autograd) or "triton" (distill.kernels; refused where it cannot run).
+    chunk_size: query rows per chunk of the chunked loss, or None for one piece.
+    """
+
+    num_relation_heads: int
+    relations: Mapping[tuple[int, int], float]
+    impl: str = "chunked"
+    chunk_size: int | None = None
+
+    def __post_init__(self):
+        if not _positive_int(self.num_relation_heads):
+            raise ValueError(f"num_relation_heads={self.num_relation_heads!r} must be a positive integer")
+        object.__setattr__(self, "relations", types.MappingProxyType(_checked_relations(self.relations)))
+        if self.impl not in RELATION_IMPLS:
+            raise ValueError(f"relation_impl={self.impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
+        if self.chunk_size is not None and not _positive_int(self.chunk_size):
+            raise ValueError(f"chunk_size={self.chunk_size!r} must be a positive number of query rows "
+                             f"(e.g. 64 or 128), or None for the unchunked reference")
+
+    @classmethod
+    def from_settings(cls, spec: RelationSpec | None = None, *, num_relation_heads: int | None = None,
+                      relations: Mapping[tuple[int, int], float] | None = None, impl: str | None = None,
+                      chunk_size: int | None = None) -> RelationSpec:
+        """`spec` itself, or one built from the separate settings (an API that takes either)."""
+        if spec is None:
+            if num_relation_heads is None or relations is None:
+                raise TypeError("give a RelationSpec, or num_relation_heads= and relations=")
+            return cls(num_relation_heads, relations, impl or "chunked", chunk_size)
+        if not isinstance(spec, RelationSpec):
+            raise TypeError(f"spec must be a RelationSpec, not {type(spec).__name__}")
+        if any(v is not None for v in (num_relation_heads, relations, impl, chunk_size)):
+            raise TypeError("give either a RelationSpec or the separate settings (num_relation_heads=, relations=, "
+                            "relation_impl=, chunk_size=), not both")
+        return spec
+
+    @property
+    def names(self) -> list[str]:
+        """The relations' names in order, e.g. ["qq", "kk", "vv"]."""
+        return [relation_name(pair) for pair in self.relations]
+
+    def check_widths(self, widths: Mapping[str, int]) -> None:
+        """Raise ValueError unless A_r divides every width; `widths` maps a label for messages to a width."""
+        for label, width in widths.items():
+            if width % self.num_relation_heads:
+                listed = ", ".join(map(str, sorted(set(widths.values()))))
+                valid = ", ".join(map(str, divisors(math.gcd(*widths.values()))))
+                raise ValueError(f"num_relation_heads={self.num_relation_heads} does not divide {label} ({width}): "
+                                 f"choose a divisor of every width ({listed}), i.e. one of {valid}")
+
+    def resolved(self, device: torch.device) -> RelationSpec:
+        """This spec with `impl` settled for `device` (never "auto"); "reference" drops the chunk size."""
+        impl = resolve_relation_impl(self.impl, device)
+        return dataclasses.replace(self, impl=impl, chunk_size=None if impl == "reference" else self.chunk_size)
+
+
+def _checked_relations(relations) -> dict[tuple[int, int], float]:
+    if isinstance(relations, str):
+        raise ValueError(f"relations={relations!r} is a string: pass parse_relations({relations!r})")
+    relations = dict(relations)
+    if not relations:
+        raise ValueError("relations is empty: give {(m, n): weight} with at least one pair, m, n in 1..3 "
+                         "(1 = query, 2 = key, 3 = value), e.g. {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0} "
+                         "(or parse_relations('qq:1,kk:1,vv:1'))")
+    for pair in relations:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_index(i) for i in pair)):
+            raise ValueError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 "
+                             f"(1 = query, 2 = key, 3 = value), e.g. (1, 1) for query-query")
+    return relations
+
+
+def resolve_relation_impl(impl: str, device: torch.device) -> str:
+    """The relation-loss implementation to use on `device`: auto -> triton on CUDA when it can run, else chunked."""
+    from . import kernels
+
+    if impl not in RELATION_IMPLS:
+        raise ValueError(f"relation_impl={impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and kernels.available(device) else "chunked"
+    if impl == "triton" and (reason := kernels.unavailable_reason(device)) is not None:
+        raise ValueError(f"relation_impl=triton cannot run here: {reason}; use relation_impl=chunked (or auto)")
+    return impl
 
 
 def relation_name(pair: tuple[int, int]) -> str:
@@ -95,10 +209,28 @@ def _is_index(i) -> bool:
     return isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= 3
 
 
+def padding_key_bias(valid: torch.Tensor) -> torch.Tensor:
+    """(B, S) float32 added to every logit of a key: 0 at real tokens, -1e30 at padding (`valid` is (B, S) bool)."""
+    return torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill_(~valid, _MASKED)
+
+
+def row_weights(attention_mask: torch.Tensor, device: torch.device, num_heads: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid (B, S) bool, row_weight (B, S) float32): each query row's weight in the loss.
+
+    row_weight = valid / (B * A_r * n_b) folds the per-example mean over n_b real rows, the mean
+    over heads and the batch mean into one factor; 0 at padded rows.
+    """
+    valid = attention_mask.to(device=device, dtype=torch.bool)
+    lengths = valid.sum(dim=1, dtype=torch.float32)                                   # (B,)
+    row_weight = valid / (valid.shape[0] * num_heads * lengths.clamp(min=1)).unsqueeze(1)
+    return valid, row_weight.contiguous()
+
+
 def relation_loss(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[torch.Tensor],
-                  attention_mask: torch.Tensor, *, num_relation_heads: int,
-                  relations: Mapping[tuple[int, int], float], chunk_size: int | None = None
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  attention_mask: torch.Tensor, spec: RelationSpec | None = None, *,
+                  num_relation_heads: int | None = None, relations: Mapping[tuple[int, int], float] | None = None,
+                  chunk_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted MiniLMv2 relation loss and its per-relation parts.
 
     Args:
@@ -106,6 +238,7 @@ def relation_loss(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[tor
             treated as constants (no gradient reaches them).
         student_qkv: (query, key, value) of the student layer, each [B, S, H_s]; H_s may differ from H_t.
         attention_mask: [B, S], 1 (or True) at real tokens, 0 at padding, anywhere in the row.
+        spec: the settings as one `RelationSpec`; or, instead, these three (impl "chunked"):
         num_relation_heads: A_r; must divide H_t and H_s.
         relations: {(m, n): weight}, m, n in 1..3 (1 = query, 2 = key, 3 = value); see `parse_relations`.
         chunk_size: None for the reference implementation (materialises [B, A_r, S, S]); an int for
@@ -115,39 +248,60 @@ def relation_loss(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[tor
     the student tensors; parts maps relation_name -> that relation's unweighted loss, detached.
     An example whose mask is all zeros contributes 0 to the batch mean (which still divides by B).
     """
-    relations = _check_inputs(teacher_qkv, student_qkv, attention_mask, num_relation_heads, relations, chunk_size)
-    valid = attention_mask.to(device=student_qkv[0].device, dtype=torch.bool)        # (B, S)
-    batch = valid.shape[0]
-    lengths = valid.sum(dim=1, dtype=torch.float32)                                   # (B,)
-    # weight of each query row in the relation loss: the per-example and batch means folded together
-    row_weight = valid / (batch * num_relation_heads * lengths.clamp(min=1)).unsqueeze(1)   # (B, S) float32
+    spec = RelationSpec.from_settings(spec, num_relation_heads=num_relation_heads, relations=relations,
+                                      chunk_size=chunk_size)
+    check_relation_inputs(teacher_qkv, student_qkv, attention_mask, spec)
+    device = student_qkv[0].device
+    impl = resolve_relation_impl(spec.impl, device) if spec.impl == "auto" else spec.impl
+    if impl == "triton":
+        from .kernels import relation_loss_triton
+
+        return relation_loss_triton(teacher_qkv, student_qkv, attention_mask, spec)
+    chunk = None if impl == "reference" else spec.chunk_size
+    valid, row_weight = row_weights(attention_mask, device, spec.num_relation_heads)
     key_pad = ~valid
+    key_bias = padding_key_bias(valid) if chunk is not None else None
+    heads = spec.num_relation_heads
 
     # one float32 version of each projection (the tensor itself when already float32): the gradients
     # of all relations that use it add up in float32 and are rounded to its dtype once
     teacher32 = [t.detach().float() for t in teacher_qkv]
     student32 = [s.float() for s in student_qkv]
-    total = torch.zeros((), dtype=torch.float32, device=valid.device)
+    total = torch.zeros((), dtype=torch.float32, device=device)
     parts: dict[str, torch.Tensor] = {}
-    with torch.autocast(valid.device.type, enabled=False):     # float32 logits even inside an autocast region
-        for (m, n), weight in relations.items():
+    with torch.autocast(device.type, enabled=False):     # float32 logits even inside an autocast region
+        for (m, n), weight in spec.relations.items():
             t_m, t_n = teacher32[m - 1], teacher32[n - 1]
             s_m, s_n = student32[m - 1], student32[n - 1]
-            if chunk_size is None:
-                loss = _reference_relation(t_m, t_n, s_m, s_n, key_pad, row_weight, num_relation_heads)
+            if chunk is None:
+                loss = _reference_relation(t_m, t_n, s_m, s_n, key_pad, row_weight, heads)
             else:
-                loss = _ChunkedRelationKL.apply(t_m, t_n, s_m, s_n, key_pad, row_weight, num_relation_heads, chunk_size)
+                loss = _ChunkedRelationKL.apply(t_m, t_n, s_m, s_n, key_bias, row_weight, heads, chunk)
             parts[relation_name((m, n))] = loss.detach()
             total = total + weight * loss
     return total, parts
 
 
-def _check_inputs(teacher_qkv, student_qkv, attention_mask, num_heads, relations, chunk_size):
-    """Validate the arguments of `relation_loss`; returns the relations as a dict."""
+def check_relation_inputs(teacher_qkv, student_qkv, attention_mask, spec: RelationSpec) -> None:
+    """Check the tensors of one `relation_loss` call against each other and against `spec`."""
+    _check_qkv_tensors(teacher_qkv, student_qkv, attention_mask)
+    used = sorted({i for pair in spec.relations for i in pair})
+    spec.check_widths({f"the {side} {('query', 'key', 'value')[i - 1]} width": qkv[i - 1].shape[2]
+                       for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)) for i in used})
+    for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
+        for m, n in spec.relations:
+            if qkv[m - 1].shape[2] != qkv[n - 1].shape[2]:
+                raise ValueError(f"relation {relation_name((m, n))}: the {side} {_NAMES[m]} width "
+                                 f"({qkv[m - 1].shape[2]}) differs from its {_NAMES[n]} width ({qkv[n - 1].shape[2]}); "
+                                 f"a relation needs both projections of one model to have the same width")
+
+
+def _check_qkv_tensors(teacher_qkv, student_qkv, attention_mask) -> None:
+    """Three float [B, S, H] tensors a side, on one device, of the mask's [B, S]."""
     for side, qkv in (("teacher_qkv", teacher_qkv), ("student_qkv", student_qkv)):
         if not isinstance(qkv, Sequence) or len(qkv) != 3 or not all(torch.is_tensor(x) for x in qkv):
             raise ValueError(f"{side} must be a (query, key, value) tuple of three [B, S, H] tensors")
-        for name, x in zip(("query", "key", "value"), qkv):
+        for name, x in zip(("query", "key", "value"), qkv, strict=True):
             if x.dim() != 3 or not x.is_floating_point():
                 raise ValueError(f"{side} {name} has shape {tuple(x.shape)} and dtype {x.dtype}: "
                                  f"expected a floating-point [B, S, H] tensor")
@@ -156,49 +310,14 @@ def _check_inputs(teacher_qkv, student_qkv, attention_mask, num_heads, relations
         raise ValueError(f"attention_mask must be a [B, S] tensor of 0/1, got {shape}")
     expected = tuple(attention_mask.shape)
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
-        for name, x in zip(("query", "key", "value"), qkv):
+        for name, x in zip(("query", "key", "value"), qkv, strict=True):
             if x.device != student_qkv[0].device:
-                raise ValueError(f"the {side} {name} is on {x.device} but the student query on {student_qkv[0].device}: "
-                                 f"move the teacher and student Q/K/V to one device")
+                raise ValueError(f"the {side} {name} is on {x.device} but the student query on "
+                                 f"{student_qkv[0].device}: move the teacher and student Q/K/V to one device")
             if tuple(x.shape[:2]) != expected:
                 raise ValueError(f"the {side} {name} is [B, S] = {list(x.shape[:2])} but attention_mask is "
                                  f"{list(expected)}: pass the teacher and student Q/K/V and the mask of the "
                                  f"same batch (same batch size and sequence length)")
-
-    if isinstance(relations, str):
-        raise ValueError(f"relations={relations!r} is a string: pass parse_relations({relations!r})")
-    relations = dict(relations)
-    if not relations:
-        raise ValueError("relations is empty: give {(m, n): weight} with at least one pair, "
-                         "e.g. {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0} (or parse_relations('qq:1,kk:1,vv:1'))")
-    for pair in relations:
-        if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_index(i) for i in pair)):
-            raise ValueError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 "
-                             f"(1 = query, 2 = key, 3 = value), e.g. (1, 1) for query-query")
-
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"num_relation_heads={num_heads!r} must be a positive integer")
-    used = sorted({i for pair in relations for i in pair})
-    widths = {f"{side} {('query', 'key', 'value')[i - 1]} width": qkv[i - 1].shape[2]
-              for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)) for i in used}
-    for label, width in widths.items():
-        if width % num_heads:
-            common = math.gcd(*widths.values())
-            divisors = ", ".join(str(k) for k in range(1, common + 1) if common % k == 0)
-            raise ValueError(f"num_relation_heads={num_heads} does not divide the {label} ({width}): "
-                             f"choose a divisor of every width ({', '.join(map(str, sorted(set(widths.values()))))}), "
-                             f"i.e. one of {divisors}")
-    for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
-        for m, n in relations:
-            if qkv[m - 1].shape[2] != qkv[n - 1].shape[2]:
-                raise ValueError(f"relation {relation_name((m, n))}: the {side} {_NAMES[m]} width "
-                                 f"({qkv[m - 1].shape[2]}) differs from its {_NAMES[n]} width ({qkv[n - 1].shape[2]}); "
-                                 f"a relation needs both projections of one model to have the same width")
-
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive number of query rows "
-                         f"(e.g. 64 or 128), or None for the unchunked reference")
-    return relations
 
 
 def _reference_relation(t_m, t_n, s_m, s_n, key_pad, row_weight, num_heads):
@@ -223,8 +342,8 @@ def _reference_relation(t_m, t_n, s_m, s_n, key_pad, row_weight, num_heads):
 class _ChunkedRelationKL(torch.autograd.Function):
     """One relation's loss, `chunk` query rows at a time, holding [B * A, chunk, S] per buffer.
 
-    apply(t_m, t_n, s_m, s_n, key_pad (B, S) bool, row_weight (B, S) float32, num_heads, chunk)
-    -> float32 scalar. Saves the four inputs, the mask, the row weights and the two (B * A, S) row
+    apply(t_m, t_n, s_m, s_n, key_bias (B, S) float32 (see `padding_key_bias`), row_weight (B, S) float32,
+    num_heads, chunk) -> float32 scalar. Saves the four inputs, the key bias, the row weights and the two (B * A, S) row
     log-sum-exps; backward recomputes each chunk's logits and sends
     row_weight * (softmax(student) - softmax(teacher)) back through the student matmul.
 
@@ -234,10 +353,9 @@ class _ChunkedRelationKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t_m, t_n, s_m, s_n, key_pad, row_weight, num_heads, chunk):
+    def forward(ctx, t_m, t_n, s_m, s_n, key_bias, row_weight, num_heads, chunk):
         batch, seq, _ = s_m.shape
         bh = batch * num_heads
-        key_bias = torch.zeros(key_pad.shape, dtype=torch.float32, device=key_pad.device).masked_fill_(key_pad, _MASKED)
         t_left, t_right = _augment(t_m, t_n, key_bias, num_heads)      # (B*A, S, d_t + 2), (B*A, d_t + 2, S)
         s_left, s_right = _augment(s_m, s_n, key_bias, num_heads)      # (B*A, S, d_s + 2), (B*A, d_s + 2, S)
         lse_t = torch.empty((bh, seq), dtype=torch.float32, device=s_m.device)
@@ -265,7 +383,7 @@ class _ChunkedRelationKL(torch.autograd.Function):
             kl = (cross - sum_t.log() + ls).view(batch, num_heads, -1).sum(dim=1)   # (B, r), summed over heads
             w = row_weight[:, start:stop]
             total += torch.where(valid_row[:, start:stop], kl * w, 0.0).sum()
-        ctx.save_for_backward(t_m, t_n, s_m, s_n, key_pad, row_weight, lse_t, lse_s)
+        ctx.save_for_backward(t_m, t_n, s_m, s_n, key_bias, row_weight, lse_t, lse_s)
         ctx.num_heads, ctx.chunk, ctx.same = num_heads, chunk, s_m is s_n
         return total
 
@@ -276,18 +394,19 @@ class _ChunkedRelationKL(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        t_m, t_n, s_m, s_n, key_pad, row_weight, lse_t, lse_s = ctx.saved_tensors
+        t_m, t_n, s_m, s_n, key_bias, row_weight, lse_t, lse_s = ctx.saved_tensors
         num_heads, chunk = ctx.num_heads, ctx.chunk
         batch, seq, width = s_m.shape
         bh = batch * num_heads
         d_s = width // num_heads
-        key_bias = torch.zeros(key_pad.shape, dtype=torch.float32, device=key_pad.device).masked_fill_(key_pad, _MASKED)
         # the row column log(w) - lse turns exp(z + column) into w * softmax; rows of weight 0 (padded
         # queries, all-padding examples) get -1e30 instead, so their exp is ~0 on both sides
         weighted = (row_weight > 0).unsqueeze(1).expand(batch, num_heads, seq).reshape(bh, seq)   # (B*A, S)
         log_w = row_weight.log().unsqueeze(1).expand(batch, num_heads, seq).reshape(bh, seq)
-        t_left, t_right = _augment(t_m, t_n, key_bias, num_heads, row_shift=torch.where(weighted, log_w - lse_t, _MASKED))
-        s_left, s_right = _augment(s_m, s_n, key_bias, num_heads, row_shift=torch.where(weighted, log_w - lse_s, _MASKED))
+        t_left, t_right = _augment(t_m, t_n, key_bias, num_heads,
+                                   row_shift=torch.where(weighted, log_w - lse_t, _MASKED))
+        s_left, s_right = _augment(s_m, s_n, key_bias, num_heads,
+                                   row_shift=torch.where(weighted, log_w - lse_s, _MASKED))
         s_m_scaled, s_n_heads_t = s_left[..., :d_s], s_right[:, :d_s]              # (B*A, S, d_s), (B*A, d_s, S)
         d_m = torch.empty((bh, seq, d_s), dtype=torch.float32, device=s_m.device)  # each row chunk written once
         # accumulated over chunks, transposed: g sits in the matmul untransposed, and batched gemm
@@ -299,7 +418,7 @@ class _ChunkedRelationKL(torch.autograd.Function):
             p_t, g = (buf[: bh * (stop - start) * seq].view(bh, stop - start, seq) for buf in buffers)
             torch.bmm(t_left[:, start:stop], t_right, out=p_t).clamp_(min=_EXP_FLOOR).exp_()   # w * softmax(teacher)
             torch.bmm(s_left[:, start:stop], s_right, out=g).clamp_(min=_EXP_FLOOR).exp_()
-            g.sub_(p_t)                                                              # dloss/dz_s, (B*A, r, S); padded keys: 0
+            g.sub_(p_t)                                                   # dloss/dz_s, (B*A, r, S); padded keys: 0
             # z_s = (s_m / sqrt(d)) s_n^T: dz/ds_m = g s_n / sqrt(d), dz/ds_n = g^T s_m / sqrt(d)
             d_m[:, start:stop] = torch.bmm(g, s_n_heads_t.mT)                       # (B*A, r, d_s)
             d_n_t.baddbmm_(s_m_scaled[:, start:stop].mT, g)                          # (B*A, d_s, S)
@@ -308,7 +427,8 @@ class _ChunkedRelationKL(torch.autograd.Function):
         d_n = d_n_t.mT.mul_(grad_out.float())
         if ctx.same:
             return None, None, _merge_heads(d_m.add_(d_n), batch, s_m.dtype), None, None, None, None, None
-        return None, None, _merge_heads(d_m, batch, s_m.dtype), _merge_heads(d_n, batch, s_n.dtype), None, None, None, None
+        return (None, None, _merge_heads(d_m, batch, s_m.dtype), _merge_heads(d_n, batch, s_n.dtype),
+                None, None, None, None)
 
 
 def _augment(x_m, x_n, key_bias, num_heads, row_shift=None):

@@ -132,7 +132,8 @@ def _resolve_teacher(teacher, need_weights: bool):
             model = AutoModel.from_pretrained(os.fspath(teacher), dtype=torch.float32)
             return model, model.config
         return None, AutoConfig.from_pretrained(os.fspath(teacher))
-    raise TypeError(f"teacher must be a model, a FrozenTeacher, a hub name or a directory, not {type(teacher).__name__}")
+    raise TypeError(f"teacher must be a model, a FrozenTeacher, a hub name or a directory, "
+                    f"not {type(teacher).__name__}")
 
 
 def _student_config(teacher_config, adapter: EncoderAdapter, num_layers: int, hidden_size: int,
@@ -173,7 +174,7 @@ def _copy_slices(teacher: nn.Module, student: nn.Module, adapter: EncoderAdapter
         source = teacher_params.get(source_name)
         if source is None or source.dim() != param.dim():
             continue
-        overlap = tuple(slice(0, min(s, t)) for s, t in zip(param.shape, source.shape))
+        overlap = tuple(slice(0, min(s, t)) for s, t in zip(param.shape, source.shape, strict=True))
         param[overlap].copy_(source[overlap])
 
 

@@ -80,7 +80,7 @@ class QKVCapture:
         """The recorded (q, k, v), each [B, S, H]; the capture keeps no reference afterwards."""
         outputs, self._outputs = self._outputs, [None, None, None]
         if any(o is None for o in outputs):
-            missing = [n for n, o in zip("qkv", outputs) if o is None]
+            missing = [n for n, o in zip("qkv", outputs, strict=True) if o is None]
             raise RuntimeError(f"no {'/'.join(missing)} projection output was recorded for layer "
                                f"{self.layer_index0 + 1}: run the model inside `with capture:` first")
         return outputs[0], outputs[1], outputs[2]

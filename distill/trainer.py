@@ -1,18 +1,17 @@
-"""The DeepSpeed distillation loop: build, step, log, checkpoint, resume, export.
+"""The DeepSpeed distillation loop: build, step, loop, export.
 
 `train(cfg)` is the whole job. The engine wraps the student only; the teacher is a frozen
 plain module on the same device. The step is `train_step`: relation loss, backward, step.
+Checkpoint saving and resuming live in `distill.checkpoint`, the logged scalars and FLOP
+accounting in `distill.monitor`.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import os
 import random
 import signal
 import socket
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,21 +20,12 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .encoders import get_adapter
+from .checkpoint import TrainState
 from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config
-from .monitor import NullLogger, TensorBoardLogger, encoder_forward_flops, peak_flops, relation_flops
+from .encoders import get_adapter
+from .monitor import NullLogger, StepMetrics, TensorBoardLogger, peak_flops, step_flops
 
 MAX_NONFINITE = 10  # consecutive non-finite losses before the run stops
-
-
-@dataclass
-class TrainState:
-    """Where the run is; saved in every checkpoint's client state."""
-
-    step: int = 0  # optimizer steps done
-    samples: int = 0  # windows consumed by all ranks together
-    epoch: int = 0  # pass over the data the loader is in
-    epoch_offset: int = 0  # windows of this epoch consumed by all ranks together
 
 
 # --------------------------------------------------------------------------- distributed
@@ -77,8 +67,7 @@ class RunGuard:
     micro-batch together, all save and stop together.
     """
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self):
         self.stop_signal: int | None = None
         self.consecutive_nonfinite = 0
         self._previous = {}
@@ -203,31 +192,6 @@ def build_dataset(cfg: DistillConfig, teacher_config):
     return dataset
 
 
-# --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(engine, cfg: DistillConfig, state: TrainState, rank: int) -> Path:
-    is_main = rank == 0  # writes the completion marker and rotates
-    root = ckpt.checkpoints_dir(cfg.output_dir)
-    tag = ckpt.tag_for_step(state.step)
-    client = {"state": dataclasses.asdict(state), "config": cfg.to_dict()}
-    engine.save_checkpoint(str(root), tag=tag, client_state=client)
-    torch.save(ckpt.rng_state(), ckpt.rng_file(root / tag, rank))
-    dist.barrier()  # every rank's files are on disk before the marker says so
-    if is_main:
-        ckpt.mark_complete(root / tag, client)
-        ckpt.rotate(cfg.output_dir, cfg.save_total_limit)
-    dist.barrier()
-    return root / tag
-
-
-def check_resume_compatible(path: Path, cfg: DistillConfig) -> dict[str, Any]:
-    saved = ckpt.read_json(path / ckpt.COMPLETE)
-    diffs = ckpt.shape_differences(saved["config"], cfg.to_dict())
-    if diffs:
-        raise ConfigError(f"cannot resume {path}: it was made with a different model shape:\n  - "
-                          + "\n  - ".join(diffs) + "\nresume with the checkpoint's settings or start a new --output_dir")
-    return saved
-
-
 # --------------------------------------------------------------------------- the job
 def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, collate_fn=None,
           tokenizer=None) -> Path:
@@ -236,18 +200,10 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     `teacher`, `student`, `dataset`, `collate_fn` override what `cfg` would build (the
     bertdistiller-style API passes its own); by default everything comes from `cfg`.
     """
-    import deepspeed
-    from tqdm.auto import tqdm
-
-    from .export import export_checkpoint, save_student_skeleton
     from .objective import MiniLMv2Objective
 
     rank, world, _, device = init_distributed()
-    is_main = rank == 0  # logs, TensorBoard, progress bar, run files
-    out = Path(cfg.output_dir)
-    resume_path = ckpt.resolve_resume(cfg.resume, out)
-    if resume_path is not None:
-        check_resume_compatible(resume_path, cfg)  # before any model is built
+    resume_path = ckpt.find_resume(cfg)  # before any model is built
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
         bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
@@ -256,34 +212,62 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     frozen, student = build_models(cfg, device, teacher, student)
     if dataset is None:
         dataset = build_dataset(cfg, frozen.config)
-    objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
-                                  relations=cfg.relation_weights, chunk_size=cfg.chunk_size,
-                                  relation_impl=cfg.relation_impl, device=device)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "run_config.json")
-        save_student_skeleton(student, tokenizer or _tokenizer_source(cfg, frozen), out / "student_config")
+    objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device)
+    if rank == 0:
+        write_run_files(cfg, student, tokenizer or _tokenizer_source(cfg, frozen))
     dist.barrier()
 
-    engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters() if p.requires_grad],
-                                           config=ds_json)
-    state = TrainState()
-    if resume_path is not None:
-        _, client = engine.load_checkpoint(str(resume_path.parent), tag=resume_path.name)
-        state = TrainState(**client["state"])
-
-    logger = TensorBoardLogger(out / "tensorboard") if is_main else NullLogger()
-    guard = RunGuard(device)
+    engine = initialize_engine(student, ds_json)
+    state = ckpt.load_train_state(engine, resume_path) if resume_path is not None else TrainState()
     data = batches(dataset, cfg, state, rank, world, collate_fn, pin_memory=device.type == "cuda")
     if resume_path is not None:  # last, so nothing above draws from the restored generators
-        ckpt.set_rng_state(torch.load(ckpt.rng_file(resume_path, rank), weights_only=False))
+        ckpt.restore_rng_state(resume_path, rank)
+    flops = functools.partial(step_flops, frozen.config, student.config, frozen.num_layers,
+                              len(objective.spec.relations))
+    metrics = StepMetrics(device, world=world, precision=precision, peak=peak_flops(device), flops=flops)
+    final, stopped = run_loop(cfg, engine, objective, data, state, metrics, rank,
+                              last_saved=state.step if resume_path is not None else None)
+    if stopped:
+        if rank == 0:
+            print(f"stopped by signal at step {state.step}; checkpoint {final}; continue with --resume auto",
+                  flush=True)
+        return final
+    return export_student(cfg, final, rank)
 
-    teacher_cfg, student_cfg = frozen.config, student.config
-    peak = peak_flops(device)
+
+def write_run_files(cfg: DistillConfig, student, tokenizer) -> None:
+    """Rank 0, before training: output_dir/run_config.json and the student skeleton the export needs."""
+    from .export import save_student_skeleton
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "run_config.json")
+    save_student_skeleton(student, tokenizer, out / "student_config")
+
+
+def initialize_engine(student, ds_json: dict[str, Any]):
+    """The DeepSpeed engine around the student's trainable parameters."""
+    import deepspeed
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=params, config=ds_json)
+    return engine
+
+
+def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state: TrainState, metrics: StepMetrics,
+             rank: int, last_saved: int | None) -> tuple[Path, bool]:
+    """Optimizer steps until max_steps or a stop request; log and save on schedule; always end saved.
+
+    Returns (the final checkpoint, whether a stop signal ended the run early).
+    """
+    from tqdm.auto import tqdm
+
+    is_main = rank == 0  # logs, TensorBoard, progress bar
+    device = metrics.device
+    logger = TensorBoardLogger(Path(cfg.output_dir) / "tensorboard") if is_main else NullLogger()
+    guard = RunGuard()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="distill", disable=not is_main, dynamic_ncols=True)
-    window = _Window(device)
     engine.train()
-    last_saved = state.step if resume_path is not None else None
     stop = False
     try:
         while state.step < cfg.max_steps and not stop:
@@ -292,37 +276,44 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
                 batch = to_device(next(data), device)
                 loss, parts, finite, stop_now = train_step(engine, objective, batch, guard)
                 stop = stop or stop_now  # honoured at the step boundary, never mid-accumulation
-                window.add(loss, parts, batch["input_ids"].shape, finite)
+                metrics.add(loss, parts, batch["input_ids"].shape, finite)
                 accumulated += finite
-                if guard.consecutive_nonfinite >= MAX_NONFINITE:
-                    raise FloatingPointError(
-                        f"the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step {state.step}); the run "
-                        f"stopped without saving. The last good checkpoint is intact under {ckpt.checkpoints_dir(out)}: "
-                        "lower --learning_rate, use bf16 instead of fp16, or check the data")
+                _check_nonfinite(guard, state, cfg)
             state.step += 1
             bar.update(1)
             if state.step % cfg.logging_steps == 0 or state.step == cfg.max_steps:
-                scalars = window.flush(engine, precision, teacher_cfg, student_cfg, frozen.num_layers, peak,
-                                       len(cfg.relation_weights), world)
+                scalars = metrics.flush(engine)
                 logger.log(state.step, scalars)
                 bar.set_postfix(loss=f"{scalars['loss/total']:.4f}", tok_s=f"{scalars['throughput/tokens_per_s']:.0f}")
             if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
-                save_checkpoint(engine, cfg, state, rank)
+                ckpt.save_checkpoint(engine, cfg, state, rank)
                 last_saved = state.step
         if last_saved != state.step:
-            final = save_checkpoint(engine, cfg, state, rank)
+            final = ckpt.save_checkpoint(engine, cfg, state, rank)
         else:
-            final = ckpt.checkpoints_dir(out) / ckpt.tag_for_step(state.step)
+            final = ckpt.checkpoints_dir(cfg.output_dir) / ckpt.tag_for_step(state.step)
     finally:
         bar.close()
         logger.close()
         guard.restore()
-    if stop:
-        if is_main:
-            print(f"stopped by signal at step {state.step}; checkpoint {final}; continue with --resume auto", flush=True)
-        return final
+    return final, stop
+
+
+def _check_nonfinite(guard: RunGuard, state: TrainState, cfg: DistillConfig) -> None:
+    if guard.consecutive_nonfinite >= MAX_NONFINITE:
+        raise FloatingPointError(
+            f"the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step {state.step}); the run "
+            f"stopped without saving. The last good checkpoint is intact under {ckpt.checkpoints_dir(cfg.output_dir)}: "
+            "lower --learning_rate, use bf16 instead of fp16, or check the data")
+
+
+def export_student(cfg: DistillConfig, final: Path, rank: int) -> Path:
+    """Rank 0 exports checkpoint `final` as a Hugging Face directory; every rank returns its path."""
+    from .export import export_checkpoint
+
+    out = Path(cfg.output_dir)
     export_dir = Path(cfg.export_dir) if cfg.export_dir else out / "student"
-    if is_main:
+    if rank == 0:
         export_checkpoint(final, export_dir, skeleton_dir=out / "student_config")
         print(f"exported the student to {export_dir}", flush=True)
     dist.barrier()
@@ -331,74 +322,3 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
 
 def _tokenizer_source(cfg: DistillConfig, frozen) -> str:
     return cfg.teacher if isinstance(cfg.teacher, str) else frozen.config.name_or_path
-
-
-class _Window:
-    """Sums over the logging window, kept on device so the step never waits on .item()."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.reset()
-
-    def reset(self):
-        self.loss = torch.zeros((), device=self.device)
-        self.parts: dict[str, torch.Tensor] = {}
-        self.micro = 0
-        self.skipped = 0
-        self.tokens = 0
-        self.flop_shapes: list[tuple[int, int]] = []
-        self.t0 = time.perf_counter()
-        self.steps_t0 = None
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def add(self, loss, parts, shape, finite: bool = True):
-        self.tokens += shape[0] * shape[1]
-        self.flop_shapes.append((shape[0], shape[1]))
-        if not finite:  # skipped micro-batches cost time but are left out of the mean loss
-            self.skipped += 1
-            return
-        self.loss += loss.float()
-        for k, v in parts.items():
-            self.parts[k] = self.parts.get(k, 0) + v.detach().float()
-        self.micro += 1
-
-    def flush(self, engine, precision, teacher_cfg, student_cfg, teacher_layers, peak, num_relations, world) -> dict[str, float]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - self.t0
-        steps = max(self.micro, 1)
-        scalars = {"loss/total": self.loss.item() / steps}
-        scalars.update({f"loss/{k}": v.item() / steps for k, v in self.parts.items()})
-        if self.skipped:
-            scalars["train/skipped_nonfinite"] = float(self.skipped)
-        scalars["train/learning_rate"] = float(engine.get_lr()[0])
-        grad_norm = engine.get_global_grad_norm()
-        if grad_norm is not None:
-            scalars["train/grad_norm"] = float(grad_norm)
-        if precision == "fp16":
-            scale = getattr(engine.optimizer, "cur_scale", None) or getattr(engine.optimizer, "loss_scale", None)
-            if scale is not None:
-                scalars["train/loss_scale"] = float(scale)
-        optimizer_steps = self.micro / max(engine.gradient_accumulation_steps(), 1)
-        scalars["throughput/samples_per_s"] = world * sum(b for b, _ in self.flop_shapes) / seconds
-        scalars["throughput/tokens_per_s"] = world * self.tokens / seconds
-        scalars["time/seconds_per_step"] = seconds / max(optimizer_steps, 1e-9)
-        if self.device.type == "cuda":
-            scalars["memory/peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-            if peak:
-                flops = 0.0
-                ta, sa = get_adapter(teacher_cfg), get_adapter(student_cfg)
-                t_hidden, s_hidden = ta.hidden_size(teacher_cfg), sa.hidden_size(student_cfg)
-                for b, s in self.flop_shapes:  # teacher forward + student forward and backward + the loss
-                    flops += encoder_forward_flops(teacher_layers, t_hidden, ta.intermediate_size(teacher_cfg), b, s)
-                    flops += 3 * encoder_forward_flops(sa.num_layers(student_cfg), s_hidden,
-                                                       sa.intermediate_size(student_cfg), b, s)
-                    flops += relation_flops(num_relations, t_hidden, s_hidden, b, s)
-                scalars["throughput/mfu"] = flops / seconds / peak
-        self.reset()
-        return scalars
-
-
-def load_run_config(output_dir: str | Path) -> DistillConfig:
-    return DistillConfig(**json.loads((Path(output_dir) / "run_config.json").read_text(encoding="utf-8")))

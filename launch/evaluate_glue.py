@@ -8,8 +8,14 @@ The same command as `distill-evaluate` (distill.evaluation.cli; the flags: Evalu
 Exit status: 0 done; 1 some runs failed (the others finished); 2 bad input (nothing trained).
 """
 import sys
+from pathlib import Path
 
-from distill.evaluation.cli import main
+# Python puts this script's folder first on the import path, where launch/distill.py would hide the
+# installed `distill` package: leave that entry out. Nothing is added.
+if sys.path and sys.path[0] and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+from distill.evaluation.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

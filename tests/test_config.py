@@ -4,8 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import (ConfigError, DistillConfig, build_parser, config_from_args, load_deepspeed_json,
-                            resolve_deepspeed_config)
+from distill.config import (
+    ConfigError,
+    DistillConfig,
+    build_parser,
+    config_from_args,
+    load_deepspeed_json,
+    resolve_deepspeed_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,9 +23,10 @@ def test_flags_are_the_field_names_and_override_the_config_file(tmp_path):
     assert cfg.learning_rate == 1e-4  # from the file
     assert cfg.max_steps == 70  # the flag wins
     assert cfg.teacher_layer == 4 and cfg.resume is None
-    assert cfg.relation_weights == {(1, 1): 1.0, (3, 3): 2.0}
+    assert dict(cfg.relation_spec.relations) == {(1, 1): 1.0, (3, 3): 2.0}
     help_text = build_parser().format_help()
-    for name in ("--teacher_layer", "--student_hidden_size", "--num_relation_heads", "--deepspeed_config", "--save_total_limit"):
+    for name in ("--teacher_layer", "--student_hidden_size", "--num_relation_heads", "--deepspeed_config",
+                 "--save_total_limit"):
         assert name in help_text
 
 
@@ -32,7 +39,9 @@ def test_unknown_config_keys_are_refused(tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"student_hidden_size": 100, "student_attention_heads": 12}, "not divisible by --student_attention_heads 12"),
-    ({"num_relation_heads": 7}, "--num_relation_heads 7 does not divide --student_hidden_size 384"),
+    ({"num_relation_heads": 7}, "--num_relation_heads=7 does not divide --student_hidden_size (384)"),
+    ({"num_relation_heads": 0}, "--num_relation_heads=0 must be a positive integer"),
+    ({"relation_impl": "fast"}, "--relation_impl='fast': choose one of auto, chunked, reference, triton"),
     ({"relations": "qx:1"}, "--relations"),
     ({"warmup_steps": 20, "max_steps": 10}, "--warmup_steps 20 must be between 0 and --max_steps 10"),
     ({"max_seq_len": 2}, "--max_seq_len 2 must be >= 3"),
@@ -68,7 +77,8 @@ def test_disagreements_are_refused_with_both_values():
     with pytest.raises(ConfigError) as e:
         resolve_deepspeed_config(cfg, ds, world_size=1, device_type="cuda")
     text = str(e.value)
-    assert "train_micro_batch_size_per_gpu is 16 in the DeepSpeed JSON but --per_device_train_batch_size gives 8" in text
+    assert ("train_micro_batch_size_per_gpu is 16 in the DeepSpeed JSON but --per_device_train_batch_size gives 8"
+            in text)
     assert "optimizer.params.lr is 0.001" in text and "--learning_rate gives 0.0003" in text
     assert "the DeepSpeed JSON trains in bf16 but --precision is fp16" in text
 

@@ -6,10 +6,10 @@ import random
 
 import pytest
 import torch
+from conftest import write_shard_dir
 from torch.utils.data import DataLoader
 
-from conftest import write_shard_dir
-from distill.data import DataError, WindowDataset, WindowSampler, check_compatible, samples_to_position
+from distill.data import DataError, WindowDataset, WindowSampler, check_compatible
 from distill.shards import ShardError, ShardSet
 
 CLS, SEP, PAD = 2, 3, 0
@@ -115,7 +115,7 @@ def test_dataset_pickles_without_its_memory_maps(tmp_path):
     again = pickle.loads(blob)
     assert all(m is None for m in again.shards._maps)
     after = [again[i]["input_ids"] for i in range(0, len(again), 7)]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
@@ -132,7 +132,7 @@ def test_dataloader_workers_give_the_same_batches(shard_dir, context):
     serial, parallel = batches(0), batches(2)
     assert len(serial) == len(parallel) == -(-len(ds) // 4)
     assert serial[0]["input_ids"].shape == (4, 8)
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["attention_mask"], b["attention_mask"])
 
 
@@ -238,7 +238,7 @@ def test_resume_through_a_dataloader_like_the_trainer(shard_dir):
     resumed = run(stop_after * world * micro)
     for r in range(world):
         assert len(resumed[r]) == len(full[r]) - stop_after
-        assert all(torch.equal(a, b) for a, b in zip(resumed[r], full[r][stop_after:]))
+        assert all(torch.equal(a, b) for a, b in zip(resumed[r], full[r][stop_after:], strict=True))
 
 
 def test_set_start_and_set_epoch():
@@ -279,16 +279,6 @@ def test_sampler_refuses_bad_arguments(kwargs, message):
     kwargs = {"num_replicas": 1, "rank": 0, **kwargs}
     with pytest.raises(DataError, match=message):
         WindowSampler(10, **kwargs)
-
-
-def test_samples_to_position():
-    assert samples_to_position(0, 10) == (0, 0)
-    assert samples_to_position(25, 10) == (2, 5)
-    assert samples_to_position(24, 103, global_batch_size=12) == (0, 24)  # 96 per epoch: 7 dropped
-    assert samples_to_position(96, 103, global_batch_size=12) == (1, 0)
-    assert samples_to_position(204, 103, global_batch_size=12) == (2, 12)
-    with pytest.raises(DataError, match="no global batch"):
-        samples_to_position(0, 5, global_batch_size=8)
 
 
 # --------------------------------------------------------------------------- errors

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, WORDS
 
 pytestmark = pytest.mark.slow
@@ -109,8 +108,9 @@ def test_two_rank_run_learns_logs_checkpoints_and_exports(two_rank_run):
                 "throughput/samples_per_s", "throughput/tokens_per_s", "time/seconds_per_step"):
         assert tag in logged, tag
     total = [v for _, v in logged["loss/total"]]
-    parts = [sum(x) for x in zip(*(v for k, v in ((t, [v for _, v in logged[t]]) for t in ("loss/qq", "loss/kk", "loss/vv"))))]
-    assert all(abs(a - b) < 1e-4 * max(1, a) for a, b in zip(total, parts))  # weights are 1
+    per_relation = [[v for _, v in logged[tag]] for tag in ("loss/qq", "loss/kk", "loss/vv")]
+    parts = [sum(x) for x in zip(*per_relation, strict=True)]
+    assert all(abs(a - b) < 1e-4 * max(1, a) for a, b in zip(total, parts, strict=True))  # weights are 1
     lr = dict(logged["train/learning_rate"])
     assert lr[24] < lr[8] < 2e-3 + 1e-12  # linear decay after warmup
     kept = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
@@ -140,7 +140,8 @@ def test_torchrun_style_environment_gives_the_same_run(tiny, two_rank_run, tmp_p
     other = tmp_path / "torchrun"
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "launch/distill.py",
-                               *distill_args(tiny, other, max_steps=24, save_steps=8, save_total_limit=2, logging_steps=4)],
+                               *distill_args(tiny, other, max_steps=24, save_steps=8, save_total_limit=2,
+                                             logging_steps=4)],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
                                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
@@ -198,9 +199,9 @@ def test_export_tool_rebuilds_the_student_from_a_zero2_checkpoint(tiny, tmp_path
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("overrides, message", [
     ({"teacher_layer": 5}, "teacher_layer=5 is out of range: the teacher (BertModel) has 3 layers"),
-    ({"num_relation_heads": 3}, "--num_relation_heads 3 does not divide --student_hidden_size 16"),
+    ({"num_relation_heads": 3}, "--num_relation_heads=3 does not divide --student_hidden_size (16)"),
     ({"num_relation_heads": 12, "student_hidden_size": 48, "student_attention_heads": 4, "student_init": "random"},
-     "must divide both the teacher's width (32) and the student's width (48)"),
+     "num_relation_heads=12 does not divide the teacher's width (32): choose a divisor of every width (32, 48)"),
     ({"max_seq_len": 100}, "exceeds"),
     ({"data": "/nonexistent/shards"}, "does not exist"),
 ])
@@ -243,7 +244,8 @@ o.relation_loss = poisoned
 sys.argv = ["launch/distill.py"] + {distill_args(tiny, out, max_steps=20, save_steps=3)!r}
 runpy.run_path("launch/distill.py", run_name="__main__")
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "the loss was not finite for 10 micro-batches in a row" in proc.stderr
     done = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file())

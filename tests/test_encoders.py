@@ -88,7 +88,7 @@ def test_captured_qkv_equal_projections_of_layer_inputs(model_type, class_name, 
         assert len(out.hidden_states) == LAYERS + 1
         for layer, capture in enumerate(captures):
             layer_input = out.hidden_states[layer]  # [B, S, H], the input of layer `layer`
-            for got, linear in zip(capture.pop(), adapter.qkv(model, layer)):
+            for got, linear in zip(capture.pop(), adapter.qkv(model, layer), strict=True):
                 assert isinstance(linear, nn.Linear)
                 assert got.shape == (2, 9, HIDDEN)
                 torch.testing.assert_close(got, linear(layer_input), rtol=0, atol=1e-6)
@@ -107,8 +107,9 @@ def test_truncation_keeps_first_layers_and_their_outputs(model_type, class_name,
     assert adapter.num_layers(adapter.base_model(truncated).config) == 2
     if model_type == "distilbert":
         assert truncated.config.n_layers == 2
-    for kept, original in zip(adapter.layers(truncated), adapter.layers(full)):
-        for (name, a), (_, b) in zip(kept.state_dict().items(), original.state_dict().items()):
+    # the truncated layers against the first 2 of the full model
+    for kept, original in zip(adapter.layers(truncated), adapter.layers(full), strict=False):
+        for (name, a), (_, b) in zip(kept.state_dict().items(), original.state_dict().items(), strict=True):
             assert torch.equal(a, b), name
 
     ids, mask = batch()
@@ -125,7 +126,8 @@ def test_embedding_modules(model_type):
     model = build(ARCHITECTURES[model_type][0], tiny_config(model_type))
     modules = get_adapter(model).embedding_modules(model)
     width = 16 if model_type == "electra" else HIDDEN
-    expected = {"word", "position", "layer_norm"} | ({"token_type"} if model_type not in ("mpnet", "distilbert") else set())
+    has_token_types = model_type not in ("mpnet", "distilbert")
+    expected = {"word", "position", "layer_norm"} | ({"token_type"} if has_token_types else set())
     assert set(modules) == expected
     assert modules["word"].weight.shape == (VOCAB, width)
     assert modules["position"].weight.shape == (64, width)

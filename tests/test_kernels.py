@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from distill.kernels import DOT_PRECISIONS
+from distill.relations import relation_loss, relation_name
 
-from distill.relations import relation_loss, relation_name  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 if __name__ != "__main__" and not HAVE_TRITON:
@@ -91,7 +90,7 @@ def make_case(seq, heads, *, relations="mixed", mask="random", batch=2, t_width=
 
 
 def reference64(teacher, student, mask, heads, relations):
-    """DESIGN.md's definition in float64 with true -inf masking; returns (total, {name: part})."""
+    """docs/design.md's definition in float64 with true -inf masking; returns (total, {name: part})."""
     batch = mask.shape[0]
     valid = mask.bool()
     lengths = valid.sum(1).double().clamp(min=1)
@@ -165,7 +164,7 @@ def compare(case: dict, *, precision: str = "ieee", device="cpu") -> dict:
         "finite": bool(torch.isfinite(total).item()),
         "grad_err": [], "grad_err_vs_relation_loss": [], "grad_dtype_ok": True, "grad_presence_ok": True,
     }
-    for got, want, ours, x in zip(got_grads, ref_grads, torch_grads, student):
+    for got, want, ours, x in zip(got_grads, ref_grads, torch_grads, student, strict=True):
         if (got is None) != (want is None) or (got is None) != (ours is None):
             result["grad_presence_ok"] = False
             continue
@@ -249,7 +248,7 @@ def test_validation_is_relation_loss_validation():
         relation_loss_triton(teacher, student, mask, num_relation_heads=3, relations=QKV)
     with pytest.raises(ValueError, match="is a string"):
         relation_loss_triton(teacher, student, mask, num_relation_heads=2, relations="qq:1")
-    with pytest.raises(ValueError, match="precision='fast'"):
+    with pytest.raises(ValueError, match="precision='fast': choose one of " + ", ".join(DOT_PRECISIONS)):
         relation_loss_triton(teacher, student, mask, num_relation_heads=2, relations=QKV, precision="fast")
 
 

@@ -67,12 +67,13 @@ def grads_of(module: nn.Module) -> dict[str, torch.Tensor | None]:
     return {name: p.grad for name, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("student_layer", [None, 2])
-def test_gradients_reach_captured_layer_and_below_not_above_nor_teacher(student_layer):
+@pytest.mark.parametrize("student_layer_index", [None, 2])
+def test_gradients_reach_captured_layer_and_below_not_above_nor_teacher(student_layer_index):
     teacher = tiny_teacher()
     student = create_student(teacher, 3, 16, 2, init="random")
-    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, student_layer=student_layer)
-    captured = (student_layer or 3) - 1  # 0-based
+    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV,
+                                  student_layer_index=student_layer_index)
+    captured = (student_layer_index or 3) - 1  # 0-based
     loss, _ = objective(make_batch())
     loss.backward()
 
@@ -103,7 +104,7 @@ def test_sgd_steps_lower_the_loss_on_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
 
 
 class Wrapper(nn.Module):
@@ -166,8 +167,8 @@ def test_remove_takes_the_hooks_off():
 def test_relation_heads_must_divide_both_widths():
     teacher = tiny_teacher(hidden=32)
     student = create_student(teacher, 2, 24, 3)
-    with pytest.raises(ValueError, match=r"num_relation_heads=16 must divide both the teacher's width \(32\) "
-                                         r"and the student's width \(24\); choose among 1, 2, 4, 8$"):
+    with pytest.raises(ValueError, match=r"num_relation_heads=16 does not divide the student's width \(24\): "
+                                         r"choose a divisor of every width \(24, 32\), i.e. one of 1, 2, 4, 8$"):
         MiniLMv2Objective(teacher, student, num_relation_heads=16, relations=QKV)
     with pytest.raises(ValueError, match="num_relation_heads=0"):
         MiniLMv2Objective(teacher, student, num_relation_heads=0, relations=QKV)
@@ -182,11 +183,11 @@ def test_vocabularies_must_match():
 
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    (dict(student_layer=0), r"student_layer=0 is out of range: the student has 2 layers; choose 1\.\.2"),
-    (dict(student_layer=3), r"student_layer=3 is out of range"),
-    (dict(relations={}), r"relations=\{\}: give \{\(m, n\): weight\} with m, n in 1\.\.3"),
+    (dict(student_layer_index=0), r"student_layer_index=0 is out of range: the student has 2 layers; choose 1\.\.2"),
+    (dict(student_layer_index=3), r"student_layer_index=3 is out of range"),
+    (dict(relations={}), r"relations is empty: give \{\(m, n\): weight\} with at least one pair, m, n in 1\.\.3"),
     (dict(relations={(1, 4): 1.0}), r"m, n in 1\.\.3 \(1 = query, 2 = key, 3 = value\)"),
-    (dict(chunk_size=0), r"chunk_size=0 must be a positive number of query rows, or None"),
+    (dict(chunk_size=0), r"chunk_size=0 must be a positive number of query rows \(e\.g\. 64 or 128\), or None"),
 ])
 def test_argument_errors(kwargs, pattern):
     teacher = tiny_teacher()
@@ -241,7 +242,8 @@ DEEPSPEED_SCRIPT = textwrap.dedent("""
     teacher = FrozenTeacher(BertModel(config), 2)
     student = create_student(teacher, 2, 16, 2, init="random")
     # built before the engine, as the trainer does: the capture hooks come before DeepSpeed's
-    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations={(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0})
+    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4,
+                                  relations={(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0})
     ids = torch.randint(5, 99, (4, 12))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with torch.no_grad():
@@ -272,7 +274,8 @@ def test_through_a_deepspeed_engine_on_cpu(tmp_path, stage):
     script.write_text(DEEPSPEED_SCRIPT)
     env = {**__import__("os").environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
            "WORLD_SIZE": "1", "LOCAL_RANK": "0", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run([sys.executable, str(script), str(stage)], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, str(script), str(stage)], env=env, capture_output=True, text=True,
+                         timeout=300)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
@@ -281,7 +284,7 @@ def test_through_a_deepspeed_engine_on_cpu(tmp_path, stage):
 
 
 def test_relation_impl_choice_on_cpu(monkeypatch):
-    from distill.objective import resolve_relation_impl
+    from distill.relations import resolve_relation_impl
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cpu = torch.device("cpu")
@@ -301,8 +304,7 @@ def test_relation_impl_choice_on_cpu(monkeypatch):
 def test_triton_impl_through_the_objective_matches_chunked_in_the_interpreter(tmp_path):
     pytest.importorskip("triton")  # runs in a child: TRITON_INTERPRET must be set before triton is imported
     script = textwrap.dedent("""
-        import os, sys, torch
-        sys.path.insert(0, os.getcwd() + "/tests")
+        import torch
         from test_objective import tiny_teacher, make_batch, QKV
         from distill.objective import MiniLMv2Objective
         from distill.student import create_student
@@ -325,7 +327,9 @@ def test_triton_impl_through_the_objective_matches_chunked_in_the_interpreter(tm
     from conftest import REPO
 
     env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # run in tests/: `python -c` puts its working directory first on the path, so test_objective imports
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO / "tests", env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0 and "MATCH" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
@@ -339,5 +343,6 @@ def test_relation_impl_follows_the_training_device_not_where_the_student_was_bui
                                   relation_impl="auto", device="cuda:0")
     assert objective.relation_impl == "triton"
     objective.remove()
-    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5, relation_impl="auto")
+    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,
+                                  relation_impl="auto")
     assert objective.relation_impl == "chunked"

@@ -41,7 +41,7 @@ def split_heads(x, heads):
 
 
 def reference64(teacher, student, mask, heads, relations):
-    """The DESIGN.md definition in float64 with true -inf masking, vectorised over the batch."""
+    """The docs/design.md definition in float64 with true -inf masking, vectorised over the batch."""
     batch = mask.shape[0]
     keep = mask.sum(1) > 0                                           # all-padding examples add 0 (but count in B)
     valid = mask[keep].bool()
@@ -71,7 +71,7 @@ def published_loop(teacher, student, mask, heads, relations):
             if length == 0:
                 continue
 
-            def attention(x_m, x_n):
+            def attention(x_m, x_n, b=b, length=length):
                 q = split_heads(x_m[b:b + 1, :length].double(), heads)[0]   # (A, n, d)
                 k = split_heads(x_n[b:b + 1, :length].double(), heads)[0]
                 return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])    # (A, n, n)
@@ -91,7 +91,7 @@ def loss_and_grads(teacher, student, mask, relations, chunk_size, heads=HEADS):
 def assert_close_to_64(total, grads, ref_total, ref_grads, rtol=2e-5):
     assert total.dtype == torch.float32 and total.dim() == 0
     torch.testing.assert_close(total.double(), ref_total, rtol=rtol, atol=1e-7)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         assert torch.isfinite(g).all()
         scale = r.abs().max().item()
         torch.testing.assert_close(g.double(), r.double(), rtol=0, atol=rtol * scale)
@@ -122,7 +122,7 @@ def test_chunked_equals_reference(chunk_size):
     assert parts.keys() == ref_parts.keys() == {"qk", "kv", "qq", "vq"}
     for name in parts:
         torch.testing.assert_close(parts[name], ref_parts[name], rtol=1e-5, atol=1e-7)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * r.abs().max().item())
 
 
@@ -133,8 +133,8 @@ def test_same_tensor_gets_both_gradients(chunk_size):
     total, _, (grad_q, grad_k, grad_v) = loss_and_grads(teacher, student, mask, {(1, 1): 1.0}, chunk_size)
     left = student[0].detach().clone().requires_grad_()
     right = student[0].detach().clone().requires_grad_()
-    split = relation_loss((teacher[0], teacher[0], teacher[2]), (left, right, student[2]), mask, num_relation_heads=HEADS,
-                          relations={(1, 2): 1.0}, chunk_size=chunk_size)[0]
+    split = relation_loss((teacher[0], teacher[0], teacher[2]), (left, right, student[2]), mask,
+                          num_relation_heads=HEADS, relations={(1, 2): 1.0}, chunk_size=chunk_size)[0]
     grad_left, grad_right = torch.autograd.grad(split, (left, right))
     torch.testing.assert_close(total, split)
     torch.testing.assert_close(grad_q, grad_left + grad_right, rtol=1e-5, atol=1e-8)
@@ -201,7 +201,7 @@ def test_half_precision_inputs(dtype, chunk_size):
                                              tuple(s.detach().float().requires_grad_() for s in low_student),
                                              mask, QKV, chunk_size)
     torch.testing.assert_close(total, upcast, rtol=1e-5, atol=1e-7)
-    for g, u in zip(grads, upcast_grads):
+    for g, u in zip(grads, upcast_grads, strict=True):
         torch.testing.assert_close(g.float(), u.to(dtype).float())
     # and close to the float32 inputs' loss, within the rounding of the inputs
     rtol = 2e-3 if dtype == torch.float16 else 2e-2
@@ -216,7 +216,7 @@ def test_float32_inside_autocast(chunk_size):
         total, _ = relation_loss(teacher, student, mask, num_relation_heads=HEADS, relations=QKV, chunk_size=chunk_size)
     grads = torch.autograd.grad(total, student)    # backward outside the region, as autocast recommends
     torch.testing.assert_close(total, plain)
-    for g, p in zip(grads, plain_grads):
+    for g, p in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(g, p)
 
 
@@ -356,7 +356,8 @@ def test_relation_heads_must_divide_each_width():
     with pytest.raises(ValueError, match=r"num_relation_heads=3 does not divide the student query width \(20\)"):
         call(teacher, student, mask, num_relation_heads=3)
     teacher, student, mask = make_inputs([5, 3], 5, t_width=36, s_width=24)
-    with pytest.raises(ValueError, match=r"does not divide the teacher query width \(36\): .* one of 1, 2, 3, 4, 6, 12$"):
+    with pytest.raises(ValueError,
+                       match=r"does not divide the teacher query width \(36\): .* one of 1, 2, 3, 4, 6, 12$"):
         call(teacher, student, mask, num_relation_heads=8)
     with pytest.raises(ValueError, match=r"num_relation_heads=0 must be a positive integer"):
         call(teacher, student, mask, num_relation_heads=0)

@@ -131,7 +131,7 @@ def test_teacher_from_local_directory(tmp_path):
     from_path = create_student(str(tmp_path), 2, 32, 2)
     from_model = create_student(teacher, 2, 32, 2)
     assert type(from_path) is BertModel
-    for (name, a), (_, b) in zip(from_path.state_dict().items(), from_model.state_dict().items()):
+    for (name, a), (_, b) in zip(from_path.state_dict().items(), from_model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert type(create_student(tmp_path, 2, 32, 2, init="random")) is BertModel
 
@@ -186,7 +186,8 @@ def test_other_architectures(model_type, tmp_path):
     assert type(loaded) is type(student)
     ids, mask = batch()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(ids, mask).last_hidden_state, student.eval()(ids, mask).last_hidden_state)
+        torch.testing.assert_close(loaded.eval()(ids, mask).last_hidden_state,
+                                   student.eval()(ids, mask).last_hidden_state)
 
 
 def test_sinusoidal_positions_are_rebuilt_not_sliced():
@@ -205,13 +206,19 @@ def test_sinusoidal_positions_are_rebuilt_not_sliced():
      r"hidden_size=30 is not divisible by num_attention_heads=4: use hidden_size 28 or 32, "
      r"or num_attention_heads among 1, 2, 3, 5, 6, 10, 15, 30"),
     (dict(num_layers=0, hidden_size=32, num_attention_heads=2), r"num_layers=0 must be a positive integer"),
-    (dict(num_layers=5, hidden_size=32, num_attention_heads=2), r"num_layers=5 is out of range: the teacher has 4 layers; choose 1\.\.4"),
-    (dict(num_layers=2, hidden_size=128, num_attention_heads=2), r"hidden_size=128 is larger than the teacher's 64: .*init='random'"),
-    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=512), r"intermediate_size=512 is larger than the teacher's 256"),
-    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, init="copy"), r"init='copy' is unknown: choose 'teacher' .* or 'random'"),
-    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, layer_map=[1]), r"layer_map=\[1\] must list 2 teacher layers .* each 1\.\.4"),
+    (dict(num_layers=5, hidden_size=32, num_attention_heads=2),
+     r"num_layers=5 is out of range: the teacher has 4 layers; choose 1\.\.4"),
+    (dict(num_layers=2, hidden_size=128, num_attention_heads=2),
+     r"hidden_size=128 is larger than the teacher's 64: .*init='random'"),
+    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=512),
+     r"intermediate_size=512 is larger than the teacher's 256"),
+    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, init="copy"),
+     r"init='copy' is unknown: choose 'teacher' .* or 'random'"),
+    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, layer_map=[1]),
+     r"layer_map=\[1\] must list 2 teacher layers .* each 1\.\.4"),
     (dict(num_layers=2, hidden_size=32, num_attention_heads=2, layer_map=[0, 4]), r"each 1\.\.4 \(1-based\)"),
-    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, layer_map=[1, 2], init="random"), r"only applies with init='teacher'"),
+    (dict(num_layers=2, hidden_size=32, num_attention_heads=2, layer_map=[1, 2], init="random"),
+     r"only applies with init='teacher'"),
     (dict(num_layers=2, hidden_size=32, num_attention_heads=0), r"num_attention_heads=0 must be a positive integer"),
 ])
 def test_validation_errors(kwargs, pattern):
@@ -233,8 +240,9 @@ def test_save_pretrained_and_automodel_round_trip(tmp_path):
     assert type(loaded) is BertModel
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert loaded.config.num_hidden_layers == 2 and loaded.config.hidden_size == 32
-    for (name, a), (_, b) in zip(loaded.state_dict().items(), student.state_dict().items()):
+    for (name, a), (_, b) in zip(loaded.state_dict().items(), student.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     ids, mask = batch()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(ids, mask).last_hidden_state, student.eval()(ids, mask).last_hidden_state)
+        torch.testing.assert_close(loaded.eval()(ids, mask).last_hidden_state,
+                                   student.eval()(ids, mask).last_hidden_state)

@@ -47,7 +47,7 @@ def test_outputs_equal_full_models_projections(teacher_layer):
     expected = reference_qkv(full, teacher_layer - 1, ids, mask)
     teacher = FrozenTeacher(copy.deepcopy(full), teacher_layer)
     got = teacher(ids, mask)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g.shape == (2, 9, 32)
         torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
 
@@ -133,7 +133,7 @@ def test_loads_from_local_directory(tmp_path):
         assert teacher.config._attn_implementation == "sdpa"
         assert len(teacher.model.encoder.layer) == 3 and teacher.config.num_hidden_layers == 3
         assert not teacher.model.training and all(not p.requires_grad for p in teacher.model.parameters())
-        for g, e in zip(teacher(ids, mask), expected):
+        for g, e in zip(teacher(ids, mask), expected, strict=True):
             torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
 
 
@@ -145,7 +145,7 @@ def test_attn_implementation_on_a_model_and_token_type_ids():
     expected = reference_qkv(full, 1, ids, mask, token_type_ids=types)
     teacher = FrozenTeacher(copy.deepcopy(full), 2, attn_implementation="eager")
     assert teacher.config._attn_implementation == "eager"
-    for g, e in zip(teacher(ids, mask, types), expected):
+    for g, e in zip(teacher(ids, mask, types), expected, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-5)
 
 
@@ -204,7 +204,7 @@ def test_real_teacher_from_disk(teacher_dir):
     assert teacher.dtype == torch.float32 and teacher.hidden_size == 384
     assert len(teacher.model.encoder.layer) == 5 and teacher.config.num_hidden_layers == 5
     got = teacher(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g.shape == (2, enc["input_ids"].shape[1], 384) and torch.isfinite(g).all()
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"has 6 layers; choose 1\.\.6"):

@@ -9,6 +9,7 @@
 #   4. a CPU wheel of torch lying in pip's find-links directories (offline machines);
 #   5. no NVIDIA GPU: the CPU build from the PyTorch CPU index;
 #   6. otherwise: torch from PyPI (CUDA build, for GPU machines).
+# $EXTRA_SPECS (e.g. "transformers==4.56.0") are installed with the package, to test the lower bounds.
 set -euo pipefail
 VENV="${1:-.venv}"
 BASE_PY="${PYTHON:-python3}"
@@ -53,5 +54,6 @@ fi
 "$VENV/bin/python" -W ignore -c "import torch" || { echo "error: torch could not be installed into $VENV; install one yourself (e.g. TORCH_SPEC=torch==2.4.1 make install)" >&2; exit 1; }
 
 say "installing distill (editable) with its test extra"
-quiet_pip install -q -e ".[test]"
+# shellcheck disable=SC2086  # EXTRA_SPECS is a list of requirement specifiers
+quiet_pip install -q -e ".[test]" ${EXTRA_SPECS:-}
 "$VENV/bin/python" -W ignore -c "import distill, torch; print('[install] distill', distill.__version__, 'with torch', torch.__version__)"

@@ -12,6 +12,7 @@ also the command's flags), grid (`evaluate`: prepare, plan, run), summary (`crea
 cli (the `distill-evaluate` command: `main`), demo (the demo's comparison table: `main`). Names are
 imported lazily, so importing the package does not import torch.
 """
+from .. import lazy_getattr
 
 _EXPORTS = {
     "evaluate": "grid", "run_name": "grid", "EvaluationConfig": "config",
@@ -26,11 +27,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'distill.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

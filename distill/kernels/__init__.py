@@ -6,24 +6,30 @@
                                             num_relation_heads=48, relations=relations)
 
 `relation_loss_triton` has the signature and semantics of `distill.relations.relation_loss`
-(same validation, same value and gradient within float32 rounding) but computes each relation
+(same validation, same value and gradient within float32 rounding; `relation_loss` itself calls
+it for a RelationSpec whose impl is "triton") but computes each relation
 with the fused kernels of `distill.kernels.relation_kl`, which never hold an S x S matrix:
 memory beyond the inputs is O(B * A_r * S) for the forward and the students' float32 gradients.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["available", "unavailable_reason", "relation_loss_triton"]
+from ..relations import RelationSpec, check_relation_inputs, padding_key_bias, relation_name, row_weights
 
-_PRECISIONS = ("ieee", "tf32x3", "tf32")
+__all__ = ["available", "unavailable_reason", "relation_loss_triton", "DOT_PRECISIONS"]
+
+# tl.dot's input_precision for float32 operands (see distill.kernels.relation_kl)
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 before import)."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
 
 
@@ -32,10 +38,11 @@ def unavailable_reason(device: torch.device | str | None = None) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton)"
     device = torch.device("cuda" if device is None else device)
-    if _interpreting():
+    if interpreting():
         return None if device.type == "cpu" else f"TRITON_INTERPRET=1 runs kernels on CPU tensors, not on {device}"
     if device.type != "cuda":
-        return f"the Triton kernels run on CUDA tensors, not on {device} (set TRITON_INTERPRET=1 for the CPU interpreter)"
+        return (f"the Triton kernels run on CUDA tensors, not on {device} "
+                f"(set TRITON_INTERPRET=1 for the CPU interpreter)")
     if not torch.cuda.is_available():
         return "CUDA is not available"
     return None
@@ -47,24 +54,24 @@ def available(device: torch.device | str | None = None) -> bool:
 
 
 def relation_loss_triton(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[torch.Tensor],
-                         attention_mask: torch.Tensor, *, num_relation_heads: int,
-                         relations: Mapping[tuple[int, int], float], chunk_size: int | None = None,
-                         precision: str = "ieee", blocks=None
-                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                         attention_mask: torch.Tensor, spec: RelationSpec | None = None, *,
+                         num_relation_heads: int | None = None,
+                         relations: Mapping[tuple[int, int], float] | None = None, chunk_size: int | None = None,
+                         precision: str = "ieee", blocks=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`distill.relations.relation_loss` computed by the fused Triton kernels.
 
-    Same arguments and return value; chunk_size is accepted for a drop-in call and ignored (the
-    kernels tile by themselves). precision: tl.dot's input_precision for float32 operands on the
-    GPU, "ieee" (default), "tf32x3" or "tf32" (see distill.kernels.relation_kl). blocks: None
-    for the defaults, (BLOCK_M, BLOCK_N, num_warps, num_stages) for both kernels, or a pair
-    (forward, backward) of such tuples (None for that kernel's default).
+    Same arguments and return value; the spec's impl and chunk_size are ignored (the kernels tile
+    by themselves). precision: tl.dot's input_precision for float32 operands on the GPU, one of
+    DOT_PRECISIONS: "ieee" (default), "tf32x3" or "tf32" (see distill.kernels.relation_kl).
+    blocks: None for the defaults, (BLOCK_M, BLOCK_N, num_warps, num_stages) for both kernels, or
+    a pair (forward, backward) of such tuples (None for that kernel's default).
     Raises RuntimeError when triton cannot run on the tensors' device (see `unavailable_reason`).
     """
-    from distill.relations import _check_inputs, relation_name
-
-    relations = _check_inputs(teacher_qkv, student_qkv, attention_mask, num_relation_heads, relations, chunk_size)
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision={precision!r}: choose one of {', '.join(_PRECISIONS)}")
+    spec = RelationSpec.from_settings(spec, num_relation_heads=num_relation_heads, relations=relations,
+                                      chunk_size=chunk_size)
+    check_relation_inputs(teacher_qkv, student_qkv, attention_mask, spec)
+    if precision not in DOT_PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(DOT_PRECISIONS)}")
     device = student_qkv[0].device
     reason = unavailable_reason(device)
     if reason is not None:
@@ -74,24 +81,18 @@ def relation_loss_triton(teacher_qkv: Sequence[torch.Tensor], student_qkv: Seque
 
     split_blocks(blocks)                  # validate before any kernel runs
 
-    valid = attention_mask.to(device=device, dtype=torch.bool)                       # (B, S)
-    batch = valid.shape[0]
-    lengths = valid.sum(dim=1, dtype=torch.float32)
-    row_weight = (valid / (batch * num_relation_heads * lengths.clamp(min=1)).unsqueeze(1)).contiguous()
-    key_bias = torch.zeros(valid.shape, dtype=torch.float32, device=device).masked_fill_(~valid, -1e30)
-    pairs = tuple(relations)
+    heads = spec.num_relation_heads
+    valid, row_weight = row_weights(attention_mask, device, heads)
+    key_bias = padding_key_bias(valid)
+    pairs = tuple(spec.relations)
     teacher = tuple(t.detach() for t in teacher_qkv)
-    with torch.autocast(device.type, enabled=False):
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                losses = TritonRelationKL.apply(key_bias, row_weight, valid, num_relation_heads, pairs, precision,
-                                                blocks, *teacher, *student_qkv)
-        else:
-            losses = TritonRelationKL.apply(key_bias, row_weight, valid, num_relation_heads, pairs, precision,
-                                            blocks, *teacher, *student_qkv)
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.autocast(device.type, enabled=False), on_device:
+        losses = TritonRelationKL.apply(key_bias, row_weight, valid, heads, pairs, precision, blocks,
+                                        *teacher, *student_qkv)
     total = torch.zeros((), dtype=torch.float32, device=device)
     parts: dict[str, torch.Tensor] = {}
-    for r, ((m, n), weight) in enumerate(relations.items()):
-        parts[relation_name((m, n))] = losses[r].detach()
+    for r, (pair, weight) in enumerate(spec.relations.items()):
+        parts[relation_name(pair)] = losses[r].detach()
         total = total + weight * losses[r]
     return total, parts

@@ -23,8 +23,9 @@ addition makes the gradient's last bits depend on the order the GPU schedules pr
 
 Inside the kernels logits live in base 2 (scaled by log2(e)) so that every exponential is one
 exp2; the log-sum-exps are saved in base 2 and the KL is converted back with ln(2).
-Padding: key_bias is 0 at real tokens and -1e30 at padding (DESIGN.md); key columns past the
-sequence end (a tile's tail) load the same -1e30, so their exp2 is exactly 0 next to any real key.
+Padding: key_bias (distill.relations.padding_key_bias) is 0 at real tokens and -1e30 at padding
+(docs/design.md); key columns past the sequence end (a tile's tail) load the same -1e30, so their
+exp2 is exactly 0 next to any real key.
 Only real keys (bias == 0) enter the cross term, and only rows of nonzero weight the gradient,
 so a padded row never multiplies a weight by a difference of two -1e30's. A row of an
 all-padding example stays finite (all its logits are -1e30) and has weight 0.
@@ -41,21 +42,14 @@ ignores it and computes in numpy float32.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-MASKED = -1e30          # the padding bias of distill.relations (_MASKED)
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+from . import interpreting
 
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 before import)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
+LOG2E = 1.4426950408889634     # scales natural-log logits to base 2 for exp2/log2 (the kernels' literal ln 2 undoes it)
 
 
 @triton.jit
@@ -63,6 +57,17 @@ def _head_tile(X, b, stride_b, pos, stride_s, h, d, cols, pos_ok, col_ok):
     """Rows `pos` of relation head h (columns h*d .. h*d + d) of example b of a [B, S, H] tensor, as float32."""
     return tl.load(X + b * stride_b + pos[:, None] * stride_s + h * d + cols[None, :],
                    mask=pos_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _program_block(seq, num_heads, d_t, d_s, BLOCK: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
+    """This program's place: bh = b * A_r + h (grid axis 1), example b, head h, its BLOCK positions
+    (grid axis 0) and which are < seq, the teacher and student head columns and which are < d."""
+    bh = tl.program_id(1)
+    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols_t = tl.arange(0, BLOCK_DT)
+    cols_s = tl.arange(0, BLOCK_DS)
+    return bh, bh // num_heads, bh % num_heads, pos, pos < seq, cols_t, cols_s, cols_t < d_t, cols_s < d_s
 
 
 @triton.jit
@@ -75,16 +80,8 @@ def _relation_kl_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr,
     PREC_T: tl.constexpr, PREC_S: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // num_heads
-    h = bh % num_heads
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < seq
-    cols_t = tl.arange(0, BLOCK_DT)
-    cols_s = tl.arange(0, BLOCK_DS)
-    dt_ok = cols_t < d_t
-    ds_ok = cols_s < d_s
+    bh, b, h, rows, row_ok, cols_t, cols_s, dt_ok, ds_ok = _program_block(seq, num_heads, d_t, d_s,
+                                                                           BLOCK_M, BLOCK_DT, BLOCK_DS)
 
     q_t = _head_tile(TM, b, stride_tm_b, rows, stride_tm_s, h, d_t, cols_t, row_ok, dt_ok)
     q_s = _head_tile(SM, b, stride_sm_b, rows, stride_sm_s, h, d_s, cols_s, row_ok, ds_ok)
@@ -134,16 +131,8 @@ def _relation_kl_bwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr,
     PREC_T: tl.constexpr, PREC_S: tl.constexpr, PREC_G: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // num_heads
-    h = bh % num_heads
-    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    key_ok = keys < seq
-    cols_t = tl.arange(0, BLOCK_DT)
-    cols_s = tl.arange(0, BLOCK_DS)
-    dt_ok = cols_t < d_t
-    ds_ok = cols_s < d_s
+    bh, b, h, keys, key_ok, cols_t, cols_s, dt_ok, ds_ok = _program_block(seq, num_heads, d_t, d_s,
+                                                                           BLOCK_N, BLOCK_DT, BLOCK_DS)
 
     k_t = _head_tile(TN, b, stride_tn_b, keys, stride_tn_s, h, d_t, cols_t, key_ok, dt_ok)
     k_s = _head_tile(SN, b, stride_sn_b, keys, stride_sn_s, h, d_s, cols_s, key_ok, ds_ok)
@@ -317,5 +306,5 @@ class TritonRelationKL(torch.autograd.Function):
             relation_kl_backward(teacher[m - 1], teacher[n - 1], student[m - 1], student[n - 1], key_bias,
                                  row_weight * grad_losses[r], saved_lse[2 * r], saved_lse[2 * r + 1], d_m, d_n,
                                  ctx.num_heads, precision=ctx.precision, blocks=ctx.blocks)
-        student_grads = tuple(None if g is None else g.to(s.dtype) for g, s in zip(grads, student))
+        student_grads = tuple(None if g is None else g.to(s.dtype) for g, s in zip(grads, student, strict=True))
         return (None,) * 10 + student_grads

@@ -23,23 +23,20 @@ length, the largest micro-batch whose step runs inside the budget (doubling, the
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from distill.config import DistillConfig, load_deepspeed_json, resolve_deepspeed_config  # noqa: E402
-from distill.encoders import get_adapter  # noqa: E402
-from distill.monitor import encoder_forward_flops, peak_flops, relation_flops  # noqa: E402
+from distill.config import DistillConfig, load_deepspeed_json, resolve_deepspeed_config
+from distill.monitor import peak_flops, step_flops
 
 SHAPES = {  # randomly initialised teachers of the usual shapes
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -48,8 +45,10 @@ SHAPES = {  # randomly initialised teachers of the usual shapes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--teacher", default="bert-base", help="model directory / hub name, or bert-base / bert-large (random init)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", default="bert-base",
+                   help="model directory / hub name, or bert-base / bert-large (random init)")
     p.add_argument("--teacher-layer", type=int, default=None, help="1-based distilled teacher layer (default: last)")
     p.add_argument("--student-layers", type=int, default=6)
     p.add_argument("--student-hidden", type=int, default=384)
@@ -59,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--relation-impl", default="auto", choices=["auto", "chunked", "reference", "triton"],
                    help="auto: the Triton kernels on CUDA when triton is installed, else chunked")
     p.add_argument("--seq-len", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--batch", type=int, default=32, help="micro-batch per step (the starting point of --find-max-batch)")
+    p.add_argument("--batch", type=int, default=32,
+                   help="micro-batch per step (the starting point of --find-max-batch)")
     p.add_argument("--deepspeed-config", default="auto", help="a ds_configs/*.json file, or auto")
     p.add_argument("--steps", type=int, default=20, help="timed steps per sequence length")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
@@ -90,12 +90,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import deepspeed
+    from distill.trainer import init_distributed
 
-    from distill.objective import MiniLMv2Objective
-    from distill.trainer import RunGuard, build_models, init_distributed, train_step
-
-    rank, world, _, device = init_distributed()
+    _, world, _, device = init_distributed()
     if world != 1:
         raise SystemExit("error: run the benchmark as one process (python tools/bench/distill_bench.py ...)")
     if args.memory_budget_gb is not None:
@@ -106,92 +103,9 @@ def main(argv=None) -> int:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)
     rows = []
     for seq in args.seq_len:
-        cfg = DistillConfig(teacher=args.teacher, teacher_layer=args.teacher_layer, student_layer=args.student_layers,
-                            student_hidden_size=args.student_hidden, student_attention_heads=args.student_heads,
-                            num_relation_heads=args.relation_heads, relation_chunk_size=args.relation_chunk_size,
-                            relation_impl=args.relation_impl,
-                            max_seq_len=seq, per_device_train_batch_size=args.batch, max_steps=10**6, warmup_steps=10,
-                            deepspeed_config=args.deepspeed_config, output_dir="/tmp/distill_bench")
-        ds_json, precision = resolve_deepspeed_config(
-            cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=1, device_type=device.type,
-            bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
-        torch.manual_seed(cfg.seed)
-        frozen, student = build_models(cfg, device, teacher=teacher_model)
-        objective = MiniLMv2Objective(frozen, student, num_relation_heads=cfg.num_relation_heads,
-                                      relations=cfg.relation_weights, chunk_size=cfg.chunk_size,
-                                      relation_impl=cfg.relation_impl, device=device)
-        engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=[p for p in student.parameters()],
-                                               config=ds_json)
-        engine.train()
-        guard = RunGuard(device)
-        vocab = frozen.config.vocab_size
-        tc, sc = frozen.config, student.config
-        ta, sa = get_adapter(tc), get_adapter(sc)
-
-        def batch_of(b: int) -> dict[str, torch.Tensor]:
-            ids = torch.randint(1000, vocab, (b, seq), device=device)
-            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-
-        def timed(b: int, steps: int, warmup: int) -> tuple[list[float], float]:
-            batch = batch_of(b)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                torch.cuda.reset_peak_memory_stats(device)
-            times = []
-            for i in range(warmup + steps):
-                t0 = time.perf_counter()
-                loss, _, finite, _ = train_step(engine, objective, batch, guard)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if not finite:
-                    raise SystemExit(f"error: non-finite loss at seq {seq}, batch {b}")
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            if device.type == "cuda":
-                mem = torch.cuda.max_memory_allocated(device) / 2**30
-            else:
-                mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            return times, mem
-
-        def fits(b: int) -> bool:
-            try:
-                timed(b, 1, 1)
-                return True
-            except torch.OutOfMemoryError:
-                engine.zero_grad()
-                torch.cuda.empty_cache()
-                return False
-
-        batch = args.batch
-        max_batch = None
-        if args.find_max_batch:
-            lo, hi = 0, batch
-            while hi <= args.max_batch_limit and fits(hi):
-                lo, hi = hi, hi * 2
-            hi = min(hi, args.max_batch_limit + 1)
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-            max_batch = lo
-            if max_batch == 0:
-                raise SystemExit(f"error: not even a micro-batch of 1 fits at seq {seq} within the budget")
-            batch = min(batch, max_batch)
-        times, mem = timed(batch, args.steps, args.warmup)
-        median = statistics.median(times)
-        flops = (encoder_forward_flops(frozen.num_layers, ta.hidden_size(tc), ta.intermediate_size(tc), batch, seq)
-                 + 3 * encoder_forward_flops(sa.num_layers(sc), sa.hidden_size(sc), sa.intermediate_size(sc), batch, seq)
-                 + relation_flops(len(cfg.relation_weights), ta.hidden_size(tc), sa.hidden_size(sc), batch, seq))
-        row = dict(impl=objective.relation_impl, seq=seq, batch=batch, precision=precision, zero=ds_json.get("zero_optimization", {}).get("stage", 0),
-                   s_per_step=median, steps_per_s=1 / median, tokens_per_s=batch * seq / median, peak_gib=mem,
-                   mfu=flops / median / peak if peak else None, max_batch=max_batch,
-                   fused_adam=type(getattr(engine, "basic_optimizer", None) or engine.optimizer).__name__)
+        row = bench_seq_len(args, seq, teacher_model, device, peak)
         rows.append(row)
         print(format_row(row), flush=True)
-        guard.restore()
-        objective.remove()
-        del engine, objective, frozen, student
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
 
     text = report(args, device, rows, peak)
     print(text)
@@ -203,15 +117,127 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_config(args, seq: int) -> DistillConfig:
+    """The DistillConfig `launch/distill.py` would build from the equivalent flags."""
+    return DistillConfig(teacher=args.teacher, teacher_layer=args.teacher_layer, student_layer=args.student_layers,
+                         student_hidden_size=args.student_hidden, student_attention_heads=args.student_heads,
+                         num_relation_heads=args.relation_heads, relation_chunk_size=args.relation_chunk_size,
+                         relation_impl=args.relation_impl, max_seq_len=seq, per_device_train_batch_size=args.batch,
+                         max_steps=10**6, warmup_steps=10, deepspeed_config=args.deepspeed_config,
+                         output_dir="/tmp/distill_bench")
+
+
+@dataclass
+class StepRunner:
+    """One built training setup (engine, objective, guard) that times train_step on random full windows."""
+
+    engine: object
+    objective: object
+    guard: object
+    device: torch.device
+    vocab: int
+    seq: int
+
+    def batch_of(self, batch: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1000, self.vocab, (batch, self.seq), device=self.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def timed(self, batch: int, steps: int, warmup: int) -> tuple[list[float], float]:
+        """(seconds of each timed step, peak memory in GiB)."""
+        from distill.trainer import train_step
+
+        inputs = self.batch_of(batch)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        times = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            _, _, finite, _ = train_step(self.engine, self.objective, inputs, self.guard)
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            if not finite:
+                raise SystemExit(f"error: non-finite loss at seq {self.seq}, batch {batch}")
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        if cuda:
+            return times, torch.cuda.max_memory_allocated(self.device) / 2**30
+        return times, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    def fits(self, batch: int) -> bool:
+        try:
+            self.timed(batch, 1, 1)
+            return True
+        except torch.OutOfMemoryError:
+            self.engine.zero_grad()
+            torch.cuda.empty_cache()
+            return False
+
+    def max_batch(self, start: int, limit: int) -> int:
+        """The largest micro-batch that fits, up to `limit`: doubling from `start`, then bisection."""
+        lo, hi = 0, start
+        while hi <= limit and self.fits(hi):
+            lo, hi = hi, hi * 2
+        hi = min(hi, limit + 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.fits(mid) else (lo, mid)
+        if lo == 0:
+            raise SystemExit(f"error: not even a micro-batch of 1 fits at seq {self.seq} within the budget")
+        return lo
+
+
+def bench_seq_len(args, seq: int, teacher_model, device: torch.device, peak: float | None) -> dict:
+    """Build what launch/distill.py builds for windows of `seq` tokens, time its step, and tear it down."""
+    import deepspeed
+
+    from distill.objective import MiniLMv2Objective
+    from distill.trainer import RunGuard, build_models
+
+    cfg = run_config(args, seq)
+    ds_json, precision = resolve_deepspeed_config(
+        cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=1, device_type=device.type,
+        bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
+    torch.manual_seed(cfg.seed)
+    frozen, student = build_models(cfg, device, teacher=teacher_model)
+    objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device)
+    engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=list(student.parameters()),
+                                           config=ds_json)
+    engine.train()
+    runner = StepRunner(engine, objective, RunGuard(), device, frozen.config.vocab_size, seq)
+    max_batch = runner.max_batch(args.batch, args.max_batch_limit) if args.find_max_batch else None
+    batch = min(args.batch, max_batch) if max_batch else args.batch
+    times, mem = runner.timed(batch, args.steps, args.warmup)
+    median = statistics.median(times)
+    flops = functools.partial(step_flops, frozen.config, student.config, frozen.num_layers,
+                              len(objective.spec.relations))
+    row = dict(impl=objective.relation_impl, seq=seq, batch=batch, precision=precision,
+               zero=ds_json.get("zero_optimization", {}).get("stage", 0),
+               s_per_step=median, steps_per_s=1 / median, tokens_per_s=batch * seq / median, peak_gib=mem,
+               mfu=flops(batch, seq) / median / peak if peak else None, max_batch=max_batch,
+               fused_adam=type(getattr(engine, "basic_optimizer", None) or engine.optimizer).__name__)
+    runner.guard.restore()
+    objective.remove()
+    del runner, engine, objective, frozen, student
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
 def format_row(r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-    return (f"| {r['impl']} | {r['seq']} | {r['batch']} | {r['precision']} | {r['zero']} | {r['fused_adam']} | {r['s_per_step']:.3f} | "
+    return (f"| {r['impl']} | {r['seq']} | {r['batch']} | {r['precision']} | {r['zero']} | {r['fused_adam']} | "
+            f"{r['s_per_step']:.3f} | "
             f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.2f} | {mfu} | "
             f"{r['max_batch'] if r['max_batch'] is not None else '-'} |")
 
 
 def report(args, device, rows, peak) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     import deepspeed
     import transformers
 
@@ -219,7 +245,8 @@ def report(args, device, rows, peak) -> str:
         f"# distill_bench: {args.teacher} -> {args.student_layers} layers x {args.student_hidden}",
         "",
         f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; device: {name}",
-        f"- versions: torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
+        f"- versions: torch {torch.__version__}, deepspeed {deepspeed.__version__}, "
+        f"transformers {transformers.__version__}",
         f"- DeepSpeed config: {args.deepspeed_config}; relation heads {args.relation_heads}, relations qq,kk,vv, "
         f"chunk {args.relation_chunk_size or 'none (reference)'}",
         f"- {args.warmup} warm-up steps, median of {args.steps} timed steps; random full windows",
@@ -227,7 +254,8 @@ def report(args, device, rows, peak) -> str:
         f"- MFU peak: {peak / 1e12:.0f} TFLOP/s" if peak else "- MFU: not computed (no known peak for this device)",
         f"- command: python {' '.join(sys.argv)}",
         "",
-        "| loss | seq | micro-batch | precision | ZeRO | optimizer | s/step | steps/s | tokens/s | peak memory GiB | MFU | max micro-batch in budget |",
+        "| loss | seq | micro-batch | precision | ZeRO | optimizer | s/step | steps/s | tokens/s | peak memory GiB "
+        "| MFU | max micro-batch in budget |",
         "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
         *[format_row(r) for r in rows],
         "",

@@ -32,12 +32,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from distill.relations import relation_loss  # noqa: E402
+from distill.kernels import DOT_PRECISIONS
+from distill.relations import relation_loss
 
 QKV = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -152,7 +150,7 @@ def measure(name: str, loss_fn, inputs, args, timer: Timer, device: torch.device
 
 def rel_diff(row: dict, ref: dict) -> tuple[float, float]:
     loss = abs(row["loss"] - ref["loss"]) / abs(ref["loss"])
-    grad = max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(row["grads"], ref["grads"]))
+    grad = max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(row["grads"], ref["grads"], strict=True))
     return loss, grad
 
 
@@ -275,17 +273,22 @@ def main(argv=None) -> int:
                    help="comma-separated input dtypes among float32, bfloat16, float16")
     p.add_argument("--chunk-sizes", type=lambda s: [int(c) for c in s.split(",")], default=[64, 128])
     p.add_argument("--precisions", type=lambda s: s.split(","), default=["ieee", "tf32x3"],
-                   help="tl.dot input precisions for float32 operands: ieee, tf32x3, tf32")
+                   help=f"tl.dot input precisions for float32 operands: {', '.join(DOT_PRECISIONS)}")
     p.add_argument("--blocks", type=parse_blocks, default=parse_blocks(DEFAULT_BLOCKS),
-                   help=f"Triton tiles, comma-separated FORWARD+BACKWARD, each BLOCK_MxBLOCK_N/warps/stages ({DEFAULT_BLOCKS})")
+                   help="Triton tiles, comma-separated FORWARD+BACKWARD, each BLOCK_MxBLOCK_N/warps/stages "
+                        f"({DEFAULT_BLOCKS})")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--out", type=Path, help="write the Markdown result here")
-    p.add_argument("--cpu-dry-run", action="store_true", help=argparse.SUPPRESS)   # tests this script in the interpreter
+    # tests this script in the Triton interpreter
+    p.add_argument("--cpu-dry-run", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in args.dtype:
         if name not in DTYPES:
             p.error(f"--dtype {name!r}: choose among {', '.join(DTYPES)}")
+    for name in args.precisions:
+        if name not in DOT_PRECISIONS:
+            p.error(f"--precisions {name!r}: choose among {', '.join(DOT_PRECISIONS)}")
 
     from distill.kernels import unavailable_reason
 

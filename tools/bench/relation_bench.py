@@ -39,13 +39,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from distill.relations import relation_loss, relation_name
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from distill.relations import relation_loss, relation_name  # noqa: E402
 
 QKV = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -128,7 +127,8 @@ def run_loss_isolated(args, chunk_size: int | None, device: torch.device) -> dic
            "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"chunk_size": chunk_size, "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+        last_line = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        return {"chunk_size": chunk_size, "error": last_line}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -150,7 +150,8 @@ def loss_table(result: dict) -> list[str]:
              "| time vs reference | memory vs reference | loss, rel. diff | sum of abs(grad), rel. diff |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in (ref, *chunked):
-        name = "reference (chunk_size=None)" if row["chunk_size"] is None else f"chunked (chunk_size={row['chunk_size']})"
+        chunk = row["chunk_size"]
+        name = "reference (chunk_size=None)" if chunk is None else f"chunked (chunk_size={chunk})"
         if "error" in row:
             lines.append(f"| {name} | failed: {row['error']} | | | | | | |")
             continue
@@ -200,15 +201,15 @@ def published_relation_loss(t_qkv, s_qkv, attention_mask, num_heads: int, relati
             n_b = lengths[b]
             target = torch.softmax(rel_t[b, :, :n_b, :n_b].detach(), dim=-1)
             log_pred = F.log_softmax(rel_s[b, :, :n_b, :n_b], dim=-1)
-            relation = relation + F.kl_div(log_pred.reshape(-1, n_b), target.reshape(-1, n_b), reduction="sum") / (num_heads * n_b)
+            kl = F.kl_div(log_pred.reshape(-1, n_b), target.reshape(-1, n_b), reduction="sum")
+            relation = relation + kl / (num_heads * n_b)
         loss = loss + weight * relation / batch
     return loss
 
 
 def part_step(args, device) -> dict:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from distill.objective import MiniLMv2Objective
     from distill.student import create_student
     from distill.teacher import FrozenTeacher
 
@@ -224,48 +225,72 @@ def part_step(args, device) -> dict:
           f"A_r={args.relation_heads}, {args.step_warmup} warm-up + {args.step_repeats} timed steps each ...",
           file=sys.stderr, flush=True)
 
-    def optimizer(model):
-        return torch.optim.AdamW(model.parameters(), lr=1e-4)
-
     variants = {}
     for chunk in args.step_chunk_sizes:
-        student = copy.deepcopy(student0).train()
-        objective = MiniLMv2Objective(frozen, student, num_relation_heads=args.relation_heads, relations=QKV,
-                                      chunk_size=chunk)
-        opt = optimizer(student)
-
-        def ours(batch, objective=objective, opt=opt):
-            loss, _ = objective(batch)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()
-        label = f"ours: FrozenTeacher + MiniLMv2Objective, {'reference loss' if chunk is None else f'chunked loss (chunk_size={chunk})'}"
-        variants[label] = ours
-
-    # the published recipe runs the whole teacher (no truncation, no early stop) with hidden states out
-    full_teacher = AutoModel.from_pretrained(teacher_dir, dtype=torch.float32).to(device).eval().requires_grad_(False)
-    student_pub = copy.deepcopy(student0).train()
-    opt_pub = optimizer(student_pub)
-    t_attn = full_teacher.encoder.layer[args.teacher_layer - 1].attention.self
-    s_attn = student_pub.encoder.layer[args.student_layers - 1].attention.self
-
-    def published(batch):
-        with torch.no_grad():
-            hidden_t = full_teacher(**batch, output_hidden_states=True).hidden_states[args.teacher_layer - 1]
-            t_qkv = (t_attn.query(hidden_t), t_attn.key(hidden_t), t_attn.value(hidden_t))
-        hidden_s = student_pub(**batch, output_hidden_states=True).hidden_states[args.student_layers - 1]
-        s_qkv = (s_attn.query(hidden_s), s_attn.key(hidden_s), s_attn.value(hidden_s))
-        loss = published_relation_loss(t_qkv, s_qkv, batch["attention_mask"], args.relation_heads, QKV)
-        loss.backward()
-        opt_pub.step()
-        opt_pub.zero_grad(set_to_none=True)
-        return loss.item()
-    variants["published recipe: hidden states + per-example loop"] = published
-
+        kind = "reference loss" if chunk is None else f"chunked loss (chunk_size={chunk})"
+        variants[f"ours: FrozenTeacher + MiniLMv2Objective, {kind}"] = ours_step(frozen, student0, args, chunk)
+    variants["published recipe: hidden states + per-example loop"] = published_step(teacher_dir, student0, args,
+                                                                                      device)
     gen = torch.Generator().manual_seed(1)
     batches = [step_batch(tokenizer, args.step_batch, args.step_seq, device, gen)
                for _ in range(args.step_warmup + args.step_repeats)]
+    rows = time_steps(variants, batches, args.step_warmup, device)
+    return {"config": {k: getattr(args, k) for k in ("teacher", "teacher_layer", "student_layers", "step_student_width",
+                                                     "student_heads", "relation_heads", "step_batch", "step_seq",
+                                                     "step_repeats", "step_warmup")}
+            | {"step_chunk_sizes": args.step_chunk_sizes, "relations": [relation_name(p) for p in QKV]},
+            "rows": rows}
+
+
+def _optimizer(model):
+    return torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def ours_step(frozen, student0, args, chunk: int | None):
+    """A training step of a copy of student0 through MiniLMv2Objective; returns the loss."""
+    from distill.objective import MiniLMv2Objective
+
+    student = copy.deepcopy(student0).train()
+    objective = MiniLMv2Objective(frozen, student, num_relation_heads=args.relation_heads, relations=QKV,
+                                  chunk_size=chunk)
+    opt = _optimizer(student)
+
+    def step(batch):
+        loss, _ = objective(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def published_step(teacher_dir: Path, student0, args, device):
+    """A training step of a copy of student0 as the published recipe runs it: the whole teacher (no
+    truncation, no early stop) with hidden states out, and the per-example loss loop."""
+    from transformers import AutoModel
+
+    full_teacher = AutoModel.from_pretrained(teacher_dir, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    student = copy.deepcopy(student0).train()
+    opt = _optimizer(student)
+    t_attn = full_teacher.encoder.layer[args.teacher_layer - 1].attention.self
+    s_attn = student.encoder.layer[args.student_layers - 1].attention.self
+
+    def step(batch):
+        with torch.no_grad():
+            hidden_t = full_teacher(**batch, output_hidden_states=True).hidden_states[args.teacher_layer - 1]
+            t_qkv = (t_attn.query(hidden_t), t_attn.key(hidden_t), t_attn.value(hidden_t))
+        hidden_s = student(**batch, output_hidden_states=True).hidden_states[args.student_layers - 1]
+        s_qkv = (s_attn.query(hidden_s), s_attn.key(hidden_s), s_attn.value(hidden_s))
+        loss = published_relation_loss(t_qkv, s_qkv, batch["attention_mask"], args.relation_heads, QKV)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def time_steps(variants: dict, batches: list, warmup: int, device) -> list[dict]:
+    """Run every variant on every batch in turn; the median and fastest of the timed steps, the first loss."""
     times = {name: [] for name in variants}
     first_loss = {}
     for i, batch in enumerate(batches):
@@ -277,15 +302,10 @@ def part_step(args, device) -> dict:
             _sync(device)
             if i == 0:
                 first_loss[name] = loss
-            if i >= args.step_warmup:
+            if i >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    rows = [{"variant": name, "median_s": statistics.median(ts), "min_s": min(ts), "first_loss": first_loss[name]}
+    return [{"variant": name, "median_s": statistics.median(ts), "min_s": min(ts), "first_loss": first_loss[name]}
             for name, ts in times.items()]
-    return {"config": {k: getattr(args, k) for k in ("teacher", "teacher_layer", "student_layers", "step_student_width",
-                                                     "student_heads", "relation_heads", "step_batch", "step_seq",
-                                                     "step_repeats", "step_warmup")}
-            | {"step_chunk_sizes": args.step_chunk_sizes, "relations": [relation_name(p) for p in QKV]},
-            "rows": rows}
 
 
 def _sync(device):
@@ -316,8 +336,26 @@ def machine(device) -> str:
             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
 
 
+def loss_heading(cfg: dict) -> str:
+    return (f"## Part 1, loss: forward + backward of qq, kk, vv; B={cfg['batch']}, S={cfg['seq']}, "
+            f"A_r={cfg['relation_heads']}, teacher width {cfg['teacher_width']}, student width "
+            f"{cfg['student_width']}, {cfg['dtype']}; median of {cfg['repeats']} after {cfg['warmup']} warm-up")
+
+
+def step_heading(cfg: dict) -> str:
+    return (f"## Part 2, step: teacher forward, student forward + backward, relation loss, AdamW step; "
+            f"B={cfg['step_batch']}, S={cfg['step_seq']}, A_r={cfg['relation_heads']}, "
+            f"{cfg['student_layers']}-layer {cfg['step_student_width']}-wide student; median of "
+            f"{cfg['step_repeats']} after {cfg['step_warmup']} warm-up")
+
+
+# --part NAME: (run it, the Markdown heading from its config, its table)
+PARTS = {"loss": (part_loss, loss_heading, loss_table), "step": (part_step, step_heading, step_table)}
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("loss", "step", "all"), default="all")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--out", type=Path, help="also write the results: FILE.json as JSON, any other name as Markdown")
@@ -329,7 +367,8 @@ def main(argv=None) -> None:
     g.add_argument("--student-width", type=int, default=384)
     g.add_argument("--chunk-size", type=lambda s: [int(c) for c in s.split(",")], default=[64],
                    help="query rows per chunk of the chunked loss; several, comma-separated, give one row each")
-    g.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="projection dtype; auto: bfloat16 on CUDA, float32 on CPU")
+    g.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="projection dtype; auto: bfloat16 on CUDA, float32 on CPU")
     g.add_argument("--repeats", type=int, default=5)
     g.add_argument("--warmup", type=int, default=1)
     g = p.add_argument_group("part 2, the step")
@@ -356,26 +395,16 @@ def main(argv=None) -> None:
     results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(device),
                "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
     lines = [f"# relation_bench: {results['machine']}", "", f"`{results['command']}`, {results['date']}", ""]
-    if args.part in ("loss", "all"):
-        results["loss"] = part_loss(args, device)
-        cfg = results["loss"]["config"]
-        lines += [f"## Part 1, loss: forward + backward of qq, kk, vv; B={cfg['batch']}, S={cfg['seq']}, "
-                  f"A_r={cfg['relation_heads']}, teacher width {cfg['teacher_width']}, student width "
-                  f"{cfg['student_width']}, {cfg['dtype']}; median of {cfg['repeats']} after {cfg['warmup']} warm-up", ""]
-        lines += loss_table(results["loss"]) + [""]
-    if args.part in ("step", "all"):
-        results["step"] = part_step(args, device)
-        cfg = results["step"]["config"]
-        lines += [f"## Part 2, step: teacher forward, student forward + backward, relation loss, AdamW step; "
-                  f"B={cfg['step_batch']}, S={cfg['step_seq']}, A_r={cfg['relation_heads']}, "
-                  f"{cfg['student_layers']}-layer {cfg['step_student_width']}-wide student; median of "
-                  f"{cfg['step_repeats']} after {cfg['step_warmup']} warm-up", ""]
-        lines += step_table(results["step"]) + [""]
+    for part, (run, heading, table) in PARTS.items():
+        if args.part in (part, "all"):
+            results[part] = run(args, device)
+            lines += [heading(results[part]["config"]), "", *table(results[part]), ""]
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n" if args.out.suffix == ".json" else text, encoding="utf-8")
+        body = json.dumps(results, indent=2) + "\n" if args.out.suffix == ".json" else text
+        args.out.write_text(body, encoding="utf-8")
 
 
 if __name__ == "__main__":
