@@ -22,7 +22,7 @@ from transformers import TrainingArguments
 
 from . import student as _student
 from .config import DistillConfig
-from .relations import relation_name
+from .relations import checked_relations, relation_name
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -38,7 +38,8 @@ class MiniLMTrainingArguments(TrainingArguments):
                                                 metadata={"help": "student heads (default: width / 64, at least 1)"})
     num_relation_heads: int = field(default=48, metadata={"help": "relation heads"})
     relations: dict = field(default_factory=lambda: {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0},
-                            metadata={"help": "{(m, n): weight}, 1=query 2=key 3=value"})
+                            metadata={"help": "{(m, n): weight}, 1=query 2=key 3=value, or text as on the command "
+                                              "line: 'qq:1,kk:1,vv:1'"})
     max_seq_len: int = field(default=512, metadata={"help": "only checked against the teacher's position embeddings"})
     relation_impl: str = field(default="auto", metadata={"help": "relation loss: auto, chunked, reference, triton"})
     relation_chunk_size: int = field(default=128,
@@ -46,6 +47,8 @@ class MiniLMTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        # the text form, as the command line takes it, or a mapping: checked here, a plain dict afterwards
+        self.relations = checked_relations(self.relations)
         if self.student_attention_heads is None:
             self.student_attention_heads = max(1, self.student_hidden_size // 64)
 
@@ -87,7 +90,9 @@ def create_student(teacher_model_name_or_path, args: MiniLMTrainingArguments, us
     if isinstance(teacher, str):
         from transformers import AutoModel
 
-        teacher = AutoModel.from_pretrained(teacher, cache_dir=cache_dir)
+        from .teacher import resolve_model_source
+
+        teacher = AutoModel.from_pretrained(resolve_model_source(teacher, "teacher"), cache_dir=cache_dir)
     return _student.create_student(teacher, args.student_layer, args.student_hidden_size, args.student_attention_heads,
                                    init="teacher" if use_teacher_weights else "random")
 

@@ -5,22 +5,43 @@ Layout of `output_dir`:
     output_dir/
       run_config.json          the DistillConfig of the run (rank 0, atomic)
       student_config/          the student's config.json + the tokenizer (for export)
+      tensorboard/             rank 0's scalars
       checkpoints/
-        step-00000100/         engine.save_checkpoint(tag="step-00000100") + our files:
+        step-00000100/         engine.save_checkpoint + our files:
           rng-rank00000.pt     each rank's RNG states
-          COMPLETE             written last by rank 0, after every rank finished (atomic)
-        latest                 DeepSpeed's own pointer (not trusted for resume)
+          COMPLETE             JSON {state, config, files: {name: bytes}}, written by rank 0 last
+        latest                 DeepSpeed's pointer to the newest tag (rank 0, atomic; resume does not read it)
+        abandoned-<UTC time>/  checkpoints of another future of the run (see "Resuming an older checkpoint")
 
-A checkpoint without COMPLETE was being written when the process died: it is never resumed,
-never counted by the rotation, and is removed by the next successful save.
+Saving (`save_checkpoint`) never changes a `step-*` directory in place. Every rank writes its part
+into a hidden temporary directory `.step-00000100.tmp-<nonce>` and fsyncs it; after a barrier,
+rank 0 checks that every rank's part is there, writes COMPLETE into it, moves an existing
+`step-00000100` aside, renames the temporary directory to `step-00000100` and fsyncs
+`checkpoints/`. So at every instant each `step-*` directory is complete and loadable, or it is
+not marked COMPLETE (in practice: absent). A crash, `kill -9`, or a full disk at any moment
+leaves at worst a hidden temporary directory, which is never resumed or exported and is removed
+by the next successful save. A COMPLETE marker also lists the size of every file: a marker that
+is empty, not JSON or lacks keys, or a file shorter than recorded, is an error naming the file
+and the previous complete checkpoint (for `--resume` and for export).
+
+Resuming an older checkpoint: `--resume PATH` to a checkpoint older than the newest complete one
+in OUTPUT_DIR starts another future of the run, which would otherwise mix with the newer
+checkpoints. They are left untouched until the resumed run's first checkpoint is complete (a crash
+before that loses nothing: `--resume auto` still finds them); at that save every complete
+checkpoint of a step at or after the new one is moved, never deleted, to
+`checkpoints/abandoned-<UTC time>/`, where resume, rotation (`--save_total_limit`) and export never
+look. Delete that folder when you no longer need it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
+import secrets
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +51,18 @@ import torch
 import torch.distributed as dist
 
 from .config import ConfigError
-from .shards import atomic_write_json
+from .paths import is_no_space, output_dir_problem
+from .shards import atomic_write_bytes, atomic_write_json, fsync_dir
 
 if TYPE_CHECKING:
     from .config import DistillConfig
 
 COMPLETE = "COMPLETE"
+RUN_FILES = ("run_config.json", "student_config", "checkpoints", "tensorboard")  # what a run writes in output_dir
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read; the message names the file and the last good checkpoint."""
 
 
 @dataclass
@@ -48,26 +75,176 @@ class TrainState:
     epoch_offset: int = 0  # windows of this epoch consumed by all ranks together
 
 
-# --------------------------------------------------------------------------- save and resume
+# --------------------------------------------------------------------------- save
 def save_checkpoint(engine, cfg: DistillConfig, state: TrainState, rank: int) -> Path:
-    """Every rank saves its engine shards and RNG states; rank 0 then marks the checkpoint complete and rotates."""
+    """Every rank saves its part into a temporary directory; rank 0 marks it complete and renames it into place.
+
+    Refuses (CheckpointError on every rank, nothing marked complete) when the weights are not finite
+    or a write fails (a full disk is named as such); the message names the last good checkpoint.
+    """
     root = checkpoints_dir(cfg.output_dir)
     tag = tag_for_step(state.step)
+    if not weights_finite(engine):
+        raise CheckpointError(f"the student's weights are not finite (or beyond float32's range in norm) at step "
+                              f"{state.step}: checkpoint {tag} was not "
+                              f"saved; {last_good(cfg.output_dir)}. Lower --learning_rate (or use bf16 instead of "
+                              "fp16) and continue from it")
+    tmp = root / _agreed(f".{tag}.tmp-{secrets.token_hex(4)}")
     client = {"state": dataclasses.asdict(state), "config": cfg.to_dict()}
-    engine.save_checkpoint(str(root), tag=tag, client_state=client)
-    torch.save(rng_state(), rng_file(root / tag, rank))
-    dist.barrier()  # every rank's files are on disk before the marker says so
-    if rank == 0:
-        mark_complete(root / tag, client)
-        rotate(cfg.output_dir, cfg.save_total_limit)
-    dist.barrier()
+    failure = None
+    try:
+        engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
+        torch.save(rng_state(), rng_file(tmp, rank))
+        _fsync_tree(tmp)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("... unexpected pos ...")
+        failure = _save_error(e, tag, cfg.output_dir)
+    failure = _first_failure(failure)  # every rank learns of any rank's failure
+    if failure is None and rank == 0:
+        try:
+            publish(tmp, root / tag, client, dist.get_world_size() if dist.is_initialized() else 1,
+                    cfg.save_total_limit)
+        except (OSError, CheckpointError) as e:
+            failure = str(e) if isinstance(e, CheckpointError) else _save_error(e, tag, cfg.output_dir)
+    failure = _agreed(failure)
+    if failure is not None:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # never marked complete; frees the space it took
+        raise CheckpointError(failure)
     return root / tag
 
 
-def check_resume_compatible(path: Path, cfg: DistillConfig) -> dict[str, Any]:
-    """The checkpoint's COMPLETE record; ConfigError when it was made with another model shape."""
-    saved = read_json(path / COMPLETE)
-    diffs = shape_differences(saved["config"], cfg.to_dict())
+def publish(tmp: Path, target: Path, client: dict[str, Any], world: int, keep: int | None) -> None:
+    """Rank 0: mark the finished temporary checkpoint `tmp` complete and rename it to `target`.
+
+    A directory already at `target`, and every complete checkpoint after it, belong to another future
+    of the run (an older checkpoint was resumed): they are moved to `checkpoints/abandoned-<time>/`.
+    """
+    missing = _missing_parts(tmp, world)
+    if missing:
+        raise CheckpointError(f"ranks {missing} wrote their part of {target.name} where rank 0 cannot see it "
+                              f"(no {rng_file(tmp, missing[0]).name} in {tmp}): --output_dir must be one directory "
+                              "that every node shares (a shared filesystem), not a node-local path")
+    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+    mark_complete(tmp, {**client, "files": files})
+    root = target.parent
+    step = step_of(target)
+    other_future = [p for p in list_checkpoints(root.parent) if step_of(p) >= step]
+    if target.exists() and not is_complete(target):
+        shutil.rmtree(target)  # a save of an earlier version that died: never resumable
+    aside = _abandon([p for p in other_future if p.name == target.name], root)
+    os.replace(tmp, target)
+    fsync_dir(root)
+    aside = _abandon([p for p in other_future if p.name != target.name], root, aside) or aside
+    if aside is not None:
+        print(f"checkpoints of another future of this run (after the resumed step) were moved to {aside}; "
+              "delete it when you no longer need them", flush=True)
+    atomic_write_bytes(root / "latest", [target.name.encode()])
+    rotate(root.parent, keep)
+
+
+def _missing_parts(tmp: Path, world: int, patience: float = 30.0) -> list[int]:
+    """Ranks whose RNG file (written last, after their DeepSpeed files) rank 0 does not see in `tmp`; waits up to
+    `patience` seconds, for shared filesystems whose directory listings lag (NFS attribute caching)."""
+    deadline = time.monotonic() + patience
+    while True:
+        missing = [r for r in range(world) if not rng_file(tmp, r).is_file()]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(1.0)
+
+
+def _abandon(paths: list[Path], root: Path, into: Path | None = None) -> Path | None:
+    """Move checkpoint directories into `into` (created as checkpoints/abandoned-<UTC time>); return it."""
+    if not paths:
+        return None
+    if into is None:
+        into = root / f"abandoned-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(2)}"
+        into.mkdir()
+    for p in paths:
+        os.replace(p, into / p.name)
+    fsync_dir(root)
+    return into
+
+
+def _save_error(e: OSError | RuntimeError, tag: str, output_dir: str | Path) -> str:
+    where = checkpoints_dir(output_dir)
+    if is_no_space(e) or (isinstance(e, RuntimeError) and _nearly_full(where)):
+        return (f"no space left on device while saving checkpoint {tag} in {where}; {last_good(output_dir)}. "
+                "Free space (or set a smaller --save_total_limit) and continue with --resume auto")
+    return (f"could not save checkpoint {tag} in {where}: {e}; {last_good(output_dir)}. Fix the cause and "
+            "continue with --resume auto")
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < 64 << 20
+    except OSError:
+        return False
+
+
+def last_good(output_dir: str | Path) -> str:
+    done = list_checkpoints(output_dir)
+    return f"the last good checkpoint is {done[-1]}" if done else "there is no earlier complete checkpoint"
+
+
+def _agreed(value: Any) -> Any:
+    """Rank 0's `value`, on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _first_failure(failure: str | None) -> str | None:
+    """The first rank's failure message (None when every rank succeeded), on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return failure
+    every: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, failure)
+    return next((f for f in every if f is not None), None)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush the files in `directory` (and it) to disk: a power loss after the rename keeps them."""
+    for p in directory.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(directory)
+
+
+def weights_finite(engine) -> bool:
+    """Whether every parameter of the engine's module has a finite float32 norm, on every rank (one all-reduce).
+
+    A finite norm means finite values and none past ~1e19 (its square overflows float32): weights
+    beyond that come only from a diverged step, whose next forward pass is not finite.
+    """
+    params = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]  # ZeRO-3: this rank's partition
+    if not params:
+        return True
+    norms = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in params])
+    bad = (~torch.isfinite(norms)).any().float()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad.item() == 0
+
+
+# --------------------------------------------------------------------------- resume
+def check_resume_compatible(path: Path, cfg: DistillConfig, teacher_config=None) -> dict[str, Any]:
+    """The checkpoint's COMPLETE record (verified); ConfigError when it was made with another model shape.
+
+    With the teacher's (untruncated) config, resolved values are compared, not spellings: teacher_layer
+    None and the teacher's last layer are the same shape (`resolved_shape`).
+    """
+    saved = verify_checkpoint(path)
+    before, now = saved["config"], cfg.to_dict()
+    if teacher_config is not None:
+        before, now = resolved_shape(before, teacher_config), resolved_shape(now, teacher_config)
+    diffs = shape_differences(before, now)
     if diffs:
         raise ConfigError(f"cannot resume {path}: it was made with a different model shape:\n  - "
                           + "\n  - ".join(diffs)
@@ -75,17 +252,23 @@ def check_resume_compatible(path: Path, cfg: DistillConfig) -> dict[str, Any]:
     return saved
 
 
-def find_resume(cfg: DistillConfig) -> Path | None:
-    """The checkpoint `cfg.resume` names (None: a fresh start), checked against cfg before any model is built."""
+def find_resume(cfg: DistillConfig, teacher_config=None) -> Path | None:
+    """The checkpoint `cfg.resume` names (None: a fresh start), verified and checked against cfg's model shape."""
     path = resolve_resume(cfg.resume, cfg.output_dir)
     if path is not None:
-        check_resume_compatible(path, cfg)
+        check_resume_compatible(path, cfg, teacher_config)
     return path
 
 
 def load_train_state(engine, path: Path) -> TrainState:
     """Load the engine's weights and optimizer from checkpoint `path`; return the run's position."""
-    _, client = engine.load_checkpoint(str(path.parent), tag=path.name)
+    try:
+        _, client = engine.load_checkpoint(str(path.parent), tag=path.name)
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # torch.load of a damaged file
+        raise CheckpointError(f"cannot load checkpoint {path}: {e}; {_previous(path)}") from e
+    if client is None:
+        raise CheckpointError(f"cannot load checkpoint {path}: DeepSpeed found no model states in it; "
+                              f"{_previous(path)}")
     return TrainState(**client["state"])
 
 
@@ -96,6 +279,7 @@ def restore_rng_state(path: Path, rank: int) -> None:
 
 # --------------------------------------------------------------------------- directories
 _TAG = re.compile(r"^step-(\d{8})$")
+_LEFTOVER = re.compile(r"^\.step-\d{8}\.tmp-[0-9a-f]+$")  # a save that did not finish
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -106,40 +290,105 @@ def tag_for_step(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def step_of(path: Path) -> int:
+    return int(_TAG.match(path.name).group(1))
+
+
 def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file()
 
 
 def list_checkpoints(output_dir: str | Path, complete_only: bool = True) -> list[Path]:
-    """Checkpoint directories, oldest first."""
+    """Checkpoint directories (marked COMPLETE, unless complete_only=False), oldest first; markers not read."""
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name)]
     if complete_only:
         found = [p for p in found if is_complete(p)]
-    return sorted(found, key=lambda p: int(_TAG.match(p.name).group(1)))
+    return sorted(found, key=step_of)
+
+
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run directory, verified (CheckpointError if damaged); None if none."""
+    done = list_checkpoints(output_dir)
+    if not done:
+        return None
+    verify_checkpoint(done[-1])
+    return done[-1]
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """`--resume auto` -> newest complete checkpoint (or None: a fresh start); a path -> checked."""
+    """`--resume auto` -> newest complete checkpoint (or None: a fresh start); a path -> checked.
+
+    The checkpoint returned is verified (`verify_checkpoint`): a damaged one is a CheckpointError.
+    """
     if resume is None:
         return None
     if resume == "auto":
-        done = list_checkpoints(output_dir)
-        return done[-1] if done else None
+        return newest_checkpoint(output_dir)
     path = Path(resume)
     if path.is_dir() and not _TAG.match(path.name):
-        done = list_checkpoints(path)  # an output_dir was given: take its newest
-        if done:
-            return done[-1]
+        newest = newest_checkpoint(path)  # an output_dir was given: take its newest
+        if newest is not None:
+            return newest
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory; use --resume auto to take the "
                                 f"newest complete one in --output_dir")
     if not is_complete(path):
         raise ValueError(f"--resume {resume}: this checkpoint is incomplete (no {COMPLETE} marker: the run died while "
                          f"writing it); resume from an earlier one or use --resume auto")
+    verify_checkpoint(path)
     return path
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """The COMPLETE record of checkpoint `path`, checked: valid JSON with its keys, every listed file whole.
+
+    CheckpointError names the damaged file and the previous complete checkpoint.
+    """
+    marker = Path(path) / COMPLETE
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = "is empty" if marker.is_file() and marker.stat().st_size == 0 else f"cannot be read as JSON ({e})"
+        raise CheckpointError(f"{marker} {problem}: checkpoint {path} is damaged; {_previous(path)}") from e
+    problem = _record_problem(record)
+    if problem is None:
+        for name, size in (record.get("files") or {}).items():
+            file = Path(path) / name
+            actual = file.stat().st_size if file.is_file() else None
+            if actual != size:
+                problem = (f"{file} is missing" if actual is None
+                           else f"{file} holds {actual} bytes, not the {size} its {COMPLETE} marker records")
+                break
+        else:
+            return record
+    raise CheckpointError(f"{problem}: checkpoint {path} is damaged; {_previous(path)}")
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"{COMPLETE} marker holds {type(record).__name__}, not a JSON object"
+    missing = [k for k in ("state", "config") if not isinstance(record.get(k), dict)]
+    missing += [f"state.{k}" for k in ("step", "samples", "epoch", "epoch_offset")
+                if "state" not in missing and not isinstance(record["state"].get(k), int)]
+    if missing:
+        return f"its {COMPLETE} marker lacks {', '.join(missing)}"
+    if not isinstance(record.get("files", {}), dict):
+        return f"its {COMPLETE} marker's files entry is not a JSON object"
+    return None
+
+
+def _previous(path: Path) -> str:
+    """Where to go instead of the damaged checkpoint `path`: the complete one before it, if any."""
+    path = Path(path)
+    if not _TAG.match(path.name):
+        return "resume from or export another checkpoint"
+    earlier = [p for p in list_checkpoints(path.parent.parent) if step_of(p) < step_of(path)]
+    if not earlier:
+        return "there is no earlier complete checkpoint in this run"
+    return f"the previous complete checkpoint is {earlier[-1]}: resume with --resume {earlier[-1]} or export it"
 
 
 def mark_complete(path: Path, info: dict[str, Any]) -> None:
@@ -147,18 +396,60 @@ def mark_complete(path: Path, info: dict[str, Any]) -> None:
 
 
 def rotate(output_dir: str | Path, keep: int | None) -> list[Path]:
-    """Delete incomplete checkpoints and all but the newest `keep` complete ones (rank 0 only)."""
+    """Delete unfinished saves, incomplete checkpoints and all but the newest `keep` complete ones (rank 0 only)."""
     removed = []
-    complete = list_checkpoints(output_dir)
-    for p in list_checkpoints(output_dir, complete_only=False):
-        if not is_complete(p) and (not complete or p.name < complete[-1].name):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
+    root = checkpoints_dir(output_dir)
+    leftovers = [p for p in root.iterdir() if _LEFTOVER.match(p.name)] if root.is_dir() else []
+    incomplete = [p for p in list_checkpoints(output_dir, complete_only=False) if not is_complete(p)]
+    for p in leftovers + incomplete:
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
     if keep is not None:
-        for p in complete[:-keep]:
+        for p in list_checkpoints(output_dir)[:-keep]:
             (p / COMPLETE).unlink(missing_ok=True)  # first: a half-deleted dir is never taken as complete
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------- the output directory
+def check_output_dir(cfg: DistillConfig) -> None:
+    """Before any work: `output_dir` is (or can be made) a writable directory, and a fresh run does not take
+    over another run's files (ConfigError naming the choices)."""
+    out = Path(cfg.output_dir)
+    problem = output_dir_problem(out, "--output_dir")
+    if problem:
+        raise ConfigError(problem)
+    if cfg.overwrite_output_dir and cfg.resume is not None:
+        raise ConfigError("--overwrite_output_dir deletes the checkpoints that --resume would continue from: "
+                          "give one of the two")
+    ours = [name for name in ("run_config.json", "checkpoints") if (out / name).exists()]
+    if ours and cfg.resume is None and not cfg.overwrite_output_dir:
+        raise ConfigError(f"--output_dir {out} already holds a run ({', '.join(ours)}): continue it with "
+                          "--resume auto, choose a new --output_dir, or pass --overwrite_output_dir to delete that "
+                          "run's files (run_config.json, student_config/, checkpoints/, tensorboard/ and its "
+                          "exported student), leaving anything else in it alone")
+
+
+def clear_run_files(output_dir: str | Path, export_dir: str | Path) -> list[Path]:
+    """Rank 0, for --overwrite_output_dir after every check passed: delete this package's files in
+    `output_dir` (RUN_FILES and `export_dir` when it is an export of this package), nothing else."""
+    from .export import EXPORT_MARKER
+
+    out = Path(output_dir)
+    removed = []
+    candidates = [out / name for name in RUN_FILES]
+    if (Path(export_dir) / EXPORT_MARKER).is_file():
+        candidates.append(Path(export_dir))
+    for p in candidates:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(p)
+    fsync_dir(out)
     return removed
 
 
@@ -185,6 +476,22 @@ def rng_file(path: Path, rank: int) -> Path:
 # --------------------------------------------------------------------------- shape checks
 SHAPE_FIELDS = ("student_layer", "student_hidden_size", "student_attention_heads", "student_intermediate_size",
                 "teacher_layer")
+
+
+def resolved_shape(config: dict[str, Any], teacher_config) -> dict[str, Any]:
+    """The SHAPE_FIELDS of a run config with its defaults resolved against the teacher: teacher_layer None is the
+    teacher's last layer, student_intermediate_size None the width x the teacher's feed-forward ratio."""
+    from .encoders import get_adapter
+
+    adapter = get_adapter(teacher_config)
+    shape = {k: config.get(k) for k in SHAPE_FIELDS}
+    if shape["teacher_layer"] is None:
+        shape["teacher_layer"] = adapter.num_layers(teacher_config)
+    width = shape["student_hidden_size"]
+    if shape["student_intermediate_size"] is None and isinstance(width, int):
+        ratio = adapter.intermediate_size(teacher_config) / adapter.hidden_size(teacher_config)
+        shape["student_intermediate_size"] = max(1, round(width * ratio))  # as distill.student.create_student
+    return shape
 
 
 def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

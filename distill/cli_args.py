@@ -18,18 +18,32 @@ The flag's form comes from the field's annotation (`None` in a union is ignored)
 `option(..., type=..., choices=..., group=...)` overrides or adds to that. With
 `suppress_defaults=True` an absent flag leaves no attribute (defaults, then a config file, then
 the flags), the help shows the default, and optional fields take "none" / "null" for None.
+
+Any number may follow a flag, negative ones included (`--learning_rate -1e-3`, `--x -inf`): plain
+argparse takes only `-1` and `-.5` as values and reads `-1e-3` as an unknown option (`NUMBER`).
+
+Values that do not come from the command line (a JSON config file, Python) are checked by
+`field_value` against the field's annotation, with one rule for every field: the value must
+already have the field's type (see there); text is never read as a number.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import numbers
+import re
 import types
 import typing
 from typing import Any, Callable
 
-__all__ = ["option", "add_arguments"]
+__all__ = ["option", "add_arguments", "field_value", "NUMBER"]
 
 _SCALARS = (str, int, float)
+
+# Every float-looking word: argparse's own pattern for "a negative number, not an option" knows only -1 and -.5.
+# No flag of a generated parser looks like a number, so these words are always values.
+NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
 
 
 def option(doc: str, *, default: Any = dataclasses.MISSING, default_factory: Callable[[], Any] | Any =
@@ -47,7 +61,8 @@ def option(doc: str, *, default: Any = dataclasses.MISSING, default_factory: Cal
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *,
                   suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """Add one argument per field of dataclass `cls` (in field order) to `parser`; return `parser`."""
-    hints = typing.get_type_hints(cls)
+    parser._negative_number_matcher = NUMBER  # argparse's hook (CPython 3.8-3.13): which "-..." words are values
+    hints = _hints(cls)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         meta = f.metadata
@@ -115,3 +130,73 @@ def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
     parse_optional.__name__ = getattr(parse, "__name__", "value")  # argparse names it in "invalid ... value"
     return parse_optional
+
+
+# --------------------------------------------------------------------------- values from files and Python
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_PLURALS = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_value(cls: type, name: str, value: Any, *, label: str, show: Callable[[Any], str] = repr,
+                none: str = "None") -> Any:
+    """`value` for field `name` of dataclass `cls`, as the field holds it, or TypeError naming it.
+
+    For values that do not come from the command line (a JSON config file, Python); the rule is
+    the same for every field: the value must already have the field's type. bool takes True /
+    False only; int an integer (not a bool, not 3.0); float any int or float, returned as a float
+    (not a bool, not text); str a string; list[T] a list of T; None only where the annotation
+    allows None. The message is `{label}{show(value)} is not {what the field takes} ({its doc})`,
+    `none` naming None in it (e.g. "null" for JSON).
+    """
+    annotation = _hints(cls)[name]
+    if value is None and type(None) in typing.get_args(annotation):
+        return None
+    converted = _typed(annotation, value)
+    if converted is _MISMATCH:
+        kinds = [_kind(m) for m in _members(annotation)]
+        if type(None) in typing.get_args(annotation):
+            kinds.append(none)
+        doc = next((f.metadata.get("doc") for f in dataclasses.fields(cls) if f.name == name), None)
+        raise TypeError(f"{label}{show(value)} is not {' or '.join(kinds)}" + (f" ({doc})" if doc else ""))
+    return converted
+
+
+_MISMATCH = object()
+
+
+def _typed(annotation, value) -> Any:
+    """`value` as one of the annotation's member types holds it, or _MISMATCH."""
+    for member in _members(annotation):
+        origin = typing.get_origin(member)
+        if origin in (list, tuple):
+            if isinstance(value, (list, tuple)):
+                item = typing.get_args(member)[0] if typing.get_args(member) else Any
+                items = [_typed(item, v) for v in value]
+                if all(v is not _MISMATCH for v in items):
+                    return items
+        elif member is Any or member is object:
+            return value
+        elif member is bool or isinstance(value, bool):
+            if member is bool and isinstance(value, bool):
+                return value
+        elif member is int:
+            if isinstance(value, numbers.Integral):
+                return int(value)
+        elif member is float:
+            if isinstance(value, numbers.Real):
+                return float(value)
+        elif isinstance(member, type) and isinstance(value, member):
+            return value
+    return _MISMATCH
+
+
+def _kind(member) -> str:
+    if typing.get_origin(member) in (list, tuple):
+        args = typing.get_args(member)
+        return f"a list of {_PLURALS.get(args[0], 'values')}" if args else "a list"
+    return _KINDS.get(member, getattr(member, "__name__", str(member)))

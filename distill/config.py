@@ -2,19 +2,25 @@
 
 Precedence: dataclass defaults < `--config FILE.json` < command-line flags. Unknown keys in
 the JSON file are refused. Every field has a one-line docstring (shown by `--help`), and
-`__post_init__` checks say how to fix a mistake.
+`__post_init__` checks say how to fix a mistake: every value has its field's type (a JSON value
+must already be one: no text for numbers, no 3.0 for an integer, null only for optional fields),
+every number is finite and in range, the teacher path (when it is one) and the shard directory
+exist. All of it before any model is loaded or any file written.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .cli_args import add_arguments, option
+from .cli_args import add_arguments, field_value, option
 from .relations import RelationSpec, divisors, parse_relations
+from .shards import ShardError, ShardSet
+from .teacher import resolve_model_source
 
 
 class ConfigError(ValueError):
@@ -51,6 +57,8 @@ class DistillConfig:
                                       default=128)
     # -- data ---------------------------------------------------------------------------
     data: str = option("a shard directory written by tools/pretokenize.py", default="")
+    verify_data: bool = option("before training, check every shard's sha256 and that every token id is below the "
+                               "vocabulary size (reads all the data once)", default=False)
     max_seq_len: int = option("tokens per training window, [CLS] and [SEP] included", default=128)
     dataloader_num_workers: int = option("DataLoader worker processes per rank", default=2)
     # -- optimisation (these also fill the DeepSpeed JSON's "auto" values) ---------------------
@@ -77,6 +85,10 @@ class DistillConfig:
     resume: str | None = option("a checkpoint directory to continue from, or 'auto' for the newest complete one in "
                                 "output_dir",
                                 default=None)
+    overwrite_output_dir: bool = option("delete the run files (run_config.json, student_config/, checkpoints/, "
+                                        "tensorboard/, the exported student) already in output_dir before a fresh "
+                                        "run; anything else in it is left alone",
+                                        default=False)
     seed: int = option("seed of initialisation, data order and dropout", default=42)
     deepspeed_config: str = option("DeepSpeed JSON (see ds_configs/), its 'auto' values filled from these flags; auto: "
                                    "ZeRO-1, AdamW, bf16/fp16 on GPU, fp32 on CPU",
@@ -90,37 +102,55 @@ class DistillConfig:
             if not cond:
                 raise ConfigError(msg)
 
+        for f in fields(self):  # the type first: the checks below compare numbers
+            try:
+                setattr(self, f.name, field_value(DistillConfig, f.name, getattr(self, f.name), label=f"--{f.name} "))
+            except TypeError as e:
+                raise ConfigError(str(e)) from e
+        self._check_numbers()
         need(bool(self.teacher),
              "--teacher is empty: give a hub name (google-bert/bert-base-uncased) or a model directory")
-        need(self.teacher_layer is None or self.teacher_layer >= 1,
-             f"--teacher_layer {self.teacher_layer} must be >= 1 (layers are 1-based)")
         need(self.teacher_dtype in ("auto", "float16", "bfloat16", "float32"),
              f"--teacher_dtype {self.teacher_dtype!r}: choose auto, float16, bfloat16 or float32")
-        need(self.student_layer >= 1, f"--student_layer {self.student_layer} must be >= 1")
-        need(self.student_hidden_size >= 1 and self.student_attention_heads >= 1,
-             "--student_hidden_size and --student_attention_heads must be positive")
         need(self.student_hidden_size % self.student_attention_heads == 0,
              f"--student_hidden_size {self.student_hidden_size} is not divisible by --student_attention_heads "
              f"{self.student_attention_heads}; choose heads among {divisors(self.student_hidden_size, 64)}")
         need(self.student_init in ("teacher", "random"),
              f"--student_init {self.student_init!r}: choose teacher or random")
-        need(self.relation_chunk_size >= 0,
-             f"--relation_chunk_size {self.relation_chunk_size} must be >= 0 (0: unchunked)")
         self._check_relation_spec()
-        need(self.max_seq_len >= 3,
-             f"--max_seq_len {self.max_seq_len} must be >= 3 ([CLS] + at least one token + [SEP])")
-        need(self.dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps"):
-            need(getattr(self, name) >= 1, f"--{name} {getattr(self, name)} must be >= 1")
-        need(self.learning_rate > 0, f"--learning_rate {self.learning_rate} must be > 0")
-        need(0 <= self.warmup_steps <= self.max_steps,
+        need(self.warmup_steps <= self.max_steps,
              f"--warmup_steps {self.warmup_steps} must be between 0 and --max_steps {self.max_steps}")
-        need(self.save_steps >= 0, "--save_steps must be >= 0 (0: save only at the end)")
-        need(self.save_total_limit is None or self.save_total_limit >= 1,
-             "--save_total_limit must be >= 1 (or left unset to keep all)")
-        need(self.max_grad_norm >= 0, "--max_grad_norm must be >= 0 (0 disables clipping)")
         need(self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"--precision {self.precision!r}: choose auto, bf16, fp16 or fp32")
+        self._check_paths()
+
+    def _check_numbers(self) -> None:
+        """Every float finite and in range, every integer in range (see _FLOAT_RANGES and _INT_MINIMA)."""
+        for name, ok, rule, example in _FLOAT_RANGES:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok(value)):
+                raise ConfigError(f"--{name} {value} must be a finite number {rule} (e.g. {example})")
+        for name, low, note in _INT_MINIMA:
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(f"--{name} {value} must be >= {low}{note}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed {self.seed} must be between 0 and {2**32 - 1}")
+
+    def _check_paths(self) -> None:
+        """A teacher meant as a local path exists; the shard directory (when given) is one, sizes checked."""
+        try:
+            if self.teacher.startswith("~"):
+                self.teacher = resolve_model_source(self.teacher, "--teacher")
+            else:
+                resolve_model_source(self.teacher, "--teacher")
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        if self.data:
+            try:
+                ShardSet(self.data)
+            except ShardError as e:
+                raise ConfigError(f"--data {e}") from e
 
     # -- derived ------------------------------------------------------------------------
     @property
@@ -147,6 +177,30 @@ class DistillConfig:
         from .shards import atomic_write_json
 
         atomic_write_json(path, self.to_dict())
+
+
+# (field, in range, the rule as said, an example) for every float field
+_FLOAT_RANGES = (
+    ("learning_rate", lambda x: x > 0, "> 0", "6e-4"),
+    ("weight_decay", lambda x: x >= 0, ">= 0", "0.01"),
+    ("adam_beta1", lambda x: 0 <= x < 1, "in [0, 1)", "0.9"),
+    ("adam_beta2", lambda x: 0 <= x < 1, "in [0, 1)", "0.999"),
+    ("adam_epsilon", lambda x: x > 0, "> 0", "1e-6"),
+    ("max_grad_norm", lambda x: x >= 0, ">= 0", "1.0; 0 disables clipping"),
+)
+# (field, its minimum, a note) for every integer field but seed (0 .. 2**32 - 1) and num_relation_heads (RelationSpec)
+_INT_MINIMA = (
+    ("teacher_layer", 1, " (layers are 1-based; unset: the last)"),
+    ("student_layer", 1, ""), ("student_hidden_size", 1, ""), ("student_attention_heads", 1, ""),
+    ("student_intermediate_size", 1, " (unset: the teacher's ratio)"),
+    ("relation_chunk_size", 0, " (0: unchunked)"),
+    ("max_seq_len", 3, " ([CLS] + at least one token + [SEP])"),
+    ("dataloader_num_workers", 0, ""),
+    ("per_device_train_batch_size", 1, ""), ("gradient_accumulation_steps", 1, ""),
+    ("warmup_steps", 0, ""), ("max_steps", 1, ""), ("logging_steps", 1, ""),
+    ("save_steps", 0, " (0: save only at the end)"),
+    ("save_total_limit", 1, " (or unset to keep all)"),
+)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -192,13 +246,19 @@ def _read_json_object(path: str | Path, flag: str, missing_hint: str, object_hin
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The file's {field: value}, each value of its field's type (cli_args.field_value's rule), named if not."""
     data = _read_json_object(path, "--config", "", " of field: value")
     known = {f.name for f in fields(DistillConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"--config {path}: unknown keys {unknown}; known keys are the flags of "
                           f"`launch/distill.py --help` (e.g. {sorted(known)[:6]} ...)")
-    return data
+    try:
+        return {key: field_value(DistillConfig, key, value, label=f"--config {path}: {json.dumps(key)}: ",
+                                 show=json.dumps, none="null")
+                for key, value in data.items()}
+    except TypeError as e:
+        raise ConfigError(str(e)) from e
 
 
 # --------------------------------------------------------------------------- DeepSpeed JSON
@@ -250,16 +310,17 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
     settle(ds, "gradient_clipping", cfg.max_grad_norm, "--max_grad_norm", "gradient_clipping")
 
     opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    sched = ds.setdefault("scheduler",
+                          {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_type": "linear"}})
+    _check_types(opt, sched)
     params = opt.setdefault("params", {})
     settle(params, "lr", cfg.learning_rate, "--learning_rate", "optimizer.params.lr")
     settle(params, "betas", [cfg.adam_beta1, cfg.adam_beta2], "--adam_beta1/--adam_beta2", "optimizer.params.betas")
     settle(params, "eps", cfg.adam_epsilon, "--adam_epsilon", "optimizer.params.eps")
     settle(params, "weight_decay", cfg.weight_decay, "--weight_decay", "optimizer.params.weight_decay")
-    if device_type == "cpu":
+    if device_type == "cpu" and opt["type"].lower() in ("adam", "adamw"):
         params["torch_adam"] = True  # DeepSpeed's fused Adam is a CUDA kernel
 
-    sched = ds.setdefault("scheduler",
-                          {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_type": "linear"}})
     sp = sched.setdefault("params", {})
     if sched.get("type") in ("WarmupDecayLR", "WarmupLR"):
         settle(sp, "warmup_max_lr", cfg.learning_rate, "--learning_rate", "scheduler.params.warmup_max_lr")
@@ -280,6 +341,24 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
         raise ConfigError("the run config and the DeepSpeed JSON disagree:\n  - " + "\n  - ".join(problems)
                           + "\nset the JSON value to \"auto\" (filled from the flags) or make the two equal")
     return ds, precision
+
+
+# The DeepSpeed optimizers whose params the flags fill (lr, betas, eps, weight_decay; DeepSpeed ignores the case),
+# and DeepSpeed's schedulers (case matters); a type outside these fails inside deepspeed.initialize otherwise.
+KNOWN_OPTIMIZERS = ("Adam", "AdamW", "Lamb")
+KNOWN_SCHEDULERS = ("WarmupDecayLR", "WarmupLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
+
+
+def _check_types(optimizer: Any, scheduler: Any) -> None:
+    """The DeepSpeed JSON's optimizer and scheduler sections name a type this run can use."""
+    for section, value, known, ok in (
+            ("optimizer", optimizer, KNOWN_OPTIMIZERS, lambda t: t.lower() in {k.lower() for k in KNOWN_OPTIMIZERS}),
+            ("scheduler", scheduler, KNOWN_SCHEDULERS, lambda t: t in KNOWN_SCHEDULERS)):
+        kind = value.get("type") if isinstance(value, dict) else None
+        if not (isinstance(kind, str) and ok(kind)):
+            shown = f"{section}.type {kind!r}" if isinstance(value, dict) else f"{section} {value!r}"
+            raise ConfigError(f"the DeepSpeed JSON's {shown} is not one this run knows: use one of "
+                              f"{', '.join(known)} (or leave the section out: AdamW with WarmupDecayLR)")
 
 
 def _settle_precision(cfg: DistillConfig, ds: dict[str, Any], device_type: str, bf16_supported: bool,

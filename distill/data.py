@@ -94,6 +94,11 @@ class WindowDataset(Dataset):
             )
         self.cls_id = int(self.tokenizer_info["cls_token_id"])
         self.sep_id = int(self.tokenizer_info["sep_token_id"])
+        if self.tokenizer_info["pad_token_id"] is None:
+            raise DataError(
+                f"shard directory {str(shards.directory)!r} was built with a tokenizer that has no PAD token, which "
+                "training windows need for their last, partial window: give the tokenizer a pad token (e.g. "
+                "tokenizer.pad_token = tokenizer.sep_token, then save_pretrained) and rebuild the shards")
         self.pad_id = int(self.tokenizer_info["pad_token_id"])
         self.stride = self.max_seq_len - 2  # stream tokens per full window
         self._len = num_windows(shards.num_tokens, self.max_seq_len)

@@ -2,7 +2,8 @@
 
     distill-inspect DIR [--verify] [--decode N] [--seq-len 128 512]
 
-Sizes are always checked against the manifest; --verify also checks every sha256.
+Sizes are always checked against the manifest; --verify also checks every sha256; every id is
+checked against the vocabulary size (the first one outside it is named with its shard and offset).
 --decode N prints the first N training windows as text (needs the tokenizer named in the
 manifest to be loadable).
 """
@@ -13,18 +14,23 @@ import sys
 
 import numpy as np
 
-from .shards import ShardError, ShardSet
+from .shards import ShardError, ShardSet, first_id_out_of_range
 
 MIN_SEQ_LEN = 3  # a window is CLS + at least one token + SEP
 
 
 def shard_statistics(shards: ShardSet, seq_lens=(128, 512)) -> dict:
-    """Documents, tokens, document lengths and window counts, in one pass over the memmaps."""
+    """Documents, tokens, document lengths and window counts, in one pass over the memmaps.
+
+    An id outside the vocabulary raises ShardError naming the shard and the offset (as ShardSet's verify does).
+    """
     sep = int(shards.tokenizer["sep_token_id"])
     lengths = []
     used = np.zeros(int(shards.tokenizer["vocab_size"]), dtype=bool)
     for i in range(len(shards.shards)):
         arr = np.asarray(shards.shard(i))
+        if (bad := first_id_out_of_range(arr, used.size)) is not None:
+            raise shards.id_error(shards.directory / shards.shards[i]["file"], bad, int(arr[bad]))
         ends = np.flatnonzero(arr == sep)
         lengths.append(np.diff(np.concatenate([[-1], ends])) - 1)  # ids per document, SEP excluded
         used[np.unique(arr)] = True
@@ -91,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         shards = ShardSet(args.directory, verify=args.verify)
+        statistics = shard_statistics(shards, args.seq_len)
     except ShardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(report(args.directory, shards, shard_statistics(shards, args.seq_len), args.verify))
+    print(report(args.directory, shards, statistics, args.verify))
     if args.decode:
         print_windows(shards, args.seq_len[0], args.decode)
     return 0

@@ -30,7 +30,8 @@ class MiniLMv2Objective:
         spec: the relation settings as one `RelationSpec` (as `DistillConfig.relation_spec` builds
             them); or, instead, these four keyword arguments, from which one is built:
         num_relation_heads: relation heads A_r; must divide the teacher's and the student's widths.
-        relations: {(m, n): weight} with 1 = query, 2 = key, 3 = value, e.g. {(1, 1): 1.0}.
+        relations: {(m, n): weight} with 1 = query, 2 = key, 3 = value, e.g. {(1, 1): 1.0}, or the same
+            as the command line writes it, e.g. "qq:1,kk:1,vv:1" (see `parse_relations`).
         chunk_size: query rows per chunk of the relation loss; None computes it in one piece.
         relation_impl: "auto" (the fused Triton kernels on CUDA when triton is installed, else
             chunked), "chunked" (default), "reference" or "triton"; see `RelationSpec`.
@@ -43,7 +44,7 @@ class MiniLMv2Objective:
     """
 
     def __init__(self, teacher: FrozenTeacher, student: nn.Module, spec: RelationSpec | None = None, *,
-                 num_relation_heads: int | None = None, relations: Mapping[tuple[int, int], float] | None = None,
+                 num_relation_heads: int | None = None, relations: Mapping[tuple[int, int], float] | str | None = None,
                  chunk_size: int | None = None, relation_impl: str | None = None,
                  student_layer_index: int | None = None, device: torch.device | str | None = None):
         if not isinstance(teacher, FrozenTeacher):

@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-__all__ = ["RelationSpec", "RELATION_IMPLS", "parse_relations", "relation_name", "relation_loss",
+__all__ = ["RelationSpec", "RELATION_IMPLS", "parse_relations", "checked_relations", "relation_name", "relation_loss",
            "resolve_relation_impl", "divisors"]
 
 RELATION_IMPLS = ("auto", "chunked", "reference", "triton")
@@ -75,8 +75,9 @@ class RelationSpec:
 
     num_relation_heads: A_r, a positive integer; whether it divides the model widths is checked
         against the widths (`check_widths`) once they are known.
-    relations: {(m, n): weight}, m, n in 1..3 (1 = query, 2 = key, 3 = value); see `parse_relations`.
-        Stored read-only, in the given order (the order of `parts`).
+    relations: {(m, n): weight}, m, n in 1..3 (1 = query, 2 = key, 3 = value), or the same as text,
+        "qq:1,kk:1,vv:1" (see `parse_relations`). Stored read-only, as a mapping, in the given order
+        (the order of `parts`).
     impl: "auto" (the fused Triton kernels on CUDA when triton is installed, else chunked),
         "chunked" (chunk_size rows at a time; None: one piece), "reference" (one piece, S x S
         matrices under autograd) or "triton" (distill.kernels; refused where it cannot run).
@@ -84,14 +85,14 @@ class RelationSpec:
     """
 
     num_relation_heads: int
-    relations: Mapping[tuple[int, int], float]
+    relations: Mapping[tuple[int, int], float] | str
     impl: str = "chunked"
     chunk_size: int | None = None
 
     def __post_init__(self):
         if not _positive_int(self.num_relation_heads):
             raise ValueError(f"num_relation_heads={self.num_relation_heads!r} must be a positive integer")
-        object.__setattr__(self, "relations", types.MappingProxyType(_checked_relations(self.relations)))
+        object.__setattr__(self, "relations", types.MappingProxyType(checked_relations(self.relations)))
         if self.impl not in RELATION_IMPLS:
             raise ValueError(f"relation_impl={self.impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
         if self.chunk_size is not None and not _positive_int(self.chunk_size):
@@ -100,7 +101,7 @@ class RelationSpec:
 
     @classmethod
     def from_settings(cls, spec: RelationSpec | None = None, *, num_relation_heads: int | None = None,
-                      relations: Mapping[tuple[int, int], float] | None = None, impl: str | None = None,
+                      relations: Mapping[tuple[int, int], float] | str | None = None, impl: str | None = None,
                       chunk_size: int | None = None) -> RelationSpec:
         """`spec` itself, or one built from the separate settings (an API that takes either)."""
         if spec is None:
@@ -134,10 +135,16 @@ class RelationSpec:
         return dataclasses.replace(self, impl=impl, chunk_size=None if impl == "reference" else self.chunk_size)
 
 
-def _checked_relations(relations) -> dict[tuple[int, int], float]:
+def checked_relations(relations) -> dict[tuple[int, int], float]:
+    """{(m, n): weight}, checked, from a mapping or from the command line's text ("qq:1,kk:1,vv:1", see
+    parse_relations); ValueError saying what is wrong."""
     if isinstance(relations, str):
-        raise ValueError(f"relations={relations!r} is a string: pass parse_relations({relations!r})")
-    relations = dict(relations)
+        return parse_relations(relations)
+    try:
+        relations = dict(relations)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"relations={relations!r} is not {{(m, n): weight}} nor text like 'qq:1,kk:1,vv:1' "
+                         f"(1 / q = query, 2 / k = key, 3 / v = value)") from e
     if not relations:
         raise ValueError("relations is empty: give {(m, n): weight} with at least one pair, m, n in 1..3 "
                          "(1 = query, 2 = key, 3 = value), e.g. {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0} "
@@ -229,7 +236,8 @@ def row_weights(attention_mask: torch.Tensor, device: torch.device, num_heads: i
 
 def relation_loss(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[torch.Tensor],
                   attention_mask: torch.Tensor, spec: RelationSpec | None = None, *,
-                  num_relation_heads: int | None = None, relations: Mapping[tuple[int, int], float] | None = None,
+                  num_relation_heads: int | None = None,
+                  relations: Mapping[tuple[int, int], float] | str | None = None,
                   chunk_size: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted MiniLMv2 relation loss and its per-relation parts.
 
@@ -240,7 +248,8 @@ def relation_loss(teacher_qkv: Sequence[torch.Tensor], student_qkv: Sequence[tor
         attention_mask: [B, S], 1 (or True) at real tokens, 0 at padding, anywhere in the row.
         spec: the settings as one `RelationSpec`; or, instead, these three (impl "chunked"):
         num_relation_heads: A_r; must divide H_t and H_s.
-        relations: {(m, n): weight}, m, n in 1..3 (1 = query, 2 = key, 3 = value); see `parse_relations`.
+        relations: {(m, n): weight}, m, n in 1..3 (1 = query, 2 = key, 3 = value), or the same as text
+            ("qq:1,kk:1,vv:1", see `parse_relations`).
         chunk_size: None for the reference implementation (materialises [B, A_r, S, S]); an int for
             the chunked one, which holds [B, A_r, chunk_size, S] at a time.
 

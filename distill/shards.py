@@ -262,29 +262,86 @@ def write_documents(directory: str | os.PathLike, documents: Iterable[Sequence[i
 
 # --------------------------------------------------------------------------- reader
 def read_manifest(directory: str | os.PathLike) -> dict:
+    """The manifest of a finished shard directory, every key the reader needs checked; ShardError naming the
+    directory or the manifest, the key, and the fix."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not directory.is_dir():
-        raise ShardError(f"shard directory {str(directory)!r} does not exist; build it with tools/pretokenize.py")
+        what = "a file, not a shard directory" if directory.exists() else "no such directory"
+        raise ShardError(f"{directory}: {what}; build one with tools/pretokenize.py --output DIR and give DIR")
     if not path.is_file():
         raise ShardError(
-            f"{str(directory)!r} has no {MANIFEST_NAME}: it is not a finished shard directory "
+            f"{directory}: no {MANIFEST_NAME}: it is not a finished shard directory "
             "(tools/pretokenize.py writes the manifest last; re-run it with the same arguments to finish)"
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path} is not valid JSON ({e}); rebuild the shards with tools/pretokenize.py") from e
-    if manifest.get("format") != FORMAT_NAME:
-        raise ShardError(f"{path} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
-    if manifest.get("version") != FORMAT_VERSION:
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ShardError(f"{path}: {problem}; the manifest is incomplete or was edited: rebuild the shards with "
+                         "tools/pretokenize.py")
+    if manifest["format"] != FORMAT_NAME:
+        raise ShardError(f"{path} is not a {FORMAT_NAME} manifest (format={manifest['format']!r})")
+    if manifest["version"] != FORMAT_VERSION:
         raise ShardError(
-            f"{path} has format version {manifest.get('version')!r}; this distill reads version "
+            f"{path} has format version {manifest['version']!r}; this distill reads version "
             f"{FORMAT_VERSION}: rebuild the shards with this version's tools/pretokenize.py"
         )
-    if manifest.get("dtype") not in DTYPES:
-        raise ShardError(f"{path}: unknown dtype {manifest.get('dtype')!r} (expected one of {sorted(DTYPES)})")
+    if manifest["dtype"] not in DTYPES:
+        raise ShardError(f"{path}: unknown dtype {manifest['dtype']!r} (expected one of {sorted(DTYPES)})")
     return manifest
+
+
+# What the reader needs of a manifest (build_manifest writes more): top-level keys, the tokenizer's, each shard's.
+_MANIFEST_KEYS = ("format", "version", "dtype", "tokenizer", "shards")
+_TOKENIZER_COUNTS = {"vocab_size": 1, "cls_token_id": 0, "sep_token_id": 0, "pad_token_id": 0}  # key: minimum
+_NULLABLE = {"pad_token_id"}  # a tokenizer without PAD still makes valid shards (training windows refuse them)
+_SHARD_COUNTS = ("num_tokens", "num_documents")
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What is missing or malformed in a manifest's keys ("no 'shards[1].num_tokens' key", ...), or None."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    missing = next((k for k in _MANIFEST_KEYS if k not in manifest), None)
+    if missing:
+        return f"no {missing!r} key"
+    tokenizer, shards = manifest["tokenizer"], manifest["shards"]
+    if not isinstance(tokenizer, dict):
+        return f"'tokenizer' is {tokenizer!r}, not an object"
+    for key, low in {"name_or_path": None, **_TOKENIZER_COUNTS}.items():
+        if key not in tokenizer:
+            return f"no 'tokenizer.{key}' key"
+        if key in _NULLABLE and tokenizer[key] is None:
+            continue
+        if low is not None and not _is_count(tokenizer[key], low):
+            return f"'tokenizer.{key}' is {tokenizer[key]!r}, not an integer >= {low}"
+    if not isinstance(shards, list):
+        return f"'shards' is {shards!r}, not a list"
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            return f"'shards[{i}]' is {entry!r}, not an object"
+        missing = next((k for k in ("file", *_SHARD_COUNTS, "sha256") if k not in entry), None)
+        if missing:
+            return f"no 'shards[{i}].{missing}' key"
+        if not (isinstance(entry["file"], str) and SHARD_FILE.match(entry["file"])):
+            return f"'shards[{i}].file' is {entry['file']!r}, not a shard file name like {shard_name(0)}"
+        bad = next((k for k in _SHARD_COUNTS if not _is_count(entry[k], 0)), None)
+        if bad:
+            return f"'shards[{i}].{bad}' is {entry[bad]!r}, not an integer >= 0"
+    return None
+
+
+def _is_count(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def first_id_out_of_range(ids: np.ndarray, vocab_size: int) -> int | None:
+    """The index of the first id >= vocab_size in `ids`, or None (one vectorised pass)."""
+    bad = np.flatnonzero(ids >= vocab_size)
+    return int(bad[0]) if bad.size else None
 
 
 class ShardSet:
@@ -313,8 +370,9 @@ class ShardSet:
         self.check(verify=verify)
         self._maps: list[np.memmap | None] = [None] * len(self.shards)
 
-    def check(self, verify: bool = False) -> None:
-        """Sizes always; sha256 too when `verify`. Names the shard and what differs."""
+    def check(self, verify: bool = False, block_tokens: int = 1 << 22) -> None:
+        """Sizes always; with `verify` also the sha256 and that every id is below the vocabulary size, read in
+        blocks of `block_tokens` (memory bounded by the block). Names the shard and what differs."""
         for entry in self.shards:
             path = self.directory / entry["file"]
             expected = int(entry["num_tokens"]) * self.dtype.itemsize
@@ -330,12 +388,35 @@ class ShardSet:
                     "rebuild the shards with tools/pretokenize.py"
                 )
             if verify:
-                sha = file_sha256(path)
+                sha, bad = self._scan(path, block_tokens)
                 if sha != entry["sha256"]:
                     raise ShardError(
                         f"{path} has sha256 {sha} but the manifest says {entry['sha256']}: the shard was "
                         "altered or corrupted; rebuild the shards with tools/pretokenize.py"
                     )
+                if bad is not None:
+                    raise self.id_error(path, *bad)
+
+    def _scan(self, path: Path, block_tokens: int) -> tuple[str, tuple[int, int] | None]:
+        """Read a shard once, in blocks: its sha256, and (offset, id) of its first id outside the vocabulary."""
+        digest, offset, bad = hashlib.sha256(), 0, None
+        vocab = int(self.tokenizer["vocab_size"])
+        with open(path, "rb") as f:
+            while chunk := f.read(block_tokens * self.dtype.itemsize):
+                digest.update(chunk)
+                ids = np.frombuffer(chunk, dtype=self.dtype)
+                if bad is None and (i := first_id_out_of_range(ids, vocab)) is not None:
+                    bad = (offset + i, int(ids[i]))
+                offset += ids.size
+        return digest.hexdigest(), bad
+
+    def id_error(self, path: Path, offset: int, token_id: int) -> ShardError:
+        """The error for id `token_id` at token `offset` of shard `path`, outside the manifest's vocabulary."""
+        return ShardError(
+            f"{path}: token id {token_id} at token offset {offset} (byte {offset * self.dtype.itemsize}) is outside "
+            f"the vocabulary of {self.tokenizer['vocab_size']} ids of tokenizer {self.tokenizer['name_or_path']!r}; "
+            "the shard is corrupt or was built with another tokenizer: rebuild the shards with tools/pretokenize.py"
+        )
 
     def __getstate__(self):
         state = self.__dict__.copy()

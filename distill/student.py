@@ -118,7 +118,7 @@ def create_student(teacher, num_layers: int, hidden_size: int, num_attention_hea
 
 
 def _resolve_teacher(teacher, need_weights: bool):
-    """(model or None, config) of a model, a FrozenTeacher or a name/path."""
+    """(model or None, config) of a model, a FrozenTeacher or a name/path (a missing path is named)."""
     from .teacher import FrozenTeacher
 
     if isinstance(teacher, FrozenTeacher):
@@ -128,10 +128,13 @@ def _resolve_teacher(teacher, need_weights: bool):
     if isinstance(teacher, (str, os.PathLike)):
         from transformers import AutoConfig, AutoModel
 
+        from .teacher import resolve_model_source
+
+        source = resolve_model_source(teacher, "teacher")
         if need_weights:
-            model = AutoModel.from_pretrained(os.fspath(teacher), dtype=torch.float32)
+            model = AutoModel.from_pretrained(source, dtype=torch.float32)
             return model, model.config
-        return None, AutoConfig.from_pretrained(os.fspath(teacher))
+        return None, AutoConfig.from_pretrained(source)
     raise TypeError(f"teacher must be a model, a FrozenTeacher, a hub name or a directory, "
                     f"not {type(teacher).__name__}")
 

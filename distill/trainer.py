@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from .checkpoint import TrainState
 from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config
+from .distributed import LauncherWatch, launcher_watch, watch_launchers
 from .encoders import get_adapter
 from .monitor import NullLogger, StepMetrics, TensorBoardLogger, peak_flops, step_flops
 
@@ -49,6 +51,7 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    watch_launchers()  # now, while the chain of launchers above this rank is whole
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
     return dist.get_rank(), dist.get_world_size(), local_rank, device
@@ -61,15 +64,18 @@ def set_seed(seed: int) -> None:
 
 
 class RunGuard:
-    """Stop requests (SIGTERM, Ctrl-C) and non-finite losses, agreed on by all ranks.
+    """Stop requests (SIGTERM, Ctrl-C, the launcher's death) and non-finite losses, agreed on by all ranks.
 
     One all-reduce of two flags per micro-batch keeps every rank in lockstep: all skip a bad
-    micro-batch together, all save and stop together.
+    micro-batch together, all save and stop together. A launcher that died (a signal sent to the
+    `deepspeed` or `torchrun` PID alone, which may not forward it) counts as a SIGTERM to this
+    rank (`distill.distributed.LauncherWatch`), so the run saves and exits 0 however it was stopped.
     """
 
-    def __init__(self):
+    def __init__(self, watch: LauncherWatch | None = None):
         self.stop_signal: int | None = None
         self.consecutive_nonfinite = 0
+        self.watch = watch if watch is not None else launcher_watch()
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -77,8 +83,19 @@ class RunGuard:
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
 
+    def _check_launcher(self) -> None:
+        gone = self.stop_signal is None and self.watch.gone()
+        if gone:
+            self.stop_signal = signal.SIGTERM
+            try:  # the launcher may have taken the reader of this rank's output with it
+                print(f"the launcher {gone.name} (pid {gone.pid}) has exited: every rank saves a checkpoint and stops",
+                      file=sys.stderr, flush=True)
+            except OSError:
+                pass
+
     def sync(self, loss: torch.Tensor) -> tuple[bool, bool]:
         """(this micro-batch's loss is finite on every rank, some rank was asked to stop)."""
+        self._check_launcher()
         flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
                              torch.tensor(float(self.stop_signal is not None), device=loss.device)])
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -101,9 +118,6 @@ def batches(dataset, cfg: DistillConfig, state: TrainState, rank: int, world: in
     from .data import WindowSampler
 
     micro = cfg.per_device_train_batch_size
-    if len(dataset) < micro * world:
-        raise ConfigError(f"the data hold {len(dataset)} samples, fewer than one global micro-batch "
-                          f"({micro} per rank x {world} ranks); add data or lower --per_device_train_batch_size")
     while True:
         sampler = WindowSampler(len(dataset), num_replicas=world, rank=rank, seed=cfg.seed, shuffle=True,
                                 drop_last=True, start_sample=state.epoch_offset)
@@ -118,6 +132,14 @@ def batches(dataset, cfg: DistillConfig, state: TrainState, rank: int, world: in
             state.samples += micro * world
             yield batch
         state.epoch, state.epoch_offset = state.epoch + 1, 0
+
+
+def check_data_size(num_samples: int, cfg: DistillConfig, world: int) -> None:
+    """The data must fill at least one global micro-batch (checked before anything is written)."""
+    micro = cfg.per_device_train_batch_size
+    if num_samples < micro * world:
+        raise ConfigError(f"the data hold {num_samples} samples, fewer than one global micro-batch "
+                          f"({micro} per rank x {world} ranks); add data or lower --per_device_train_batch_size")
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -153,8 +175,11 @@ def train_step(engine, objective, batch, guard: RunGuard) -> tuple[torch.Tensor,
 
 
 # --------------------------------------------------------------------------- build
-def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student=None):
-    """The frozen teacher (from cfg or given) and the student (created from the teacher, or given)."""
+def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student=None, teacher_config=None):
+    """The frozen teacher (from cfg or given) and the student (created from the teacher, or given).
+
+    `teacher_config`: the teacher's config (`teacher_config(cfg, teacher)`), if already read.
+    """
     from .student import create_student
     from .teacher import FrozenTeacher
 
@@ -165,13 +190,19 @@ def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student
     else:
         layer = cfg.teacher_layer
         if layer is None:
-            probe = source.config if hasattr(source, "config") else _load_config(source)
+            probe = teacher_config if teacher_config is not None else teacher_config_of(cfg, teacher)
             layer = get_adapter(probe).num_layers(probe)
         frozen = FrozenTeacher(source, layer, dtype=teacher_dtype, device=device)
     if student is None:
         student = create_student(frozen.model, cfg.student_layer, cfg.student_hidden_size, cfg.student_attention_heads,
                                  intermediate_size=cfg.student_intermediate_size, init=cfg.student_init)
     return frozen, student
+
+
+def teacher_config_of(cfg: DistillConfig, teacher=None):
+    """The config of the teacher the run will use, untruncated (a given FrozenTeacher's own, truncated one)."""
+    source = teacher if teacher is not None else cfg.teacher
+    return source.config if hasattr(source, "config") else _load_config(source)
 
 
 def _load_config(name_or_path: str):
@@ -181,14 +212,20 @@ def _load_config(name_or_path: str):
 
 
 def build_dataset(cfg: DistillConfig, teacher_config):
+    """The windows of --data, checked against the teacher; with --verify_data every shard's sha256 and id range."""
     from .data import WindowDataset, check_compatible
 
+    if not cfg.data:
+        raise ConfigError("--data is required: give a shard directory written by tools/pretokenize.py "
+                          "(or pass dataset= to train())")
     dataset = WindowDataset(cfg.data, cfg.max_seq_len)
     check_compatible(dataset.tokenizer_info, teacher_config)
     max_pos = getattr(teacher_config, "max_position_embeddings", None)
     if max_pos is not None and cfg.max_seq_len > max_pos:
         raise ConfigError(f"--max_seq_len {cfg.max_seq_len} exceeds the teacher's {max_pos} position embeddings; "
                           f"use --max_seq_len {max_pos} or less")
+    if cfg.verify_data:  # after the cheap checks: this reads all the data once (every rank)
+        dataset.shards.check(verify=True)
     return dataset
 
 
@@ -200,20 +237,28 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     `teacher`, `student`, `dataset`, `collate_fn` override what `cfg` would build (the
     bertdistiller-style API passes its own); by default everything comes from `cfg`.
     """
+    from .export import check_export_target
     from .objective import MiniLMv2Objective
 
     rank, world, _, device = init_distributed()
-    resume_path = ckpt.find_resume(cfg)  # before any model is built
+    # Every check before the first write: output dir, checkpoint, DeepSpeed JSON, models, data size.
+    ckpt.check_output_dir(cfg)
+    check_export_target(export_dir_of(cfg), "--export_dir")
+    probe = teacher_config_of(cfg, teacher)
+    resume_path = ckpt.find_resume(cfg, probe)  # before any model is built
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
         bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
 
     set_seed(cfg.seed)
-    frozen, student = build_models(cfg, device, teacher, student)
+    frozen, student = build_models(cfg, device, teacher, student, probe)
     if dataset is None:
         dataset = build_dataset(cfg, frozen.config)
+    check_data_size(len(dataset), cfg, world)
     objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device)
     if rank == 0:
+        if cfg.overwrite_output_dir:
+            ckpt.clear_run_files(cfg.output_dir, export_dir_of(cfg))
         write_run_files(cfg, student, tokenizer or _tokenizer_source(cfg, frozen))
     dist.barrier()
 
@@ -268,7 +313,7 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
     guard = RunGuard()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="distill", disable=not is_main, dynamic_ncols=True)
     engine.train()
-    stop = False
+    stop, skipped = False, 0  # skipped: optimizer steps in a row DeepSpeed skipped (non-finite gradient norm)
     try:
         while state.step < cfg.max_steps and not stop:
             accumulated = 0  # finite micro-batches in this optimizer step
@@ -279,6 +324,9 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
                 metrics.add(loss, parts, batch["input_ids"].shape, finite)
                 accumulated += finite
                 _check_nonfinite(guard, state, cfg)
+            skipped = _check_step(engine, state, cfg, skipped)
+            if skipped:
+                continue  # the weights did not move: the step is taken again on the next micro-batches
             state.step += 1
             bar.update(1)
             if state.step % cfg.logging_steps == 0 or state.step == cfg.max_steps:
@@ -303,8 +351,31 @@ def _check_nonfinite(guard: RunGuard, state: TrainState, cfg: DistillConfig) -> 
     if guard.consecutive_nonfinite >= MAX_NONFINITE:
         raise FloatingPointError(
             f"the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step {state.step}); the run "
-            f"stopped without saving. The last good checkpoint is intact under {ckpt.checkpoints_dir(cfg.output_dir)}: "
+            f"stopped without saving; {ckpt.last_good(cfg.output_dir)}, intact: "
             "lower --learning_rate, use bf16 instead of fp16, or check the data")
+
+
+def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int) -> int:
+    """After an optimizer step: how many steps in a row have now been skipped for a non-finite gradient norm.
+
+    DeepSpeed skips such a step on every rank (fp16 overflows, handled by loss scaling, are not counted);
+    MAX_NONFINITE in a row stop the run. A step that made the weights non-finite cannot be undone: the
+    run stops at once, without saving, so no checkpoint or export ever holds non-finite weights.
+    """
+    if not engine.fp16_enabled() and not engine.was_step_applied():
+        skipped += 1
+        if skipped >= MAX_NONFINITE:
+            raise FloatingPointError(
+                f"the gradient norm was not finite for {MAX_NONFINITE} optimizer steps in a row (step {state.step}); "
+                f"the run stopped without saving; {ckpt.last_good(cfg.output_dir)}, intact: lower --learning_rate, "
+                "set --max_grad_norm, or check the data")
+        return skipped
+    if not ckpt.weights_finite(engine):
+        raise FloatingPointError(
+            f"optimizer step {state.step + 1} made the student's weights diverge (not finite, or beyond float32's "
+            f"range in norm; gradient norm {engine.get_global_grad_norm()}); the run stopped without saving; "
+            f"{ckpt.last_good(cfg.output_dir)}, intact: lower --learning_rate and continue from it")
+    return 0
 
 
 def export_student(cfg: DistillConfig, final: Path, rank: int) -> Path:
@@ -312,12 +383,16 @@ def export_student(cfg: DistillConfig, final: Path, rank: int) -> Path:
     from .export import export_checkpoint
 
     out = Path(cfg.output_dir)
-    export_dir = Path(cfg.export_dir) if cfg.export_dir else out / "student"
+    export_dir = export_dir_of(cfg)
     if rank == 0:
         export_checkpoint(final, export_dir, skeleton_dir=out / "student_config")
         print(f"exported the student to {export_dir}", flush=True)
     dist.barrier()
     return export_dir
+
+
+def export_dir_of(cfg: DistillConfig) -> Path:
+    return Path(cfg.export_dir) if cfg.export_dir else Path(cfg.output_dir) / "student"
 
 
 def _tokenizer_source(cfg: DistillConfig, frozen) -> str:

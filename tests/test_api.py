@@ -88,3 +88,22 @@ def test_bertdistiller_quick_start_runs_on_the_deepspeed_loop(tmp_path, tiny_tok
     assert AutoTokenizer.from_pretrained(out / "student").vocab_size == tok.vocab_size
     run = json.loads((out / "run_config.json").read_text())
     assert run["relations"] == "qq:1.0,kk:1.0,vv:1.0" and run["max_steps"] == 12 and run["teacher_layer"] == 3
+
+
+def test_relations_as_text_like_the_command_line(tmp_path):
+    from distill.api import MiniLMTrainingArguments
+
+    args = MiniLMTrainingArguments(output_dir=str(tmp_path), relations="qq:1,vv:0.5", max_steps=3, teacher_layer=3,
+                                   student_hidden_size=32, num_relation_heads=4, report_to=[])
+    assert args.relations == {(1, 1): 1.0, (3, 3): 0.5}
+    assert args.to_distill_config("teacher").relations == "qq:1.0,vv:0.5"
+    with pytest.raises(ValueError, match="relation item 'qz:1'"):
+        MiniLMTrainingArguments(output_dir=str(tmp_path), relations="qz:1", report_to=[])
+
+
+def test_create_student_names_a_missing_teacher_directory(tmp_path):
+    from distill.api import MiniLMTrainingArguments, create_student
+
+    args = MiniLMTrainingArguments(output_dir=str(tmp_path), report_to=[])
+    with pytest.raises(ValueError, match=f"teacher {tmp_path}/none: no such directory"):
+        create_student(str(tmp_path / "none"), args)

@@ -99,6 +99,13 @@ def test_one_shard_directory_serves_several_lengths(shard_dir):
         assert long[i]["input_ids"][1:-1].tolist() == joined
 
 
+def test_shards_of_a_tokenizer_without_pad_are_valid_but_make_no_windows(tmp_path):
+    directory = write_shard_dir(tmp_path / "s", [[5, 6, 7]], pad=None)
+    assert ShardSet(directory).num_tokens == 4  # the format accepts them (pretokenize writes pad_token_id null)
+    with pytest.raises(DataError, match="no PAD token"):
+        WindowDataset(directory, 8)
+
+
 def test_dataset_exposes_shards_length_and_tokenizer(shard_dir):
     shards = ShardSet(shard_dir)
     ds = WindowDataset(shards, 8)
@@ -328,6 +335,25 @@ def test_altered_shard_is_caught_with_verify(tmp_path, docs):
         WindowDataset(directory, 8, verify=True)
     with pytest.raises(ShardError, match=r"shard-00002\.bin has sha256"):
         WindowDataset(ShardSet(directory), 8, verify=True)
+
+
+def test_verify_data_checks_checksums_and_ids_before_training(tmp_path, docs):
+    from transformers import BertConfig
+
+    from distill.config import DistillConfig
+    from distill.trainer import build_dataset
+
+    teacher = BertConfig(vocab_size=300, pad_token_id=PAD)
+    directory = write_shard_dir(tmp_path / "s", docs + [[12, 300, 13]], shard_tokens=64)  # 300: past the vocabulary
+    last = ShardSet(directory).shards[-1]["file"]
+    assert len(build_dataset(DistillConfig(data=str(directory)), teacher)) > 0  # sizes only: not seen
+    cfg = DistillConfig(data=str(directory), verify_data=True)
+    with pytest.raises(ShardError, match=f"{last}: token id 300 at token offset \\d+ .* outside the vocabulary of 300"):
+        build_dataset(cfg, teacher)
+    victim = directory / last
+    victim.write_bytes(bytes([victim.read_bytes()[0] ^ 1]) + victim.read_bytes()[1:])
+    with pytest.raises(ShardError, match=f"{last} has sha256"):
+        build_dataset(cfg, teacher)
 
 
 # --------------------------------------------------------------------------- compatibility

@@ -203,14 +203,15 @@ def test_export_tool_rebuilds_the_student_from_a_zero2_checkpoint(tiny, tmp_path
     ({"num_relation_heads": 12, "student_hidden_size": 48, "student_attention_heads": 4, "student_init": "random"},
      "num_relation_heads=12 does not divide the teacher's width (32): choose a divisor of every width (32, 48)"),
     ({"max_seq_len": 100}, "exceeds"),
-    ({"data": "/nonexistent/shards"}, "does not exist"),
+    ({"data": "/nonexistent/shards"}, "--data /nonexistent/shards: no such directory"),
+    ({"per_device_train_batch_size": 100000}, "fewer than one global micro-batch"),
 ])
 def test_bad_input_is_refused_before_any_work(tiny, tmp_path, overrides, message):
     out = tmp_path / "bad"
     proc = run_python(distill_args(tiny, out, **overrides))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert message in proc.stderr, proc.stderr[-3000:]
-    assert not (out / "checkpoints").exists()
+    assert not out.exists() or list(out.iterdir()) == []  # no run file before every check has passed
 
 
 def test_shards_of_another_tokenizer_are_refused(tiny, tmp_path):
@@ -250,3 +251,109 @@ runpy.run_path("launch/distill.py", run_name="__main__")
     assert "the loss was not finite for 10 micro-batches in a row" in proc.stderr
     done = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file())
     assert done == ["step-00000003", "step-00000006"]
+
+
+# --------------------------------------------------------------------------- the run's files
+def run_patched(patch: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """launch/distill.py in one process, after the Python statements `patch`."""
+    script = f"import runpy, sys\n{patch}\nsys.argv = ['launch/distill.py'] + {args!r}\n" \
+             "runpy.run_path('launch/distill.py', run_name='__main__')\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+KILL_IN_OPTIMIZER_STATES_OF_STEP_3 = """
+import os, signal, torch
+real = torch.save
+def dying(obj, f, *a, **k):  # dies like kill -9 halfway through the optimizer states of step 3
+    if "step-00000003" in str(f) and "optim_states" in str(f):
+        with open(f, "wb") as out:
+            out.write(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, f, *a, **k)
+torch.save = dying
+"""
+
+
+def test_a_kill_while_resaving_a_step_keeps_the_old_one_and_resume_auto_works(tiny, tmp_path):
+    out = tmp_path / "run"
+    small = {"max_steps": 3, "save_steps": 1, "logging_steps": 1}
+    first = run_python(distill_args(tiny, out, **small))
+    assert first.returncode == 0, first.stderr[-3000:]
+    root = out / "checkpoints"
+    before = {k: tree(root / f"step-0000000{k}") for k in (1, 2, 3)}
+    # resume from step 1 and save only at the end: step 3 is written again, and the process dies doing it
+    killed = run_patched(KILL_IN_OPTIMIZER_STATES_OF_STEP_3,
+                         distill_args(tiny, out, **{**small, "save_steps": 0}, resume=root / "step-00000001"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert {k: tree(root / f"step-0000000{k}") for k in (1, 2, 3)} == before  # every old checkpoint whole
+    assert [p.name for p in root.iterdir() if p.name.startswith(".step-00000003.tmp-")]  # the unfinished save
+    resumed = run_python(distill_args(tiny, out, **{**small, "max_steps": 4}, resume="auto"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert tree(root / "step-00000003") == before[3]
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []  # the leftover removed
+    assert (root / "latest").read_text() == "step-00000004"
+    assert (out / "student" / "config.json").is_file()
+    # resuming step 1 again: steps 2-4 are another future, moved aside (not deleted) at the first save
+    again = run_python(distill_args(tiny, out, **{**small, "max_steps": 2, "save_steps": 0},
+                                    resume=root / "step-00000001"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000001", "step-00000002"]
+    aside = list(root.glob("abandoned-*"))
+    assert len(aside) == 1 and tree(aside[0] / "step-00000003") == before[3]
+    assert sorted(p.name for p in aside[0].iterdir()) == ["step-00000002", "step-00000003", "step-00000004"]
+    assert "another future" in again.stdout + again.stderr
+
+
+def test_a_full_disk_while_saving_names_the_last_good_checkpoint(tiny, tmp_path):
+    out = tmp_path / "full"
+    patch = """
+import errno, torch
+real = torch.save
+def full(obj, f, *a, **k):
+    if "step-00000002" in str(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(obj, f, *a, **k)
+torch.save = full
+"""
+    proc = run_patched(patch, distill_args(tiny, out, max_steps=2, save_steps=1, logging_steps=1))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert ("error: no space left on device while saving checkpoint step-00000002 in "
+            f"{out / 'checkpoints'}; the last good checkpoint is {out / 'checkpoints' / 'step-00000001'}") \
+        in proc.stderr, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step-00000001"]
+    assert not (out / "student").exists()
+
+
+def test_a_diverging_run_saves_and_exports_nothing_after_the_last_good_step(tiny, tmp_path):
+    """A finite but absurd learning rate: the step that blows the weights up stops the run, unsaved."""
+    out = tmp_path / "diverged"
+    proc = run_python(distill_args(tiny, out, learning_rate=1e30, max_steps=3, save_steps=2, logging_steps=1))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "optimizer step 3 made the student's weights diverge" in proc.stderr, proc.stderr[-3000:]
+    assert f"the last good checkpoint is {out / 'checkpoints' / 'step-00000002'}" in proc.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step-00000002"]
+    assert not (out / "student").exists()
+
+
+def test_a_fresh_run_into_a_run_directory_is_refused_and_overwrite_keeps_other_files(tiny, tmp_path):
+    out = tmp_path / "taken"
+    (out / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (out / "checkpoints" / "step-00000002" / "COMPLETE").write_text("{}")
+    (out / "run_config.json").write_text('{"old": 1}')
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    refused = run_python(distill_args(tiny, out, max_steps=1, warmup_steps=0))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "already holds a run" in refused.stderr and "--resume auto" in refused.stderr
+    assert "--overwrite_output_dir" in refused.stderr, refused.stderr[-3000:]
+    assert tree(out) == before
+    done = run_python(distill_args(tiny, out, max_steps=1, warmup_steps=0) + ["--overwrite_output_dir"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "run_config.json").read_text())["max_steps"] == 1
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000001"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, WORDS
+from unwritable import assert_unwritable_outputs_refused
 
 from distill.evaluation import cli
 from distill.evaluation import metrics as M
@@ -189,6 +191,37 @@ def test_summary_table_from_hand_written_results(tmp_path):
     _write_result(root, "broken", "cola", 1e-5, 3, 42, {"accuracy": 0.5})
     with pytest.raises(TaskDataError, match=r"needs metric\(s\) \['mcc'\]"):
         create_summary_table(root)
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ({"mcc": 2.95}, "metric 'mcc' = 2.95 is outside [-1, 1]"),
+    ({"mcc": 0.5, "acuracy": 0.9}, "unknown metric 'acuracy'"),
+    ({"mcc": float("nan")}, "metric 'mcc' = nan is outside [-1, 1]"),
+    ({"mcc": True}, "metric 'mcc' = True is not a number"),
+    ({"mcc": "0.5"}, "metric 'mcc' = '0.5' is not a number"),
+])
+def test_summary_refuses_hand_written_metrics_it_cannot_trust(tmp_path, capsys, metrics, message):
+    root = tmp_path / "results"
+    _write_result(root, "student", "cola", 1e-5, 3, 42, {"mcc": 0.5})
+    _write_result(root, "student", "cola", 3e-5, 3, 42, metrics)
+    path = root / "student" / "cola" / "lr3e-05_ep3_seed42" / "metrics.json"
+    assert cli.main(["summary", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {message}"), err
+    assert "fix" in err and not (root / "summary.csv").exists()
+
+
+@pytest.mark.parametrize("task, metrics, message", [
+    ("mrpc", {"f1": 90.0, "accuracy": 0.8}, "metric 'f1' = 90.0 is outside [0, 1]"),
+    ("mnli", {"accuracy_m": 0.8, "accuracy_mm": -0.2}, "metric 'accuracy_mm' = -0.2 is outside [0, 1]"),
+    ("mine", {"f1_macro": 1.5}, "metric 'f1_macro' = 1.5 is outside [0, 1]"),
+    ("mine", {"spearman": -1.01}, "metric 'spearman' = -1.01 is outside [-1, 1]"),
+])
+def test_summary_checks_every_metric_range(tmp_path, task, metrics, message):
+    root = tmp_path / "results"
+    _write_result(root, "student", task, 1e-5, 3, 42, metrics)
+    with pytest.raises(TaskDataError, match=re.escape(message)):
+        summarize(root)
 
 
 # --------------------------------------------------------------------------- loaders
@@ -463,6 +496,57 @@ def test_bad_inputs_fail_before_training(tmp_path, tiny_model_dir, tiny_task_fil
     script = _load_script()
     assert script.main([str(tiny_model_dir), "--tasks", "nope", "--output_dir", str(out)]) == 2
     assert cli.main(["summary", str(tmp_path / "missing")]) == 2
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_before_any_work(tmp_path, tiny_task_files, capsys,
+                                                                         monkeypatch):
+    from distill.evaluation import grid
+
+    train, dev = tiny_task_files
+    monkeypatch.setattr(grid, "load_tokenizer", lambda *a: pytest.fail("work done before the output_dir check"))
+    args = [str(tmp_path / "no-model"), "--train_file", str(train), "--validation_file", str(dev),
+            "--text_fields", "sentence", "--output_dir"]
+    assert_unwritable_outputs_refused(cli.main, args, "output_dir", tmp_path, capsys, monkeypatch)
+    locked = tmp_path / "locked"
+    # the summary's CSV
+    root = tmp_path / "results"
+    _write_result(root, "student", "cola", 1e-5, 3, 42, {"mcc": 0.5})
+    assert cli.main(["summary", str(root), "--output", str(tmp_path / "file" / "summary.csv")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert cli.main(["summary", str(root), "--output", str(locked / "summary.csv")]) == 2
+    assert "is not writable (permission denied)" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_the_grid_and_keeps_the_finished_runs(tmp_path, tiny_model_dir, tiny_task_files, capsys,
+                                                               monkeypatch):
+    import errno
+
+    from distill.evaluation import grid
+    from distill.shards import atomic_write_json
+
+    train, dev = tiny_task_files
+    calls = []
+
+    def fake_finetune(run_dir, settings, **kw):
+        calls.append(run_dir)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.json"))
+        result = {"learning_rate": settings.learning_rate, "epochs": settings.epochs, "seed": settings.seed,
+                  "metrics": {"accuracy": 0.75}, "metric_keys": ["accuracy"]}
+        atomic_write_json(run_dir / "metrics.json", result)
+        return result
+
+    monkeypatch.setattr(grid, "run_finetune", fake_finetune)
+    out = tmp_path / "results"
+    argv = [str(tiny_model_dir), "--train_file", str(train), "--validation_file", str(dev), "--text_fields",
+            "sentence", "--output_dir", str(out), "--learning_rate", "1e-4", "2e-4", "3e-4", "--epochs", "1",
+            "--max_seq_length", "16"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on device writing the results in {out} "
+                          f"({calls[1] / 'metrics.json'}): the 1 finished run(s) are kept"), err
+    assert len(calls) == 2, err  # the grid stopped: the third run would fail the same way
+    assert (calls[0] / "metrics.json").is_file()
 
 
 # --------------------------------------------------------------------------- end to end

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from distill.export import main
+from distill.export import EXPORT_MARKER, main
 
 
 @pytest.mark.parametrize("script, words", [
@@ -34,3 +34,159 @@ def test_export_refuses_what_is_not_a_complete_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(run_dir)])  # --out is required
     assert exit_info.value.code == 2
+
+
+# --------------------------------------------------------------------------- the export target
+def _make_run(run_dir, tokenizer_dir, steps=(2,)):
+    """A run directory as distill leaves it: student_config/ and complete stage-0 checkpoints (one per step)."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from distill import checkpoint as ckpt
+    from distill.export import save_student_skeleton
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    run_dir.mkdir(parents=True)
+    save_student_skeleton(BertModel(config), tok, run_dir / "student_config")
+    for step in steps:
+        torch.manual_seed(step)
+        tag = ckpt.checkpoints_dir(run_dir) / ckpt.tag_for_step(step)
+        tag.mkdir(parents=True)
+        torch.save({"module": BertModel(config).state_dict()}, tag / "mp_rank_00_model_states.pt")
+        ckpt.mark_complete(tag, {"state": dataclasses.asdict(ckpt.TrainState(step=step)), "config": {}})
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_tokenizer_dir):
+    return _make_run(tmp_path / "run", tiny_tokenizer_dir, steps=(2, 4))
+
+
+def _weights(directory):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(directory).state_dict()
+
+
+def _tree(directory):
+    """{relative path: bytes} of every file under directory."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_export_writes_a_student_and_its_marker(run_dir, tmp_path, capsys):
+    import json
+
+    import torch
+
+    out = tmp_path / "student"
+    assert main([str(run_dir), "--out", str(out)]) == 0
+    marker = json.loads((out / EXPORT_MARKER).read_text())
+    assert marker["checkpoint"] == str((run_dir / "checkpoints" / "step-00000004").resolve())
+    saved = torch.load(run_dir / "checkpoints" / "step-00000004" / "mp_rank_00_model_states.pt")["module"]
+    assert all(torch.equal(v, saved[k]) for k, v in _weights(out).items() if k in saved)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_export_refuses_a_directory_holding_other_files_before_any_work(run_dir, tmp_path, capsys, monkeypatch):
+    import distill.export as export
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "sub").mkdir()
+    before = _tree(out)
+    monkeypatch.setattr(export, "checkpoint_state_dict", lambda *a: pytest.fail("weights rebuilt before the check"))
+    assert main([str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out} holds files this export did not write (notes.txt, sub)")
+    assert "choose another --out" in err
+    assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == ["notes.txt", "sub"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "run"]
+
+
+def test_export_refuses_a_file_at_the_target(run_dir, tmp_path, capsys):
+    out = tmp_path / "student"
+    out.write_text("not a directory")
+    assert main([str(run_dir), "--out", str(out)]) == 2
+    assert f"error: --out {out} is a file" in capsys.readouterr().err
+    assert out.read_text() == "not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "student"]  # no .student.old
+
+
+@pytest.mark.parametrize("atomic_swap", [True, False], ids=["renameat2", "rename-aside"])
+def test_export_replaces_an_earlier_export_and_fills_an_empty_directory(run_dir, tmp_path, capsys, monkeypatch,
+                                                                        atomic_swap):
+    import torch
+
+    import distill.export as export
+
+    if not atomic_swap:
+        monkeypatch.setattr(export, "_exchange", lambda a, b: False)
+
+    out = tmp_path / "student"
+    out.mkdir()  # empty: taken
+    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--out", str(out)]) == 0
+    assert main([str(run_dir), "--out", str(out)]) == 0  # an earlier export: replaced by step 4's
+    saved = torch.load(run_dir / "checkpoints" / "step-00000004" / "mp_rank_00_model_states.pt")["module"]
+    assert all(torch.equal(v, saved[k]) for k, v in _weights(out).items() if k in saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "student"]
+    (out / "README.md").write_text("my model card")  # the user's file in an earlier export: kept, refused
+    assert main([str(run_dir), "--out", str(out)]) == 2
+    assert "holds files this export did not write (README.md)" in capsys.readouterr().err
+    assert (out / "README.md").read_text() == "my model card"
+
+
+def test_export_follows_the_umask(run_dir, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "student"
+    old = os.umask(0o022)
+    try:
+        assert main([str(run_dir), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+    assert stat.S_IMODE((run_dir / "student_config").stat().st_mode) == 0o755
+
+
+def test_a_full_disk_leaves_the_earlier_export(run_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "student"
+    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--out", str(out)]) == 0
+    before = _tree(out)
+
+    def full(self, directory, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    capsys.readouterr()
+    assert main([str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device writing the export of")
+    assert f"{out} was left as it was" in err
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "student"]
+
+
+def test_export_names_a_missing_path_and_an_unfinished_run(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main([str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {missing}: no such checkpoint or run directory\n"
+    (tmp_path / "run" / "checkpoints" / "step-00000002").mkdir(parents=True)
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'run'} has no complete checkpoint" in err and "step-00000002" in err
+    (tmp_path / "other").mkdir()
+    assert main([str(tmp_path / "other"), "--out", str(tmp_path / "out")]) == 2
+    assert "is neither a checkpoint directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

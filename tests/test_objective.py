@@ -188,6 +188,7 @@ def test_vocabularies_must_match():
     (dict(relations={}), r"relations is empty: give \{\(m, n\): weight\} with at least one pair, m, n in 1\.\.3"),
     (dict(relations={(1, 4): 1.0}), r"m, n in 1\.\.3 \(1 = query, 2 = key, 3 = value\)"),
     (dict(chunk_size=0), r"chunk_size=0 must be a positive number of query rows \(e\.g\. 64 or 128\), or None"),
+    (dict(relations="qq:x"), r"relation item 'qq:x': the weight must be a finite number >= 0"),
 ])
 def test_argument_errors(kwargs, pattern):
     teacher = tiny_teacher()
@@ -195,6 +196,15 @@ def test_argument_errors(kwargs, pattern):
     kwargs = {"num_relation_heads": 4, "relations": QKV, **kwargs}
     with pytest.raises(ValueError, match=pattern):
         MiniLMv2Objective(teacher, student, **kwargs)
+
+
+def test_relations_as_text_like_the_command_line():
+    teacher = tiny_teacher()
+    student = create_student(teacher, 2, 16, 2)
+    objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations="qq:1,vv:0.5")
+    assert dict(objective.spec.relations) == {(1, 1): 1.0, (3, 3): 0.5}
+    loss, parts = objective(make_batch())
+    assert torch.isfinite(loss) and sorted(parts) == ["qq", "vv"]
 
 
 def test_teacher_must_be_frozen_teacher():

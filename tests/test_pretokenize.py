@@ -4,6 +4,7 @@ same bytes, and bad inputs fail with a message that says what to do, losing noth
 from __future__ import annotations
 
 import gzip
+import importlib
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, WORDS
+from unwritable import assert_unwritable_outputs_refused
 
 import distill.pretokenize as P
 from distill.pretokenize import inputs as P_inputs
@@ -535,3 +537,111 @@ def test_cli_help_names_every_flag():
     for flag in ("--tokenizer", "--input", "--output", "--text-field", "--num-workers", "--shard-tokens", "--dtype",
                  "--overwrite", "--dataset", "--dataset-config", "--split", ".jsonl.gz", ".parquet", ".arrow"):
         assert flag in proc.stdout, flag
+
+
+# --------------------------------------------------------------------------- output directories
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, tiny_tokenizer_dir, capsys,
+                                                                     monkeypatch):
+    P_build = importlib.import_module("distill.pretokenize.build")  # the package exports build, the function
+
+    (tmp_path / "a.txt").write_text("\n\n".join(random_docs(20)), encoding="utf-8")
+    monkeypatch.setattr(P_build, "load_tokenizer", lambda *a: pytest.fail("work done before the output check"))
+    args = ["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output"]
+    assert_unwritable_outputs_refused(P.main, args, "--output", tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a 0500 directory: the monkeypatched test above covers it")
+def test_a_read_only_output_directory_is_refused(tmp_path, tiny_tokenizer_dir, capsys):
+    (tmp_path / "a.txt").write_text("\n\n".join(random_docs(20)), encoding="utf-8")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        assert P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output",
+                       str(locked)]) == 2
+        assert "is not writable (permission denied)" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_full_disk_keeps_the_finished_shards_and_resumes(tmp_path, tiny_tokenizer_dir, capsys, monkeypatch):
+    import errno
+
+    from distill import shards as S
+
+    (tmp_path / "a.txt").write_text("\n\n".join(random_docs(200, seed=3)), encoding="utf-8")
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    build(tiny_tokenizer_dir, [tmp_path / "a.txt"], reference)
+    real_write = S.ShardWriter._write
+
+    def write(self, ids):
+        if self.index == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.directory / self.name))
+        real_write(self, ids)
+
+    monkeypatch.setattr(S.ShardWriter, "_write", write)
+    args = ["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output", str(out),
+            "--shard-tokens", "500", "--num-workers", "1", "--no-progress"]
+    assert P.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on device writing {out} ({out / 'shard-00002.bin'}): the 2 "
+                          f"finished shards in {out} are kept"), err
+    assert "re-run the same command to resume" in err
+    assert sorted(p.name for p in out.iterdir()) == [P.PROGRESS_NAME, "shard-00000.bin", "shard-00001.bin"]
+    monkeypatch.setattr(S.ShardWriter, "_write", real_write)
+    assert P.main(args) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("shard-*")} == \
+        {p.name: p.read_bytes() for p in reference.glob("shard-*")}
+
+
+# --------------------------------------------------------------------------- long documents
+def test_long_documents_are_cut_at_whitespace_the_same_way_however_read(tmp_path, monkeypatch):
+    rng = random.Random(5)
+    long_line = " ".join(rng.choice(WORDS) for _ in range(3000))  # ~15,000 characters on one line
+    lines = "\n".join(" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(100))  # ~20,000, many lines
+    no_space = "x" * 2500
+    docs = ["short one", long_line, "another\nshort", lines, no_space + " tail", "  \t" + long_line[:1500]]
+    limit = 1000
+    expected = [p for d in txt_reference("\n\n".join(docs) + "\n") for p in P_inputs.split_long(d, limit)]
+    assert all(len(p) <= limit for p in expected) and "".join(expected[1:16]) == long_line
+    assert all(p[0] in " \n\t" for p in expected[2:16])  # cut before whitespace: words stay whole
+    assert "x" * limit in expected  # no whitespace in the window: cut at the limit
+    path = tmp_path / "long.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    for block in (7, 64, 999, 1 << 22):  # cut while read, across blocks: the same pieces
+        monkeypatch.setattr(P_inputs, "READ_BLOCK", block)
+        assert list(P.DocumentReader(P.resolve_inputs([str(path)]), "text", max_doc_chars=limit)) == expected
+    _jsonl(tmp_path / "long.jsonl", [{"text": d} for d in txt_reference("\n\n".join(docs) + "\n")])
+    assert list(P.DocumentReader(P.resolve_inputs([str(tmp_path / "long.jsonl")]), "text",
+                                 max_doc_chars=limit)) == expected
+    # the default leaves these documents whole
+    assert list(P.DocumentReader(P.resolve_inputs([str(path)]), "text")) == txt_reference("\n\n".join(docs) + "\n")
+
+
+MEASURE = """import resource, sys
+from distill.pretokenize import main
+assert main(sys.argv[1:]) == 0
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_on_a_10_MB_single_line_document(tmp_path, tiny_tokenizer_dir):
+    """Peak RSS of a one-process build (--num-workers 1): a 10 MB one-line document adds less than 300 MB over a
+    one-line 10 kB one (it added 1.05 GB when documents were tokenized whole). The bound: the tokenizer takes
+    ~100-150 bytes per character it is given at once, at most --batch-chars + --max-doc-chars (1.5 M) by default."""
+    rng = random.Random(0)
+    words = " ".join(rng.choice(WORDS) for _ in range(2_100_000))[:10_000_000]
+    (tmp_path / "big.txt").write_text(words + "\n", encoding="utf-8")
+    (tmp_path / "small.txt").write_text(words[:10_000] + "\n", encoding="utf-8")
+    peaks = {}
+    for name in ("small", "big"):
+        proc = subprocess.run([sys.executable, "-c", MEASURE, "--tokenizer", str(tiny_tokenizer_dir), "--input",
+                               str(tmp_path / f"{name}.txt"), "--output", str(tmp_path / f"out-{name}"),
+                               "--num-workers", "1", "--no-progress"], env=ENV, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[name] = int(proc.stdout.split()[-1]) * 1024  # ru_maxrss: KiB on Linux
+    growth = peaks["big"] - peaks["small"]
+    assert growth < 300 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+    manifest = json.loads((tmp_path / "out-big" / MANIFEST_NAME).read_text())
+    assert manifest["total_documents"] == 10 and manifest["max_doc_chars"] == P.DEFAULT_MAX_DOC_CHARS

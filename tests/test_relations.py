@@ -332,7 +332,8 @@ def test_mismatched_batch_or_length():
     ({(1, 4): 1.0}, r"relation \(1, 4\) is not a pair \(m, n\) with m, n in 1\.\.3 \(1 = query, 2 = key, 3 = value\)"),
     ({(0, 1): 1.0}, r"relation \(0, 1\) is not a pair"),
     ({"qq": 1.0}, r"relation 'qq' is not a pair"),
-    ("qq:1", r"relations='qq:1' is a string: pass parse_relations\('qq:1'\)"),
+    ("qx:1", r"relation item 'qx:1': 'qx' names no relation"),
+    (5, r"relations=5 is not \{\(m, n\): weight\} nor text like 'qq:1,kk:1,vv:1'"),
 ])
 def test_bad_relations(relations, message):
     teacher, student, mask = make_inputs([5, 3], 5)
@@ -368,3 +369,12 @@ def test_relation_needs_equal_widths():
     wide_value = (student[0], student[1], torch.randn(2, 5, 32))
     with pytest.raises(ValueError, match=r"relation qv: the student q width \(16\) differs from its v width \(32\)"):
         call(teacher, wide_value, mask, relations={(1, 3): 1.0})
+
+
+def test_relations_as_text_like_the_command_line():
+    from distill.relations import RelationSpec
+
+    teacher, student, mask = make_inputs([5, 3], 5)
+    assert torch.equal(call(teacher, student, mask, relations="qq:1,kv:0.5")[0],
+                       call(teacher, student, mask, relations={(1, 1): 1.0, (2, 3): 0.5})[0])
+    assert dict(RelationSpec(4, "vv:2").relations) == {(3, 3): 2.0}

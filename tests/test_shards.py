@@ -3,6 +3,7 @@ document boundaries, the manifest's fields, no half-written files; and distill-i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -91,4 +92,63 @@ def test_inspect_refuses_windows_too_short(tmp_path, capsys, seq_len):
 def test_inspect_script_names_a_missing_directory(tmp_path):
     proc = subprocess.run([sys.executable, "tools/inspect_shards.py", str(tmp_path / "none"), "--verify"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: shard directory") and "does not exist" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {tmp_path / 'none'}: no such directory; build one "
+                                                           "with tools/pretokenize.py"), proc.stderr
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda m: m.pop("shards"), "'shards'"),
+    (lambda m: m.pop("dtype"), "'dtype'"),
+    (lambda m: m["tokenizer"].pop("vocab_size"), "'tokenizer.vocab_size'"),
+    (lambda m: m["tokenizer"].pop("sep_token_id"), "'tokenizer.sep_token_id'"),
+    (lambda m: m["shards"][1].pop("num_tokens"), "'shards[1].num_tokens'"),
+    (lambda m: m["shards"][0].pop("sha256"), "'shards[0].sha256'"),
+])
+def test_a_manifest_missing_a_key_is_named(tmp_path, edit, key):
+    path = write_edited_manifest(tmp_path, edit)
+    with pytest.raises(S.ShardError, match=re.escape(f"{path}: no {key} key; the manifest is incomplete")):
+        S.ShardSet(tmp_path)
+
+
+def write_edited_manifest(directory, edit):
+    """A shard directory of DOCS whose manifest `edit` changed in place; the manifest's path."""
+    S.write_documents(directory, DOCS, tokenizer=TOKENIZER, shard_tokens=4)
+    path = directory / S.MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["shards"][0].update(num_tokens="5"), "'shards[0].num_tokens' is '5', not an integer >= 0"),
+    (lambda m: m["tokenizer"].update(vocab_size=0), "'tokenizer.vocab_size' is 0, not an integer >= 1"),
+    (lambda m: m["shards"][0].update(file="../x.bin"), "'shards[0].file' is '../x.bin', not a shard file name"),
+    (lambda m: m.update(shards={}), "'shards' is {}, not a list"),
+])
+def test_a_manifest_with_a_wrong_value_is_named(tmp_path, edit, message):
+    path = write_edited_manifest(tmp_path, edit)
+    with pytest.raises(S.ShardError, match=re.escape(f"{path}: {message}")):
+        S.ShardSet(tmp_path)
+
+
+def test_ids_outside_the_vocabulary_are_named_with_shard_and_offset(tmp_path, capsys):
+    # 9 tokens in two shards; id 300 (= vocab_size) at token 2 of shard 1, 299 is the largest valid id
+    S.write_documents(tmp_path, [[11, 12], [13], [299, 15, 300, 301]], tokenizer=TOKENIZER, shard_tokens=4)
+    S.ShardSet(tmp_path)  # sizes and checksums are right: only the id check can tell
+    message = (f"{tmp_path / 'shard-00001.bin'}: token id 300 at token offset 2 (byte 4) is outside the vocabulary "
+               "of 300 ids of tokenizer 'tiny'")
+    with pytest.raises(S.ShardError, match=re.escape(message)):
+        S.ShardSet(tmp_path, verify=True)
+    assert inspect_main([str(tmp_path), "--verify"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert inspect_main([str(tmp_path)]) == 2  # the statistics read every id too
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_the_id_check_reads_in_blocks(tmp_path):
+    ids = list(range(5, 290)) * 40 + [7000]
+    S.write_documents(tmp_path, [ids], tokenizer=TOKENIZER, shard_tokens=1 << 20)
+    with pytest.raises(S.ShardError, match=re.escape(f"token id 7000 at token offset {len(ids) - 1} ")):
+        S.ShardSet(tmp_path).check(verify=True, block_tokens=1000)
+    assert S.first_id_out_of_range(np.array([1, 2, 3], dtype="<u2"), 4) is None

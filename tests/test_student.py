@@ -226,6 +226,12 @@ def test_validation_errors(kwargs, pattern):
         create_student(tiny_bert(layers=4, hidden=64, ffn=256), **kwargs)
 
 
+@pytest.mark.parametrize("init", ["teacher", "random"])
+def test_a_missing_teacher_directory_is_named(tmp_path, init):
+    with pytest.raises(ValueError, match=f"teacher {tmp_path}/none: no such directory; give a model directory"):
+        create_student(str(tmp_path / "none"), 1, 32, 4, init=init)
+
+
 def test_unsupported_teacher():
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=VOCAB))
     with pytest.raises(ValueError, match="not a supported encoder"):

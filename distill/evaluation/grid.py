@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from ..paths import is_no_space, no_space_message, output_dir_problem
 from ..shards import atomic_write_json
 from .config import EvaluationConfig
 from .finetune import (
@@ -109,7 +110,15 @@ def evaluate(model_name_or_path: "str | os.PathLike | EvaluationConfig", *args,
     say = log or (lambda line: print(line, flush=True))
     inputs = _prepare(config)
     runs = _plan(config, inputs)
-    _run(runs, config, inputs, say)
+    try:
+        _run(runs, config, inputs, say)
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        done = sum(r.status in ("finished", "skipped") for r in runs)
+        raise TaskDataError(no_space_message(
+            f"the results in {config.output_dir}", e, f"the {done} finished run(s) are kept (their {METRICS_NAME}); "
+            "free space and run the same command again: finished runs are skipped")) from e
     return _report(runs, config.model_name, say)
 
 
@@ -127,7 +136,11 @@ class _Inputs:
 
 
 def _prepare(config: EvaluationConfig) -> _Inputs:
-    """Check the devices, the model, its tokenizer and every task's data; nothing is trained or written."""
+    """Check the output directory, the devices, the model, its tokenizer and every task's data; nothing is
+    trained or written."""
+    problem = output_dir_problem(config.output_dir, "output_dir")
+    if problem:
+        raise TaskDataError(problem)
     _check_devices(config)
     model = config.model_name_or_path
     if os.path.isdir(model):
@@ -219,6 +232,8 @@ def _run_in_process(runs: list[_Run], inputs: _Inputs, disable_tqdm: bool | None
         except KeyboardInterrupt:
             raise
         except Exception as e:
+            if is_no_space(e):
+                raise  # every later run would fail the same way: evaluate stops and says so
             _record_failure(r, f"{type(e).__name__}: {e}", traceback.format_exc(), say)
 
 

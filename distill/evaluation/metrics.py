@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["METRICS", "REGRESSION_METRICS", "accuracy", "f1", "f1_macro", "mcc", "pearson", "spearman",
-           "compute_metrics"]
+__all__ = ["METRICS", "METRIC_RANGES", "REGRESSION_METRICS", "metric_of", "metric_value_problem", "accuracy", "f1",
+           "f1_macro", "mcc", "pearson", "spearman", "compute_metrics"]
 
 
 def accuracy(labels, preds) -> float:
@@ -69,6 +69,31 @@ METRICS: dict[str, Callable] = {
     "accuracy": accuracy, "f1": f1, "f1_macro": f1_macro, "mcc": mcc, "pearson": pearson, "spearman": spearman,
 }
 REGRESSION_METRICS = frozenset({"pearson", "spearman"})
+METRIC_RANGES: dict[str, tuple[float, float]] = {  # the values each metric can take (fractions, not percents)
+    "accuracy": (0.0, 1.0), "f1": (0.0, 1.0), "f1_macro": (0.0, 1.0),
+    "mcc": (-1.0, 1.0), "pearson": (-1.0, 1.0), "spearman": (-1.0, 1.0),
+}
+
+
+def metric_of(key: str) -> str | None:
+    """The metric a result key names ("accuracy_mm": accuracy on the split with suffix "mm"); None: none."""
+    if key in METRICS:
+        return key
+    return next((m for m in sorted(METRICS, key=len, reverse=True) if key.startswith(f"{m}_")), None)
+
+
+def metric_value_problem(key: str, value) -> str | None:
+    """What is wrong with `value` for result key `key` (an unknown metric, not a number, out of range); None: ok."""
+    name = metric_of(key)
+    if name is None:
+        return f"unknown metric {key!r}: the metrics are {', '.join(sorted(METRICS))} (with _SUFFIX for a split)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"metric {key!r} = {value!r} is not a number"
+    low, high = METRIC_RANGES[name]
+    if not low <= value <= high:  # NaN too
+        return (f"metric {key!r} = {value!r} is outside [{low:g}, {high:g}]; metrics are fractions, as the metric "
+                "functions return them (0.52, not 52)")
+    return None
 
 
 def compute_metrics(names, labels, preds) -> dict[str, float]:

@@ -3,7 +3,9 @@
 It reads RESULTS_DIR/<model>/<task>/<run>/metrics.json, the files the grid writes. A hand-written
 one needs only {"metrics": {"mcc": 0.52}} (fractions, as the metric functions return them), plus
 "learning_rate", "epochs", "seed" for the hyper-parameter table (else they are read from the run's
-settings.json).
+settings.json). Every metric is checked: a known name (distill.evaluation.metrics.METRICS, with _SUFFIX
+for a split, as "accuracy_mm"), a number, within its range (METRIC_RANGES: [0, 1] for accuracy, f1,
+f1_macro; [-1, 1] for mcc, pearson, spearman); a file that fails is refused (TaskDataError, naming it).
 
 A task's score is the mean of its metrics, the GLUE benchmark's per-task score: CoLA MCC; STS-B
 (Pearson + Spearman) / 2; MRPC and QQP (F1 + accuracy) / 2; MNLI (matched + mismatched accuracy) / 2;
@@ -22,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..paths import is_no_space, no_space_message, output_dir_problem
+from ..shards import atomic_write_bytes
 from .finetune import METRICS_NAME, SETTINGS_NAME
+from .metrics import metric_value_problem
 from .tasks import GLUE_TASKS, TASKS, TaskDataError
 
 __all__ = ["Summary", "collect_runs", "summarize", "create_summary_table", "markdown_table", "AGGREGATIONS"]
@@ -42,6 +47,22 @@ class Summary:
         return markdown_table(self.scores, digits=digits)
 
 
+def read_metrics(path: Path) -> tuple[dict, dict[str, float]]:
+    """A metrics.json and its metrics, checked: TaskDataError naming the file and the key for an unknown
+    metric, a value that is not a number, or one outside the metric's range (METRIC_RANGES)."""
+    try:
+        result = json.loads(path.read_text())
+        metrics = dict(result["metrics"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TaskDataError(f"{path}: not a metrics file ({type(e).__name__}: {e}); expected "
+                            f'{{"metrics": {{"name": fraction, ...}}, ...}}') from None
+    for key, value in metrics.items():
+        problem = metric_value_problem(key, value)
+        if problem:
+            raise TaskDataError(f"{path}: {problem}; fix the file, or move the run out of the results directory")
+    return result, {k: float(v) for k, v in metrics.items()}
+
+
 def collect_runs(results_dir: str | os.PathLike) -> list[dict]:
     """One record per finished run under RESULTS_DIR/<model>/<task>/<run>/metrics.json."""
     results_dir = Path(results_dir)
@@ -51,12 +72,7 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict]:
     for path in sorted(results_dir.glob(f"*/*/*/{METRICS_NAME}")):
         run_dir = path.parent
         model, task = run_dir.parent.parent.name, run_dir.parent.name
-        try:
-            result = json.loads(path.read_text())
-            metrics = {k: float(v) for k, v in result["metrics"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise TaskDataError(f"{path}: not a metrics file ({type(e).__name__}: {e}); expected "
-                                f'{{"metrics": {{"name": fraction, ...}}, ...}}') from None
+        result, metrics = read_metrics(path)
         keys = list(TASKS[task].metric_keys) if task in TASKS else list(result.get("metric_keys") or metrics)
         missing = [k for k in keys if k not in metrics]
         if missing:
@@ -154,13 +170,25 @@ def create_summary_table(results_dir: str | os.PathLike, save: bool = True, outp
     save: write the table as CSV to `output_file` (default RESULTS_DIR/summary.csv), and the
     hyper-parameters beside it (summary_hyperparameters.csv).
     """
+    path = Path(output_file) if output_file else Path(results_dir) / "summary.csv"
+    if save:  # checked before the results are read
+        problem = (f"--output {path} is a directory; give a file name" if path.is_dir()
+                   else output_dir_problem(path.parent, "--output's directory"))
+        if problem:
+            raise TaskDataError(problem)
     summary = summarize(results_dir, aggregation, metrics, models, tasks, include_average)
     table = summary.scores.round(round_decimals)
     if save:
-        path = Path(output_file) if output_file else Path(results_dir) / "summary.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path)
-        summary.hyperparameters.to_csv(path.with_name(f"{path.stem}_hyperparameters.csv"))
+        try:  # each file whole or not at all
+            atomic_write_bytes(path, [table.to_csv().encode("utf-8")])
+            atomic_write_bytes(path.with_name(f"{path.stem}_hyperparameters.csv"),
+                               [summary.hyperparameters.to_csv().encode("utf-8")])
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            raise TaskDataError(no_space_message(str(path), e, "the results were not changed; free space and "
+                                                 "run the summary again")) from e
     table.attrs["hyperparameters"] = summary.hyperparameters
     table.attrs["aggregation"] = aggregation
     return table

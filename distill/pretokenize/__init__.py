@@ -11,11 +11,12 @@ from .build import DEFAULT_BATCH_CHARS, DEFAULT_SHARD_TOKENS, BuildResult, build
 from .cli import main, parse_args
 from .encoding import IN_FLIGHT_PER_WORKER, BatchEncoder, TokenizerSpec, encode_stream, load_tokenizer
 from .errors import PretokenizeError
-from .inputs import DocumentReader, Source, resolve_inputs
+from .inputs import DEFAULT_MAX_DOC_CHARS, DocumentReader, Source, resolve_inputs, split_long
 from .output import PROGRESS_FORMAT, PROGRESS_NAME
 
 __all__ = [
-    "DEFAULT_BATCH_CHARS", "DEFAULT_SHARD_TOKENS", "IN_FLIGHT_PER_WORKER", "PROGRESS_FORMAT", "PROGRESS_NAME",
+    "DEFAULT_BATCH_CHARS", "DEFAULT_MAX_DOC_CHARS", "DEFAULT_SHARD_TOKENS", "IN_FLIGHT_PER_WORKER",
+    "PROGRESS_FORMAT", "PROGRESS_NAME",
     "BatchEncoder", "BuildResult", "DocumentReader", "PretokenizeError", "Source", "TokenizerSpec",
-    "build", "encode_stream", "load_tokenizer", "main", "parse_args", "resolve_inputs", "summary",
+    "build", "encode_stream", "load_tokenizer", "main", "parse_args", "resolve_inputs", "split_long", "summary",
 ]

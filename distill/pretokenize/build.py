@@ -3,6 +3,7 @@ output directory (start, resume, nothing to do, or refuse), tokenize into shards
 manifest. `build` runs them; `summary` says what a build did."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .. import shards as S
+from ..paths import is_no_space, no_space_message, output_dir_problem
 from .encoding import TokenizerSpec, default_num_workers, encode_stream, load_tokenizer
 from .errors import PretokenizeError
-from .inputs import DocumentReader, Source, hub_source, preflight, resolve_inputs
+from .inputs import DEFAULT_MAX_DOC_CHARS, DocumentReader, Source, hub_source, preflight, resolve_inputs
 from .output import PROGRESS_NAME, OutputState, prepare_output, remove_trace, remove_unrecorded_shards
 
 DEFAULT_SHARD_TOKENS = 2**27  # 134M tokens: 256 MiB per uint16 shard, a resume point every few minutes
@@ -42,21 +44,22 @@ class Plan:
     shard_tokens: int
     batch_chars: int
     num_workers: int
-    record: dict  # what identifies the build: dtype, tokenizer, inputs, text_field, shard_tokens
+    record: dict  # what identifies the build: dtype, tokenizer, inputs, text_field, shard_tokens, max_doc_chars
     from_dataset: bool = False
+    max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
 
     @property
     def total_bytes(self) -> int:  # of the inputs, for the progress bar; 0 for a streamed dataset
         return sum(s.size for s in self.sources)
 
 
-def _check_settings(num_workers: int, shard_tokens: int, batch_chars: int, inputs, dataset) -> None:
+def _check_settings(num_workers: int, shard_tokens: int, batch_chars: int, max_doc_chars: int, inputs,
+                    dataset) -> None:
     if num_workers < 1:
         raise PretokenizeError(f"--num-workers must be at least 1, got {num_workers}")
-    if shard_tokens < 1 or batch_chars < 1:
-        raise PretokenizeError(
-            f"--shard-tokens and --batch-chars must be at least 1, got {shard_tokens} and {batch_chars}"
-        )
+    if shard_tokens < 1 or batch_chars < 1 or max_doc_chars < 1:
+        raise PretokenizeError(f"--shard-tokens, --batch-chars and --max-doc-chars must be at least 1, got "
+                               f"{shard_tokens}, {batch_chars} and {max_doc_chars}")
     if bool(inputs) == bool(dataset):
         raise PretokenizeError("give either --input PATH [PATH ...] or --dataset NAME --split SPLIT (one of the two)")
 
@@ -76,18 +79,18 @@ def _check_dtype(spec: TokenizerSpec, dtype: str, log: Callable[[str], None]) ->
 
 def plan_build(*, tokenizer: str, inputs: list[str] | None, dataset: str | None, dataset_config: str | None,
          split: str | None, text_field: str, num_workers: int | None, shard_tokens: int, dtype: str,
-         batch_chars: int, log: Callable[[str], None]) -> Plan:
+         batch_chars: int, log: Callable[[str], None], max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> Plan:
     """Step 1: settings, inputs (every file opened) and tokenizer checked; nothing written yet."""
     num_workers = default_num_workers() if num_workers is None else int(num_workers)
-    _check_settings(num_workers, shard_tokens, batch_chars, inputs, dataset)
+    _check_settings(num_workers, shard_tokens, batch_chars, max_doc_chars, inputs, dataset)
     sources = [hub_source(dataset, dataset_config, split)] if dataset else resolve_inputs(inputs, split)
     preflight(sources, text_field)
     spec = load_tokenizer(tokenizer)
     _check_dtype(spec, dtype, log)
     record = {"dtype": dtype, "tokenizer": spec.info, "inputs": [s.identity for s in sources],
-              "text_field": text_field, "shard_tokens": int(shard_tokens)}
+              "text_field": text_field, "shard_tokens": int(shard_tokens), "max_doc_chars": int(max_doc_chars)}
     return Plan(sources, spec, dtype, text_field, int(shard_tokens), int(batch_chars), num_workers, record,
-                from_dataset=bool(dataset))
+                from_dataset=bool(dataset), max_doc_chars=int(max_doc_chars))
 
 
 def _progress_bar(total_bytes: int, show: bool):
@@ -114,7 +117,7 @@ class Tokenization:
         self.prior_seconds = float(self.progress.get("elapsed_seconds", 0.0))  # of the runs this one resumes
         self.bar = _progress_bar(plan.total_bytes, show_progress)
         self._last_bytes = 0
-        self.reader = DocumentReader(plan.sources, plan.text_field, self._on_read)
+        self.reader = DocumentReader(plan.sources, plan.text_field, self._on_read, plan.max_doc_chars)
         self.writer = S.ShardWriter(out, plan.dtype, plan.shard_tokens, len(self.progress["shards"]), self._on_shard)
 
     def elapsed(self) -> float:
@@ -215,7 +218,7 @@ def finalize(run: Tokenization, command: list[str]) -> dict:
     }
     manifest = S.build_manifest(
         plan.dtype, plan.tokenizer.info, entries, inputs=plan.record["inputs"], text_field=plan.text_field,
-        shard_tokens=plan.shard_tokens, stats=stats, command=list(command),
+        shard_tokens=plan.shard_tokens, max_doc_chars=plan.max_doc_chars, stats=stats, command=list(command),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         elapsed_seconds=round(run.prior_seconds + run.elapsed(), 3),
     )
@@ -229,26 +232,45 @@ def build(*, tokenizer: str, output: str, inputs: list[str] | None = None, datas
           dataset_config: str | None = None, split: str | None = None, text_field: str = "text",
           num_workers: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS, dtype: str = "uint16",
           overwrite: bool = False, batch_chars: int = DEFAULT_BATCH_CHARS, command: list[str] | None = None,
-          log: Callable[[str], None] = print, show_progress: bool = True) -> BuildResult:
+          log: Callable[[str], None] = print, show_progress: bool = True,
+          max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> BuildResult:
     """Tokenize `inputs` (or the hub `dataset`) into a shard directory, as cli.py's docstring describes."""
+    problem = output_dir_problem(output, "--output")  # first: before the inputs or the tokenizer are read
+    if problem:
+        raise PretokenizeError(problem)
     plan = plan_build(tokenizer=tokenizer, inputs=inputs, dataset=dataset, dataset_config=dataset_config,
                       split=split, text_field=text_field, num_workers=num_workers, shard_tokens=shard_tokens,
-                      dtype=dtype, batch_chars=batch_chars, log=log)
+                      dtype=dtype, batch_chars=batch_chars, log=log, max_doc_chars=max_doc_chars)
     out = Path(output)
-    state = prepare_output(out, plan.record, overwrite)  # step 2
-    if state.complete is not None:
-        return BuildResult(state.complete, already_complete=True, num_workers=plan.num_workers)
-    progress = state.progress
-    if progress["shards"]:
-        log(f"resuming: {len(progress['shards'])} finished shards "
-            f"({sum(e['num_tokens'] for e in progress['shards']):,} tokens) kept, "
-            f"skipping their {progress['consumed_documents']:,} documents")
-    run = Tokenization(plan, out, state, show_progress)
-    run.run()
-    session_seconds = run.elapsed()
-    manifest = finalize(run, command if command is not None else sys.argv)
+    try:
+        state = prepare_output(out, plan.record, overwrite)  # step 2
+        if state.complete is not None:
+            return BuildResult(state.complete, already_complete=True, num_workers=plan.num_workers)
+        progress = state.progress
+        if progress["shards"]:
+            log(f"resuming: {len(progress['shards'])} finished shards "
+                f"({sum(e['num_tokens'] for e in progress['shards']):,} tokens) kept, "
+                f"skipping their {progress['consumed_documents']:,} documents")
+        run = Tokenization(plan, out, state, show_progress)
+        run.run()
+        session_seconds = run.elapsed()
+        manifest = finalize(run, command if command is not None else sys.argv)
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        raise PretokenizeError(no_space_message(str(out), e, _kept(out))) from e
     return BuildResult(manifest, session_tokens=run.tokens, session_seconds=session_seconds,
                        num_workers=plan.num_workers)
+
+
+def _kept(out: Path) -> str:
+    """What a build stopped by a full disk left in `out`, and what to do."""
+    try:
+        shards = len(json.loads((out / PROGRESS_NAME).read_text(encoding="utf-8"))["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"nothing of this build was kept in {out}; free space and run the command again"
+    return (f"the {shards} finished shards in {out} are kept (the shard being written was removed); free space "
+            "and re-run the same command to resume")
 
 
 def summary(result: BuildResult, output: str) -> str:

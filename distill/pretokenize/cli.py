@@ -26,7 +26,7 @@ import sys
 from .build import DEFAULT_BATCH_CHARS, DEFAULT_SHARD_TOKENS, build, summary
 from .encoding import default_num_workers
 from .errors import PretokenizeError
-from .inputs import SUPPORTED
+from .inputs import DEFAULT_MAX_DOC_CHARS, SUPPORTED
 from .output import PROGRESS_NAME
 
 
@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"delete this tool's files in --output (manifest.json, {PROGRESS_NAME}, shard-*.bin) first")
     p.add_argument("--batch-chars", type=int, default=DEFAULT_BATCH_CHARS, metavar="C",
                    help=f"characters of text per task sent to a worker (default: {DEFAULT_BATCH_CHARS:,})")
+    p.add_argument("--max-doc-chars", type=int, default=DEFAULT_MAX_DOC_CHARS, metavar="C",
+                   help=f"a longer document is stored as several documents of at most C characters, cut before "
+                        f"the last space, tab or newline of each window (default: {DEFAULT_MAX_DOC_CHARS:,}); "
+                        "this bounds memory whatever the document sizes (the tokenizer takes ~100 bytes per "
+                        "character it is given at once; .txt documents are cut while read)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p.parse_args(argv)
 
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                        num_workers=args.num_workers, shard_tokens=args.shard_tokens, dtype=args.dtype,
                        overwrite=args.overwrite, batch_chars=args.batch_chars,
                        command=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)],
-                       show_progress=not args.no_progress)
+                       show_progress=not args.no_progress, max_doc_chars=args.max_doc_chars)
     except PretokenizeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

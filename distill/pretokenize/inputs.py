@@ -16,6 +16,11 @@ from typing import Callable, Iterable, Iterator
 from .errors import PretokenizeError
 
 READ_BLOCK = 1 << 22  # bytes read from a text file at a time
+# A longer document is cut into documents of at most this many characters (before a space, tab or
+# newline where the last such window has one), so that memory stays bounded whatever the document
+# sizes: the tokenizer needs ~100 bytes per character of the text it is given at once.
+DEFAULT_MAX_DOC_CHARS = 1 << 20
+_CUT_BEFORE = (" ", "\n", "\t")
 FILE_FORMATS = {  # file name ending -> reader
     ".txt": "txt", ".txt.gz": "txt", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".parquet": "parquet", ".arrow": "arrow",
 }
@@ -143,6 +148,41 @@ def hub_source(name: str, config: str | None, split: str | None) -> Source:
         raise PretokenizeError(f"--dataset {name} needs --split (for example --split train)")
     spec = {"dataset": name, "config": config, "split": split}
     return Source(name, {"format": "hub", **spec}, hub=spec)
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where the piece of `text` starting at `start` ends: before the last space, tab or newline of the
+    next `limit` characters, or after exactly `limit` characters when there is none."""
+    end = max(text.rfind(c, start + 1, start + limit + 1) for c in _CUT_BEFORE)
+    return end if end > start else start + limit
+
+
+def split_long(text: str, limit: int) -> Iterator[str]:
+    """`text` itself when it has at most `limit` characters, else its pieces (see `_cut`), in order."""
+    start = 0
+    while len(text) - start > limit:
+        end = _cut(text, start, limit)
+        yield text[start:end]
+        start = end
+    yield text[start:] if start else text
+
+
+def _leading_pieces(carry: str, limit: int) -> tuple[list[str], str]:
+    """The pieces of an over-long .txt document that no later text can change, and the carry left.
+
+    `carry` holds no complete separator, except maybe the one that ended the previous document at
+    its start; pieces are cut only inside the document's text up to its last non-blank character,
+    exactly where `split_long` on the whole document cuts them.
+    """
+    separator = _BLANK_LINES.match(carry)
+    start = separator.end() if separator else 0
+    known = len(carry.rstrip())
+    pieces = []
+    while known - start > limit:
+        end = _cut(carry, start, limit)
+        pieces.append(carry[start:end])
+        start = end
+    return pieces, (carry[start:] if pieces else carry)
 
 
 def _missing_field(where: str, text_field: str, found: Iterable[str]) -> PretokenizeError:
@@ -290,8 +330,10 @@ def _column_texts(column, counter: _ReplacementCounter, where: str, text_field: 
 class DocumentReader:
     """Every document of the inputs, in order, as str; counts bytes read and bytes replaced."""
 
-    def __init__(self, sources: list[Source], text_field: str, on_progress: Callable[[int], None] = lambda n: None):
+    def __init__(self, sources: list[Source], text_field: str, on_progress: Callable[[int], None] = lambda n: None,
+                 max_doc_chars: int = DEFAULT_MAX_DOC_CHARS):
         self.sources, self.text_field, self.on_progress = sources, text_field, on_progress
+        self.max_doc_chars = int(max_doc_chars)  # longer documents are cut (split_long); .txt ones while read
         self.replaced = {s.label: _ReplacementCounter() for s in sources}
         self.bytes_read = 0  # of the inputs (compressed bytes for .gz), for the progress bar
 
@@ -300,6 +342,10 @@ class DocumentReader:
         self.on_progress(self.bytes_read)
 
     def __iter__(self) -> Iterator[str]:
+        for text in self._documents():
+            yield from split_long(text, self.max_doc_chars)
+
+    def _documents(self) -> Iterator[str]:
         for source in self.sources:
             counter = self.replaced[source.label]
             if source.hub is not None:
@@ -332,17 +378,21 @@ class DocumentReader:
         # last piece of each block may continue in the next one, so it is carried over. "\n\n"
         # stands for "a separator just ended": at the start of the file, and after a block that
         # ended inside a separator, so that blank lines at the start of the next block still count.
+        # A document longer than max_doc_chars is cut while it is read (_leading_pieces), so the carry
+        # stays under max_doc_chars + READ_BLOCK characters whatever the document sizes.
         carry = "\n\n"
         for block in self._decoded_blocks(path, counter, at):
             text = carry + block
             cut = text.rfind("\n") + 1
-            if cut == 0:
-                carry = text
-                continue
-            pieces = _BLANK_LINES.split(text[:cut])
-            last = pieces.pop()
-            yield from filter(None, pieces)  # empty pieces are the edges of separators, not documents
-            carry = (last or "\n\n") + text[cut:]
+            if cut:
+                pieces = _BLANK_LINES.split(text[:cut])
+                last = pieces.pop()
+                yield from filter(None, pieces)  # empty pieces are the edges of separators, not documents
+                text = (last or "\n\n") + text[cut:]
+            carry = text
+            if len(carry) > self.max_doc_chars:
+                pieces, carry = _leading_pieces(carry, self.max_doc_chars)
+                yield from pieces
         yield from filter(None, _BLANK_LINES.split(carry + "\n\n"))
 
     def _jsonl(self, path: Path, counter: _ReplacementCounter, at) -> Iterator[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import shards as S
 from .errors import PretokenizeError
+from .inputs import DEFAULT_MAX_DOC_CHARS
 
 PROGRESS_NAME = ".progress.json"
 PROGRESS_FORMAT = "distill-shards-progress"
@@ -21,7 +22,9 @@ def identity_of(record: dict) -> dict:
     """What must match for a directory to be resumed or reused: from a manifest or a progress file."""
     return {"inputs": record.get("inputs"), "tokenizer": (record.get("tokenizer") or {}).get("fingerprint"),
             "text_field": record.get("text_field"), "shard_tokens": record.get("shard_tokens"),
-            "dtype": record.get("dtype")}
+            "dtype": record.get("dtype"),
+            # directories built before --max-doc-chars existed: taken as built with the default
+            "max_doc_chars": record.get("max_doc_chars", DEFAULT_MAX_DOC_CHARS)}
 
 
 def _describe_input(entry: dict) -> str:
@@ -54,7 +57,7 @@ def identity_differences(old: dict, new: dict, old_names: dict | None = None,
         now = (new_names or {}).get("name_or_path", "?")
         diffs.append(f"tokenizer: built with {was!r} (fingerprint {str(old['tokenizer'])[:12]}), "
                      f"now {now!r} (fingerprint {str(new['tokenizer'])[:12]})")
-    for key in ("text_field", "shard_tokens", "dtype"):
+    for key in ("text_field", "shard_tokens", "dtype", "max_doc_chars"):
         if old[key] != new[key]:
             diffs.append(f"{key}: built with {old[key]!r}, now {new[key]!r}")
     return diffs
@@ -99,9 +102,8 @@ def prepare_output(out: Path, record: dict, overwrite: bool) -> OutputState:
 
     `record` holds what identifies the build (inputs, tokenizer, text_field, shard_tokens, dtype).
     Writes the progress file (so that shards written next are known to be ours) unless complete.
+    That `out` is a directory (or can be made) and writable was checked first (build, with distill.paths).
     """
-    if out.exists() and not out.is_dir():
-        raise PretokenizeError(f"--output {str(out)!r} is a file; choose a directory")
     manifest_path, progress_path = out / S.MANIFEST_NAME, out / PROGRESS_NAME
     if overwrite:
         for p in own_files(out):

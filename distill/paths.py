@@ -1,0 +1,70 @@
+"""Output paths: checked before any work (a file where a directory goes, no write permission), new
+directories given the user's umask, and a full disk reported as such. Each command (export,
+pretokenize, evaluation) calls these once, up front, and turns the problem into its own error."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest ancestor that exists (what a `mkdir -p path` would start from)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def output_dir_problem(path: str | os.PathLike, flag: str) -> str | None:
+    """Why files cannot be written in directory `path` (created if missing), with the fix; None: they can."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{flag} {path} is a file, not a directory; choose another {flag} (or move the file away)"
+    base = nearest_existing(path)
+    if not base.is_dir():
+        return (f"{flag} {path} cannot be created: {base} is a file, not a directory; "
+                f"choose another {flag}")
+    if not os.access(base, os.W_OK | os.X_OK):
+        what = "is" if base == Path(os.path.abspath(path)) else f"cannot be created: {base} is"
+        return (f"{flag} {path} {what} not writable (permission denied); choose another {flag} "
+                "or change the directory's permissions")
+    return None
+
+
+def is_no_space(error: BaseException) -> bool:
+    """A full disk (or an exceeded quota) while writing."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE
+
+
+def no_space_message(what: str, error: OSError, kept: str) -> str:
+    """`no space left on device writing WHAT (FILE): KEPT; free space and ...` (without `error: `)."""
+    where = f" ({error.filename})" if error.filename else ""
+    return f"no space left on device writing {what}{where}: {kept}"
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the platform allows (no window for other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give `root` and everything under it the permissions of new files and directories (0777 / 0666 less
+    the umask): tempfile.mkdtemp makes 0700 directories, which other users could not read."""
+    mask = umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
