@@ -44,6 +44,9 @@ class MiniLMTrainingArguments(TrainingArguments):
     relation_impl: str = field(default="auto", metadata={"help": "relation loss: auto, chunked, reference, triton"})
     relation_chunk_size: int = field(default=128,
                                      metadata={"help": "query rows per chunk of the relation loss (0: unchunked)"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "start afresh in an output_dir that holds another run, removing only distill's files there "
+                "(otherwise such a directory is refused: resume with resume_from_checkpoint='auto')"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -79,7 +82,7 @@ class MiniLMTrainingArguments(TrainingArguments):
             output_dir=self.output_dir, logging_steps=max(1, int(self.logging_steps)),
             save_steps=int(self.save_steps) if self.save_strategy != "no" else 0,
             save_total_limit=self.save_total_limit, seed=self.seed, deepspeed_config=deepspeed,
-            resume=self.resume_from_checkpoint,
+            resume=self.resume_from_checkpoint, overwrite_output_dir=self.overwrite_output_dir,
         )
 
 

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from .config import DistillConfig
 
 COMPLETE = "COMPLETE"
+SHARED_FS_WAIT_ENV = "DISTILL_SHARED_FS_WAIT_S"  # how long rank 0 waits for other nodes' parts to be visible
 RUN_FILES = ("run_config.json", "student_config", "checkpoints", "tensorboard")  # what a run writes in output_dir
 
 
@@ -123,7 +124,9 @@ def publish(tmp: Path, target: Path, client: dict[str, Any], world: int, keep: i
     if missing:
         raise CheckpointError(f"ranks {missing} wrote their part of {target.name} where rank 0 cannot see it "
                               f"(no {rng_file(tmp, missing[0]).name} in {tmp}): --output_dir must be one directory "
-                              "that every node shares (a shared filesystem), not a node-local path")
+                              "that every node shares: put it on a shared filesystem that supports atomic rename "
+                              f"(NFS, Lustre, ...), not a node-local path (waited {SHARED_FS_WAIT_ENV}="
+                              f"{shared_fs_wait():g} s)")
     files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
     mark_complete(tmp, {**client, "files": files})
     root = target.parent
@@ -142,10 +145,23 @@ def publish(tmp: Path, target: Path, client: dict[str, Any], world: int, keep: i
     rotate(root.parent, keep)
 
 
-def _missing_parts(tmp: Path, world: int, patience: float = 30.0) -> list[int]:
+def shared_fs_wait() -> float:
+    """Seconds rank 0 waits for other ranks' parts to appear: $DISTILL_SHARED_FS_WAIT_S, default 30."""
+    text = os.environ.get(SHARED_FS_WAIT_ENV, "30")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise CheckpointError(f"{SHARED_FS_WAIT_ENV}={text!r} must be a number of seconds >= 0 (default 30)")
+    return value
+
+
+def _missing_parts(tmp: Path, world: int, patience: float | None = None) -> list[int]:
     """Ranks whose RNG file (written last, after their DeepSpeed files) rank 0 does not see in `tmp`; waits up to
-    `patience` seconds, for shared filesystems whose directory listings lag (NFS attribute caching)."""
-    deadline = time.monotonic() + patience
+    `patience` seconds (default `shared_fs_wait()`), for shared filesystems whose directory listings lag (NFS
+    attribute caching)."""
+    deadline = time.monotonic() + (shared_fs_wait() if patience is None else patience)
     while True:
         missing = [r for r in range(world) if not rng_file(tmp, r).is_file()]
         if not missing or time.monotonic() > deadline:

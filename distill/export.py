@@ -163,6 +163,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
     if not ckpt.is_complete(checkpoint_dir):
         raise ValueError(f"{checkpoint_dir} is not a complete checkpoint (no {ckpt.COMPLETE} marker); "
                          "export an earlier one")
+    ckpt.verify_checkpoint(checkpoint_dir)  # a damaged marker or a truncated file: named, with the previous one
     check_export_target(out_dir, flag)
     skeleton = Path(skeleton_dir) if skeleton_dir else checkpoint_dir.parent.parent / "student_config"
     if not (skeleton / "config.json").is_file():
@@ -204,9 +205,9 @@ def resolve_source(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
     if (path / "checkpoints").is_dir():
-        done = ckpt.list_checkpoints(path)
-        if done:
-            return done[-1]
+        newest = ckpt.newest_checkpoint(path)  # verified: a damaged one is named, with the previous one
+        if newest is not None:
+            return newest
         unfinished = [p.name for p in ckpt.list_checkpoints(path, complete_only=False)]
         found = (f"{', '.join(unfinished)} {'is' if len(unfinished) == 1 else 'are'} unfinished (no "
                  f"{ckpt.COMPLETE} marker: the run died while writing)" if unfinished else "it holds none")

@@ -107,3 +107,14 @@ def test_create_student_names_a_missing_teacher_directory(tmp_path):
     args = MiniLMTrainingArguments(output_dir=str(tmp_path), report_to=[])
     with pytest.raises(ValueError, match=f"teacher {tmp_path}/none: no such directory"):
         create_student(str(tmp_path / "none"), args)
+
+
+def test_overwrite_output_dir_reaches_the_run(tmp_path):
+    """A second train() into the same output_dir is refused unless asked, as on the command line."""
+    from distill.api import MiniLMTrainingArguments
+
+    kwargs = dict(output_dir=str(tmp_path), max_steps=3, teacher_layer=3, student_hidden_size=32,
+                  num_relation_heads=4, report_to=[])
+    assert MiniLMTrainingArguments(**kwargs).to_distill_config("teacher").overwrite_output_dir is False
+    args = MiniLMTrainingArguments(**kwargs, overwrite_output_dir=True)
+    assert args.to_distill_config("teacher").overwrite_output_dir is True

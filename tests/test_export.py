@@ -190,3 +190,27 @@ def test_export_names_a_missing_path_and_an_unfinished_run(tmp_path, capsys):
     assert main([str(tmp_path / "other"), "--out", str(tmp_path / "out")]) == 2
     assert "is neither a checkpoint directory" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_names_a_damaged_checkpoint_and_the_previous_one(run_dir, tmp_path, capsys):
+    """A model file shorter than its COMPLETE record says (or a damaged marker) is named, not exported."""
+    import json
+
+    from distill import checkpoint as ckpt
+    from distill.export import main
+
+    newest = ckpt.list_checkpoints(run_dir)[-1]
+    model = newest / "mp_rank_00_model_states.pt"
+    record = json.loads((newest / ckpt.COMPLETE).read_text())
+    record["files"] = {model.name: model.stat().st_size}
+    (newest / ckpt.COMPLETE).write_text(json.dumps(record))
+    model.write_bytes(model.read_bytes()[:100])  # truncated under its marker
+    for source in (run_dir, newest):
+        out = tmp_path / f"out-{source.name}"
+        assert main([str(source), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and model.name in err and "step-00000002" in err, err
+        assert not out.exists()
+    (newest / ckpt.COMPLETE).write_text("")  # an empty marker
+    assert main([str(newest), "--out", str(tmp_path / "o")]) == 2
+    assert "is empty" in capsys.readouterr().err
