@@ -3,11 +3,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ASSETS ?= assets
 DEMO   ?= demo
+# a folder from tools/wheelhouse.sh: `make install WHEELHOUSE=DIR` installs offline from it (air-gapped GPU nodes)
+WHEELHOUSE ?=
 
-.PHONY: install assets demo lint test test-floor bench clean
+.PHONY: install assets demo lint test test-floor test-wheelhouse bench clean gpu-check
 
 $(VENV)/.installed: setup.py tools/install.sh
-	bash tools/install.sh $(VENV)
+	bash tools/install.sh $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(VENV)
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,7 +23,7 @@ demo: assets
 
 test: assets
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not wheelhouse"
 
 # The lowest versions setup.py allows of the libraries whose API we depend on most, in their own venv:
 # the fast tests (models, loss, data, evaluation) must pass there too. CI runs it after `make test`.
@@ -31,8 +33,18 @@ test-floor: assets
 	EXTRA_SPECS="$(FLOOR_SPECS)" bash tools/install.sh $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider
 
+# tools/wheelhouse.sh end to end: download a wheelhouse for this Python, install distill from it with --no-index
+# into a fresh venv that has only torch (a few minutes; downloads ~200 MB). CI runs it after `make test`.
+test-wheelhouse: install
+	$(PY) -m pytest -q -m wheelhouse -p no:cacheprovider tests/test_wheelhouse.py
+
 lint: install
 	$(VENV)/bin/ruff check .
+
+# On a CUDA machine: the GPU tests, the kernel and step benchmarks and a real run with SIGTERM and resume, one report
+# (tools/bench/results/gpu_check/gpu_check.md). GPU_CHECK_ARGS=--dry-run rehearses it on CPU with tiny shapes.
+gpu-check: assets
+	$(PY) tools/gpu_check.py --out tools/bench/results/gpu_check $(GPU_CHECK_ARGS)
 
 bench: assets
 	$(PY) tools/bench/pretokenize_bench.py --out tools/bench/results/pretokenize_bench_cpu.md

@@ -14,6 +14,7 @@ from .encoders import get_adapter
 
 class ScalarLogger(Protocol):
     def log(self, step: int, scalars: Mapping[str, float]) -> None: ...
+    def log_text(self, tag: str, text: str, step: int = 0) -> None: ...
     def close(self) -> None: ...
 
 
@@ -21,6 +22,9 @@ class NullLogger:
     """What ranks other than 0 use: logs nothing."""
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
+        pass
+
+    def log_text(self, tag: str, text: str, step: int = 0) -> None:
         pass
 
     def close(self) -> None:
@@ -36,6 +40,11 @@ class TensorBoardLogger:
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         for name, value in scalars.items():
             self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def log_text(self, tag: str, text: str, step: int = 0) -> None:
+        """One text entry (TensorBoard's Text tab), e.g. the relation kernel's self-check."""
+        self.writer.add_text(tag, text, step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -155,7 +164,26 @@ class StepMetrics:
         if grad_norm is not None:
             scalars["train/grad_norm"] = float(grad_norm)
         if self.precision == "fp16":
-            scale = getattr(engine.optimizer, "cur_scale", None) or getattr(engine.optimizer, "loss_scale", None)
+            scale = loss_scale_of(engine)
             if scale is not None:
-                scalars["train/loss_scale"] = float(scale)
+                scalars["train/loss_scale"] = scale
         return scalars
+
+
+def loss_scale_of(engine) -> float | None:
+    """The current fp16 loss scale of a DeepSpeed engine's optimizer, or None where it has none.
+
+    DeepSpeed keeps it in several places by version and optimizer: `cur_scale` and `loss_scale`
+    (ZeRO 1-3), `loss_scale` (FP16_Optimizer, FP16_UnfusedOptimizer), `loss_scale_config.cur_scale`
+    (FP16_Optimizer in 0.19) and `loss_scaler.cur_scale`. `engine.loss_scale()` is the configured static
+    scale (0 for dynamic), not the current one, so it is never read.
+    """
+    optimizer = getattr(engine, "optimizer", None)
+    places = ((optimizer, "cur_scale"), (optimizer, "loss_scale"),
+              (getattr(optimizer, "loss_scale_config", None), "cur_scale"),
+              (getattr(optimizer, "loss_scaler", None), "cur_scale"))
+    for holder, name in places:
+        value = getattr(holder, name, None)
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)) or torch.is_tensor(value):
+            return float(value)
+    return None

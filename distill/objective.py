@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from . import kernels
 from .encoders import get_adapter
 from .relations import RelationSpec, relation_loss
 from .teacher import FrozenTeacher, QKVCapture
@@ -38,15 +39,22 @@ class MiniLMv2Objective:
         student_layer_index: 1-based student layer whose Q/K/V are distilled; default its last.
         device: where the student will train (decides relation_impl="auto"); default where its
             parameters are now (a DeepSpeed engine moves a CPU-built student to the GPU later).
+        student_dtype: the dtype of the student's Q/K/V in training (torch.bfloat16 for a bf16
+            engine); default its parameters' dtype now. Shapes the kernel self-check's inputs.
 
-    `spec` afterwards holds the settings with the implementation settled for the device.
+    `spec` afterwards holds the settings with the implementation settled for the device. When that
+    is the fused Triton kernel, it has first been checked against the chunked loss on `device`
+    (`distill.kernels.settle_relation_spec`): on a failure relation_impl="auto" uses the chunked
+    loss and "triton" raises ValueError. `kernel_check` holds that check's result
+    (`distill.kernels.SelfCheckResult`; its `line()` for a log), or None when no check ran.
     Call `remove()` to take the hooks off the student when the objective is no longer used.
     """
 
     def __init__(self, teacher: FrozenTeacher, student: nn.Module, spec: RelationSpec | None = None, *,
                  num_relation_heads: int | None = None, relations: Mapping[tuple[int, int], float] | str | None = None,
                  chunk_size: int | None = None, relation_impl: str | None = None,
-                 student_layer_index: int | None = None, device: torch.device | str | None = None):
+                 student_layer_index: int | None = None, device: torch.device | str | None = None,
+                 student_dtype: torch.dtype | None = None):
         if not isinstance(teacher, FrozenTeacher):
             raise TypeError(f"teacher must be a FrozenTeacher (wrap the model: FrozenTeacher(model, teacher_layer)), "
                             f"not {type(teacher).__name__}")
@@ -65,11 +73,14 @@ class MiniLMv2Objective:
         spec.check_widths({"the teacher's width": teacher.hidden_size,
                            "the student's width": adapter.hidden_size(student.config)})
         device = torch.device(device) if device is not None else _module_device(student)
+        student_dtype = student_dtype or next(student.parameters()).dtype
 
         self.teacher = teacher
         self.student = student
         self.student_layer_index = index
-        self.spec = spec.resolved(device)
+        self.spec, self.kernel_check = kernels.settle_relation_spec(
+            spec, device, widths=(teacher.hidden_size, adapter.hidden_size(student.config)), dtype=student_dtype,
+            teacher_dtype=teacher.dtype)
         self._student_adapter = adapter
         self._capture = QKVCapture(student, index - 1, adapter=adapter)
 

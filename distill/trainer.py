@@ -255,7 +255,10 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     if dataset is None:
         dataset = build_dataset(cfg, frozen.config)
     check_data_size(len(dataset), cfg, world)
-    objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device)
+    objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device,
+                                  student_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision))
+    if rank == 0 and objective.kernel_check is not None:  # the fused kernel's self-check (distill.kernels)
+        print(objective.kernel_check.line(), flush=True)
     if rank == 0:
         if cfg.overwrite_output_dir:
             ckpt.clear_run_files(cfg.output_dir, export_dir_of(cfg))
@@ -310,6 +313,8 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
     is_main = rank == 0  # logs, TensorBoard, progress bar
     device = metrics.device
     logger = TensorBoardLogger(Path(cfg.output_dir) / "tensorboard") if is_main else NullLogger()
+    if getattr(objective, "kernel_check", None) is not None:
+        logger.log_text("relation_kernel/self_check", objective.kernel_check.line())
     guard = RunGuard()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="distill", disable=not is_main, dynamic_ncols=True)
     engine.train()
@@ -325,8 +330,10 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
                 accumulated += finite
                 _check_nonfinite(guard, state, cfg)
             skipped = _check_step(engine, state, cfg, skipped)
-            if skipped:
-                continue  # the weights did not move: the step is taken again on the next micro-batches
+            if skipped or not engine.was_step_applied():
+                # the weights did not move (a non-finite gradient norm, or an fp16 overflow that halved the
+                # loss scale) nor did the learning-rate schedule: the step is taken again on the next micro-batches
+                continue
             state.step += 1
             bar.update(1)
             if state.step % cfg.logging_steps == 0 or state.step == cfg.max_steps:

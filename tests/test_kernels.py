@@ -356,6 +356,22 @@ def test_gpu_never_allocates_a_relation_matrix():
     assert extra < one_matrix / 8, (extra, one_matrix)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_gpu_self_check_passes_well_under_a_second(dtype):
+    """The check a run does before it trains with the kernel (distill.kernels.self_check), on the
+    issue's shapes: it passes, and once the kernels are compiled it takes well under a second."""
+    from distill.kernels import self_check
+    from distill.relations import RelationSpec
+
+    spec = RelationSpec(48, QKV, "triton")
+    first = self_check(spec, (768, 384), "cuda", DTYPES[dtype], torch.float16)      # compiles the kernels
+    assert first.ok, first.line()
+    again = self_check(spec, (768, 384), "cuda", DTYPES[dtype], torch.float16)
+    assert again.ok and again.seconds < 0.5, again.line()
+
+
 if __name__ == "__main__":          # the child process of `interpreter_results`
     if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         sys.exit("run through pytest, or with TRITON_INTERPRET=1: the interpreter must be on before triton loads")

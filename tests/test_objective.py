@@ -326,6 +326,8 @@ def test_triton_impl_through_the_objective_matches_chunked_in_the_interpreter(tm
             objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,
                                           relation_impl=impl)
             assert objective.relation_impl == impl
+            check = objective.kernel_check     # the kernel proved itself against the chunked loss first
+            assert (check is None) if impl == "chunked" else check.ok, check
             loss, parts = objective(make_batch())
             loss.backward()
             out.append((loss.detach(), student.encoder.layer[1].attention.self.query.weight.grad.clone()))
@@ -347,12 +349,21 @@ def test_relation_impl_follows_the_training_device_not_where_the_student_was_bui
     import distill.kernels as kernels
 
     monkeypatch.setattr(kernels, "available", lambda device=None: torch.device(device).type == "cuda")
+    checked = []   # the kernel's self-check runs on the training device, with the run's shapes and dtypes
+
+    def passing_check(spec, widths, device, dtype, teacher_dtype):
+        checked.append((widths, str(device), dtype, teacher_dtype))
+        return kernels.SelfCheckResult(True, "", 0.01, 0.0, 0.0, 1e-4, 1.6e-2, str(device), "")
+
+    monkeypatch.setattr(kernels, "self_check", passing_check)
     teacher = tiny_teacher()
     student = create_student(teacher, 2, 16, 2, init="random")  # built on CPU, as before deepspeed.initialize
     objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,
-                                  relation_impl="auto", device="cuda:0")
-    assert objective.relation_impl == "triton"
+                                  relation_impl="auto", device="cuda:0", student_dtype=torch.bfloat16)
+    assert objective.relation_impl == "triton" and objective.kernel_check.ok
+    assert checked == [((32, 16), "cuda:0", torch.bfloat16, torch.float32)]
     objective.remove()
     objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,
                                   relation_impl="auto")
-    assert objective.relation_impl == "chunked"
+    assert objective.relation_impl == "chunked" and objective.kernel_check is None
+    assert len(checked) == 1

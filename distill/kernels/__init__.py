@@ -10,6 +10,10 @@
 it for a RelationSpec whose impl is "triton") but computes each relation
 with the fused kernels of `distill.kernels.relation_kl`, which never hold an S x S matrix:
 memory beyond the inputs is O(B * A_r * S) for the forward and the students' float32 gradients.
+
+Before a run uses the kernels, `settle_relation_spec` checks them against the chunked loss on the
+training device (`self_check`, distill.kernels.verify: tolerances there) and falls back to the
+chunked loss (relation_impl "auto") or refuses (relation_impl "triton") when they fail.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import torch
 
 from ..relations import RelationSpec, check_relation_inputs, padding_key_bias, relation_name, row_weights
 
-__all__ = ["available", "unavailable_reason", "relation_loss_triton", "DOT_PRECISIONS"]
+__all__ = ["available", "unavailable_reason", "relation_loss_triton", "DOT_PRECISIONS", "SelfCheckResult",
+           "self_check", "settle_relation_spec"]
 
 # tl.dot's input_precision for float32 operands (see distill.kernels.relation_kl)
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -96,3 +101,6 @@ def relation_loss_triton(teacher_qkv: Sequence[torch.Tensor], student_qkv: Seque
         parts[relation_name(pair)] = losses[r].detach()
         total = total + weight * losses[r]
     return total, parts
+
+
+from .verify import SelfCheckResult, self_check, settle_relation_spec  # noqa: E402  (uses the above)

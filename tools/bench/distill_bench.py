@@ -9,12 +9,17 @@ What runs is what `launch/distill.py` runs: the DeepSpeed engine built from the 
 "auto" values filled from these settings), the frozen teacher (float16 on CUDA), the student
 created from it, MiniLMv2Objective with the chunked relation loss, and `train_step` (forward,
 loss, engine.backward, engine.step) on full windows of random token ids. `--teacher` is a
-model directory or hub name, or `bert-base` / `bert-large` for a randomly initialised model of
-that shape (no download). Per sequence length: --warmup steps, then --steps timed steps (CUDA
-synchronised); the table gives the median seconds per step, steps/s, tokens/s, peak memory
-(CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak RSS) and, on CUDA, the model FLOPs
-utilisation: (teacher forward + 3 x student forward + relation loss) FLOPs per second over the
-GPU's dense bf16 peak (`--peak-tflops` overrides the table in distill/monitor.py).
+model directory or hub name, or `bert-base` / `bert-large` (or `tiny`, 2 x 64, for dry runs)
+for a randomly initialised model of that shape (no download). Per sequence length: --warmup
+steps, then --steps timed steps (CUDA synchronised); the table gives the median seconds per
+step, steps/s, tokens/s, peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the
+process's peak RSS) and, on CUDA, the model FLOPs utilisation: (teacher forward + 3 x student
+forward + relation loss) FLOPs per second over the GPU's dense bf16 peak (`--peak-tflops`
+overrides the table in distill/monitor.py). The loss's share of the step is the median time of
+the relation loss alone (forward + backward, on random Q/K/V of the step's shapes and dtypes,
+same implementation) over the median step time. Each row also names the optimizer DeepSpeed
+built and the teacher's attention implementation and dtype.
+`--json PATH` writes the rows and the settings as JSON as well (tools/gpu_check.py reads it).
 
 `--memory-budget-gb B` caps this process at B GB of GPU memory (set_per_process_memory_fraction),
 to show what fits on a 48 GB card on a bigger one; `--find-max-batch` then searches, per sequence
@@ -41,6 +46,7 @@ from distill.monitor import peak_flops, step_flops
 SHAPES = {  # randomly initialised teachers of the usual shapes
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
 }
 
 
@@ -48,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--teacher", default="bert-base",
-                   help="model directory / hub name, or bert-base / bert-large (random init)")
+                   help="model directory / hub name, or bert-base / bert-large / tiny (random init)")
     p.add_argument("--teacher-layer", type=int, default=None, help="1-based distilled teacher layer (default: last)")
     p.add_argument("--student-layers", type=int, default=6)
     p.add_argument("--student-hidden", type=int, default=384)
@@ -69,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16/fp16 peak, for MFU")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", default=None, help="write the Markdown table here")
+    p.add_argument("--json", default=None, help="write the rows and settings as JSON here")
     args = p.parse_args(argv)
     if args.memory_budget_gb is not None and not torch.cuda.is_available():
         p.error("--memory-budget-gb needs a CUDA GPU; drop it on CPU")
@@ -109,11 +116,16 @@ def main(argv=None) -> int:
 
     text = report(args, device, rows, peak)
     print(text)
-    if args.out:
-        from distill.shards import atomic_write_bytes
+    from distill.shards import atomic_write_bytes, atomic_write_json
 
+    if args.out:
         atomic_write_bytes(args.out, [text.encode()])
         print(f"wrote {args.out}")
+    if args.json:
+        atomic_write_json(args.json, {"device": device_name(device), "peak_flops": peak,
+                                      "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
+                                      "rows": rows})
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -165,6 +177,36 @@ class StepRunner:
             return times, torch.cuda.max_memory_allocated(self.device) / 2**30
         return times, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
+    def loss_timed(self, batch: int, steps: int, warmup: int) -> float:
+        """Median seconds of the relation loss alone, forward + backward, on random Q/K/V shaped and typed as
+        the step's (teacher: its dtype; student: the engine's), with the step's implementation and settings."""
+        from distill.relations import relation_loss
+
+        gen = torch.Generator(device="cpu").manual_seed(0)
+
+        def side(width: int, dtype: torch.dtype, grad: bool) -> tuple[torch.Tensor, ...]:
+            return tuple(torch.randn(batch, self.seq, width, generator=gen).to(self.device, dtype).requires_grad_(grad)
+                         for _ in range(3))
+
+        teacher = side(self.objective.teacher.hidden_size, self.objective.teacher.dtype, False)
+        student = side(self.engine.module.config.hidden_size, next(self.engine.module.parameters()).dtype, True)
+        mask = torch.ones(batch, self.seq, dtype=torch.long, device=self.device)
+        times = []
+        for i in range(warmup + steps):
+            self._sync()
+            t0 = time.perf_counter()
+            relation_loss(teacher, student, mask, self.objective.spec)[0].backward()
+            self._sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+            for s in student:
+                s.grad = None
+        return statistics.median(times)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def fits(self, batch: int) -> bool:
         try:
             self.timed(batch, 1, 1)
@@ -190,10 +232,8 @@ class StepRunner:
 
 def bench_seq_len(args, seq: int, teacher_model, device: torch.device, peak: float | None) -> dict:
     """Build what launch/distill.py builds for windows of `seq` tokens, time its step, and tear it down."""
-    import deepspeed
-
     from distill.objective import MiniLMv2Objective
-    from distill.trainer import RunGuard, build_models
+    from distill.trainer import RunGuard, build_models, initialize_engine
 
     cfg = run_config(args, seq)
     ds_json, precision = resolve_deepspeed_config(
@@ -202,21 +242,23 @@ def bench_seq_len(args, seq: int, teacher_model, device: torch.device, peak: flo
     torch.manual_seed(cfg.seed)
     frozen, student = build_models(cfg, device, teacher=teacher_model)
     objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device)
-    engine, _, _, _ = deepspeed.initialize(model=student, model_parameters=list(student.parameters()),
-                                           config=ds_json)
+    engine = initialize_engine(student, ds_json)  # as launch/distill.py builds it
     engine.train()
     runner = StepRunner(engine, objective, RunGuard(), device, frozen.config.vocab_size, seq)
     max_batch = runner.max_batch(args.batch, args.max_batch_limit) if args.find_max_batch else None
     batch = min(args.batch, max_batch) if max_batch else args.batch
     times, mem = runner.timed(batch, args.steps, args.warmup)
     median = statistics.median(times)
+    loss_s = runner.loss_timed(batch, args.steps, args.warmup)
     flops = functools.partial(step_flops, frozen.config, student.config, frozen.num_layers,
                               len(objective.spec.relations))
     row = dict(impl=objective.relation_impl, seq=seq, batch=batch, precision=precision,
                zero=ds_json.get("zero_optimization", {}).get("stage", 0),
                s_per_step=median, steps_per_s=1 / median, tokens_per_s=batch * seq / median, peak_gib=mem,
                mfu=flops(batch, seq) / median / peak if peak else None, max_batch=max_batch,
-               fused_adam=type(getattr(engine, "basic_optimizer", None) or engine.optimizer).__name__)
+               loss_s=loss_s, loss_share=loss_s / median,
+               fused_adam=type(getattr(engine, "basic_optimizer", None) or engine.optimizer).__name__,
+               teacher_attention=frozen.config._attn_implementation, teacher_dtype=str(frozen.dtype).split(".")[-1])
     runner.guard.restore()
     objective.remove()
     del runner, engine, objective, frozen, student
@@ -228,16 +270,19 @@ def bench_seq_len(args, seq: int, teacher_model, device: torch.device, peak: flo
 def format_row(r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
     return (f"| {r['impl']} | {r['seq']} | {r['batch']} | {r['precision']} | {r['zero']} | {r['fused_adam']} | "
-            f"{r['s_per_step']:.3f} | "
-            f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['peak_gib']:.2f} | {mfu} | "
-            f"{r['max_batch'] if r['max_batch'] is not None else '-'} |")
+            f"{r['teacher_attention']} ({r['teacher_dtype']}) | {r['s_per_step']:.3f} | "
+            f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {100 * r['loss_share']:.1f}% | "
+            f"{r['peak_gib']:.2f} | {mfu} | {r['max_batch'] if r['max_batch'] is not None else '-'} |")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def report(args, device, rows, peak) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = device_name(device)
     import deepspeed
     import transformers
 
@@ -254,12 +299,13 @@ def report(args, device, rows, peak) -> str:
         f"- MFU peak: {peak / 1e12:.0f} TFLOP/s" if peak else "- MFU: not computed (no known peak for this device)",
         f"- command: python {' '.join(sys.argv)}",
         "",
-        "| loss | seq | micro-batch | precision | ZeRO | optimizer | s/step | steps/s | tokens/s | peak memory GiB "
-        "| MFU | max micro-batch in budget |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| loss | seq | micro-batch | precision | ZeRO | optimizer | teacher attention | s/step | steps/s | tokens/s "
+        "| loss share | peak memory GiB | MFU | max micro-batch in budget |",
+        "|---|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
         *[format_row(r) for r in rows],
         "",
-        "Peak memory: torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on CPU.",
+        "Peak memory: torch.cuda.max_memory_allocated on CUDA, the process's peak RSS on CPU. Loss share: the "
+        "relation loss alone (forward + backward, same shapes, dtypes and implementation) over the whole step.",
     ]
     return "\n".join(lines) + "\n"
 

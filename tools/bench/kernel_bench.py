@@ -19,7 +19,8 @@ relative difference of its loss and student gradients to the reference's.
 Targets (issue 6): best triton at least 3x faster than the best chunked, at least 8x less peak
 memory than the reference.
 
-Needs a CUDA GPU and triton; without them it says so and exits with status 2.
+`--json PATH` also writes, per dtype, the best of each implementation and the two ratios (what
+tools/gpu_check.py reads). Needs a CUDA GPU and triton; without them it says so and exits with status 2.
 """
 from __future__ import annotations
 
@@ -195,6 +196,23 @@ def best(rows, kind):
     return min(ok, key=lambda r: r["median_s"]) if ok else None
 
 
+def summary(results) -> list[dict]:
+    """Per dtype: the best row of each implementation (median s, peak bytes, diffs) and the two target ratios."""
+    out = []
+    for result in results:
+        rows = result["rows"]
+        picked = {kind: best(rows, kind) for kind in ("reference", "chunked", "triton")}
+        fused, chunked, ref = picked["triton"], picked["chunked"], picked["reference"]
+        out.append({"dtype": result["dtype"],
+                     "best": {k: v and {f: v.get(f) for f in ("name", "median_s", "peak_bytes", "loss_diff",
+                                                               "grad_diff")} for k, v in picked.items()},
+                     "speedup_vs_chunked": chunked["median_s"] / fused["median_s"] if fused and chunked else None,
+                     "memory_ratio_vs_reference": (ref["peak_bytes"] / max(fused["peak_bytes"], 1)
+                                                   if fused and ref else None),
+                     "errors": [f"{r['name']}: {r['error']}" for r in rows if "error" in r]})
+    return out
+
+
 def floor_note(args) -> str:
     """Work of one fused forward + backward, for reading the times against the GPU's rates."""
     elements = args.batch * args.relation_heads * args.seq * args.seq * len(QKV)       # logits per side
@@ -280,6 +298,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--out", type=Path, help="write the Markdown result here")
+    p.add_argument("--json", type=Path, help="write the per-dtype summary (best rows, ratios, targets) as JSON here")
     # tests this script in the Triton interpreter
     p.add_argument("--cpu-dry-run", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -310,9 +329,16 @@ def main(argv=None) -> int:
     results = [run_dtype(args, name, timer, device) for name in args.dtype]
     text = markdown(args, results, device, argv)
     print(text)
+    from distill.shards import atomic_write_bytes, atomic_write_json
+
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
+        atomic_write_bytes(args.out, [(text + "\n").encode("utf-8")])
+    if args.json:
+        atomic_write_json(args.json, {"device": "cpu dry run" if args.cpu_dry_run else torch.cuda.get_device_name(),
+                                      "targets": {"speedup_vs_chunked": SPEEDUP_TARGET,
+                                                  "memory_ratio_vs_reference": MEMORY_TARGET},
+                                      "dtypes": summary(results)})
     return 0
 
 
