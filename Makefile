@@ -6,7 +6,7 @@ DEMO   ?= demo
 # a folder from tools/wheelhouse.sh: `make install WHEELHOUSE=DIR` installs offline from it (air-gapped GPU nodes)
 WHEELHOUSE ?=
 
-.PHONY: install assets demo lint test test-floor test-wheelhouse bench clean gpu-check
+.PHONY: install assets demo lint test test-floor test-extended bench clean gpu-check
 
 $(VENV)/.installed: setup.py tools/install.sh
 	bash tools/install.sh $(if $(WHEELHOUSE),--wheelhouse $(WHEELHOUSE)) $(VENV)
@@ -23,7 +23,7 @@ demo: assets
 
 test: assets
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not wheelhouse"
+	$(PY) -m pytest -q -m "not extended"
 
 # The lowest versions setup.py allows of the libraries whose API we depend on most, in their own venv:
 # the fast tests (models, loss, data, evaluation) must pass there too. CI runs it after `make test`.
@@ -33,10 +33,11 @@ test-floor: assets
 	EXTRA_SPECS="$(FLOOR_SPECS)" bash tools/install.sh $(FLOOR_VENV)
 	$(FLOOR_VENV)/bin/python -m pytest -q -m "not slow and not gpu" -p no:cacheprovider
 
-# tools/wheelhouse.sh end to end: download a wheelhouse for this Python, install distill from it with --no-index
-# into a fresh venv that has only torch (a few minutes; downloads ~200 MB). CI runs it after `make test`.
-test-wheelhouse: install
-	$(PY) -m pytest -q -m wheelhouse -p no:cacheprovider tests/test_wheelhouse.py
+# The checks that take minutes, kept out of `make test`: tools/wheelhouse.sh end to end (download a wheelhouse for
+# this Python, install distill from it with --no-index into a fresh venv that has only torch; ~200 MB) and the
+# `make gpu-check` dry run on CPU. CI runs it after `make test`.
+test-extended: assets
+	$(PY) -m pytest -q -m extended -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -36,6 +36,7 @@ def test_a_report_it_did_not_write_is_never_replaced(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # about a minute: `make test-extended` (CI), not `make test`
 def test_dry_run_goes_through_every_step_and_reports_every_figure(tmp_path):
     if not (ASSETS / "teacher" / "config.json").is_file() or not (ASSETS / "corpus").is_dir():
         pytest.skip(f"offline assets not found under {ASSETS}: run `bash tools/fetch_offline_assets.sh`")

@@ -2,7 +2,7 @@
 
 The fast tests use a fake wheelhouse (tiny wheels made here) and a venv with a stub torch: every bad input is
 `error:` naming the missing folder, wheel or package, exit 2, and the venv is left as it was. The slow one
-(marker `wheelhouse`, `make test-wheelhouse`, not in `make test`) downloads a real wheelhouse from the index
+(marker `extended`, `make test-extended`, not in `make test`) downloads a real wheelhouse from the index
 and installs distill from it with `--no-index` into a fresh venv that has only torch.
 """
 from __future__ import annotations
@@ -170,7 +170,7 @@ def test_wheelhouse_refuses_a_folder_with_files(tmp_path):
     assert [p.name for p in house.iterdir()] == ["mine.txt"] and (house / "mine.txt").read_text() == "keep"
 
 
-# --- slow: downloads from the index (make test-wheelhouse) -----------------------------------------------------------
+# --- slow: downloads from the index (make test-extended) -----------------------------------------------------------
 
 def cpu_torch_wheel() -> Path | None:
     out = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True,
@@ -180,7 +180,7 @@ def cpu_torch_wheel() -> Path | None:
     return sorted(found)[-1] if found else None
 
 
-@pytest.mark.wheelhouse
+@pytest.mark.extended
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_wheelhouse_installs_distill_offline(tmp_path):
@@ -217,7 +217,7 @@ def test_wheelhouse_installs_distill_offline(tmp_path):
     print(f"wheelhouse: {len(wheels)} wheels built in {t_build:.0f} s, installed offline in {t_install:.0f} s")
 
 
-@pytest.mark.wheelhouse
+@pytest.mark.extended
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_wheelhouse_for_an_unsatisfiable_platform(tmp_path):
