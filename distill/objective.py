@@ -110,7 +110,7 @@ class MiniLMv2Objective:
         forward = student_forward if student_forward is not None else self.student
         with self._capture:
             outputs = forward(**inputs, output_hidden_states=False, output_attentions=False)
-        student_qkv = self._capture.pop()
+        student_qkv = self._capture.pop(attention_mask)
 
         loss, parts = relation_loss(teacher_qkv, student_qkv, attention_mask, self.spec)
         if _zero3_partitioned(self.student) and (links := _grad_tensors(outputs)):

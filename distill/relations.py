@@ -45,6 +45,11 @@ __all__ = ["RelationSpec", "RELATION_IMPLS", "parse_relations", "checked_relatio
            "resolve_relation_impl", "divisors"]
 
 RELATION_IMPLS = ("auto", "chunked", "reference", "triton")
+# What an unchunked relation loss (the reference, or chunked with no chunk size) may hold for one micro-batch.
+# It keeps (2 R + 3) float32 [B, A_r, S, S] matrices at its peak for R relations (measured on CPU by
+# tools/bench/long_context_bench.py: 5.0 for qq alone, 9.0 for qq,kk,vv); the chunked loss and the fused
+# kernel hold O(chunk x S) and O(S), linear in S.
+UNCHUNKED_BUDGET_BYTES = 16 * 2**30
 _LETTERS = {"q": 1, "k": 2, "v": 3}
 _NAMES = {index: letter for letter, index in _LETTERS.items()}
 _FORMS = ("accepted forms: NAME:WEIGHT items separated by commas, NAME being two of q, k, v "
@@ -128,6 +133,25 @@ class RelationSpec:
                 valid = ", ".join(map(str, divisors(math.gcd(*widths.values()))))
                 raise ValueError(f"num_relation_heads={self.num_relation_heads} does not divide {label} ({width}): "
                                  f"choose a divisor of every width ({listed}), i.e. one of {valid}")
+
+    def unchunked_bytes(self, batch: int, seq_len: int) -> int | None:
+        """Peak bytes of the loss for a [batch, seq_len] micro-batch where it materialises S x S matrices
+        (impl "reference", or "chunked" without a chunk size): (2 R + 3) float32 [B, A_r, S, S]
+        matrices for R relations; None for the implementations whose memory is linear in S."""
+        if not (self.impl == "reference" or (self.impl == "chunked" and self.chunk_size is None)):
+            return None
+        return (2 * len(self.relations) + 3) * batch * self.num_relation_heads * seq_len * seq_len * 4
+
+    def check_memory(self, batch: int, seq_len: int, budget: int = UNCHUNKED_BUDGET_BYTES) -> None:
+        """ValueError where an unchunked loss would hold more than `budget` bytes for one micro-batch."""
+        need = self.unchunked_bytes(batch, seq_len)
+        if need is not None and need > budget:
+            what = "relation_impl=reference" if self.impl == "reference" else "an unchunked relation loss"
+            fit = max(1, math.isqrt(budget // ((2 * len(self.relations) + 3) * batch * self.num_relation_heads * 4)))
+            raise ValueError(f"{what} at seq_len {seq_len} would hold {need / 2**30:.1f} GiB of [B, A_r, S, S] "
+                             f"matrices per micro-batch of {batch}, over its budget of {budget / 2**30:.0f} GiB: use "
+                             f"relation_impl chunked with a chunk size (the same loss, memory linear in S), or "
+                             f"seq_len <= {fit} at this batch size")
 
     def resolved(self, device: torch.device) -> RelationSpec:
         """This spec with `impl` settled for `device` (never "auto"); "reference" drops the chunk size."""

@@ -7,11 +7,15 @@ teacher's, so the teacher's tokenizer serves the student.
 
 init="teacher" (the default) copies, for every student parameter, the leading slice of the
 teacher's matching parameter: `W[:h_out, :h_in]` for matrices, `b[:h]` for biases and LayerNorm,
-`E[:, :h]` for embedding tables. That covers the embeddings (word, position, token type and their
-LayerNorm), the chosen teacher layers, and what else both have (pooler, MPNet's relative position
-bias, ELECTRA's embedding projection). Where the student is larger along some axis (MPNet's
-relative-bias table with more heads), the overlap is copied and the rest keeps the architecture's
-init; fixed sinusoidal position tables (DistilBERT `sinusoidal_pos_embds`) are rebuilt, not sliced.
+`E[:, :h]` for embedding tables. A parameter that stacks several blocks along its first axis
+(ModernBERT's fused Wqkv = [W_q; W_k; W_v], its gated MLP's Wi = [W_in; W_gate]) is sliced block
+by block, so the student's query block comes from the teacher's query block. That covers the
+embeddings (word, position, token type and their LayerNorm), the chosen teacher layers, and what
+else both have (pooler, MPNet's relative position bias, ELECTRA's embedding projection,
+DeBERTa's relative-position embeddings and their LayerNorm, ModernBERT's final norm). Where the
+student is larger along some axis (MPNet's relative-bias table with more heads), the overlap is
+copied and the rest keeps the architecture's init; fixed sinusoidal position tables (DistilBERT
+`sinusoidal_pos_embds`) are rebuilt, not sliced.
 
 Layer choice (`default_layer_map`): student layer i (1-based, of L) starts from teacher layer
 ceil(i * T / L) of the T-layer teacher. These are evenly spaced and end at the teacher's top
@@ -20,6 +24,14 @@ imitates (pass `FrozenTeacher.model`, truncated at `teacher_layer`, to make that
 teacher's distilled one), and the layers below sample the teacher's depth uniformly, as
 DistilBERT's one-layer-in-two initialisation does. With L == T it is the identity.
 `layer_map` overrides it with any list of L teacher layers (1-based).
+
+ModernBERT alternates global attention (every n-th layer, from the first) with local attention
+in a sliding window. Its student keeps that regular pattern at its own depth, and its default
+map takes, for each student layer, the teacher layer *of the same attention type* nearest to the
+evenly spaced choice (ties: the higher), so each layer starts from weights trained for the
+attention it runs; the student's config records the inherited types (`layer_types`). With an
+explicit `layer_map` the student's layers take the types of the teacher layers they inherit.
+The window (`local_attention`) stays the teacher's.
 """
 from __future__ import annotations
 
@@ -102,7 +114,12 @@ def create_student(teacher, num_layers: int, hidden_size: int, num_attention_hea
             raise ValueError(f"layer_map={layer_map} must list {num_layers} teacher layers (one per student layer), "
                              f"each 1..{t_layers} (1-based)")
 
+    if init == "teacher" and layer_map is None:
+        layer_map = (adapter.default_layer_map(teacher_config, num_layers) if adapter.default_layer_map
+                     else default_layer_map(t_layers, num_layers))
     config = _student_config(teacher_config, adapter, num_layers, hidden_size, num_attention_heads, intermediate_size)
+    if adapter.configure_student is not None:
+        adapter.configure_student(config, teacher_config, layer_map)
     if teacher_model is not None:
         student = type(adapter.base_model(teacher_model))(config)
     else:
@@ -112,7 +129,6 @@ def create_student(teacher, num_layers: int, hidden_size: int, num_attention_hea
     student = student.to(torch.float32)
 
     if init == "teacher":
-        layer_map = layer_map or default_layer_map(t_layers, num_layers)
         _copy_slices(adapter.base_model(teacher_model), student, adapter, layer_map, config)
     return student
 
@@ -148,8 +164,8 @@ def _student_config(teacher_config, adapter: EncoderAdapter, num_layers: int, hi
     setattr(config, adapter.intermediate_field, intermediate_size)
     if adapter.embedding_size_field:
         # a factorised embedding (ELECTRA-small: 128 under 256) stays factorised, never wider than the student
-        t_emb = getattr(teacher_config, adapter.embedding_size_field)
         t_hidden = adapter.hidden_size(teacher_config)
+        t_emb = getattr(teacher_config, adapter.embedding_size_field, None) or t_hidden
         setattr(config, adapter.embedding_size_field, hidden_size if t_emb == t_hidden else min(t_emb, hidden_size))
     config.architectures = None
     config._name_or_path = ""
@@ -177,8 +193,10 @@ def _copy_slices(teacher: nn.Module, student: nn.Module, adapter: EncoderAdapter
         source = teacher_params.get(source_name)
         if source is None or source.dim() != param.dim():
             continue
-        overlap = tuple(slice(0, min(s, t)) for s, t in zip(param.shape, source.shape, strict=True))
-        param[overlap].copy_(source[overlap])
+        blocks = adapter.blocks_of(match.group(2)) if match else 1
+        for s_block, t_block in zip(param.chunk(blocks, dim=0), source.chunk(blocks, dim=0), strict=True):
+            overlap = tuple(slice(0, min(s, t)) for s, t in zip(s_block.shape, t_block.shape, strict=True))
+            s_block[overlap].copy_(t_block[overlap])
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .encoders import EncoderAdapter, get_adapter
 
-__all__ = ["QKVCapture", "FrozenTeacher", "resolve_dtype", "resolve_model_source"]
+__all__ = ["QKVCapture", "FrozenTeacher", "repad", "resolve_dtype", "resolve_model_source"]
 
 HUB_EXAMPLE = "google-bert/bert-base-uncased"
 _HUB_PART = r"\w(?:[\w.-]*\w)?"
@@ -63,9 +63,16 @@ class QKVCapture:
     """Forward hooks on the query, key and value `nn.Linear` of one layer.
 
     The hooks record only inside `with capture:` (so other forward passes, or the recomputation
-    of a gradient-checkpointed layer during backward, keep nothing alive); `pop()` hands the
+    of a gradient-checkpointed layer during backward, keep nothing alive), and only a projection's
+    first call in it (DeBERTa-v2 calls query_proj and key_proj again on its relative-position
+    embeddings, after the layer's own Q/K/V); `pop()` hands the
     three outputs over and forgets them. The recorded tensors are the projections' outputs
     themselves: under autograd they carry the graph back to the model's parameters.
+
+    A fused projection (ModernBERT's Wqkv) is hooked once and its output cut into the three. A model
+    that unpads its inputs (ModernBERT with flash attention in transformers 5.0) projects the
+    non-padding tokens only, [T, H]: `pop(attention_mask)` puts them back at their places in
+    [B, S, H], zeros at the padding (which the relation loss masks anyway).
 
     With `stop_forward=True` the forward is interrupted once all three have been recorded and
     the `with` block ends there quietly: use it only where nothing after the projections is
@@ -86,17 +93,27 @@ class QKVCapture:
         self.stop_forward = stop_forward
         self._outputs: list[torch.Tensor | None] = [None, None, None]
         self._recording = False
-        self._handles = [
-            linear.register_forward_hook(self._hook(slot))
-            for slot, linear in enumerate(adapter.qkv(model, layer_index0))
-        ]
+        linears = adapter.qkv(model, layer_index0)
+        if adapter.fused_qkv:
+            self._handles = [linears[0].register_forward_hook(self._fused_hook(adapter))]
+        else:
+            self._handles = [linear.register_forward_hook(self._hook(slot)) for slot, linear in enumerate(linears)]
 
     def _hook(self, slot: int):
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            if not self._recording:
-                return
+            if not self._recording or self._outputs[slot] is not None:
+                return  # the first call is the layer's own: DeBERTa also projects its relative embeddings
             self._outputs[slot] = output
             if self.stop_forward and all(o is not None for o in self._outputs):
+                raise _StopForward
+        return hook
+
+    def _fused_hook(self, adapter: EncoderAdapter):
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if not self._recording or self._outputs[0] is not None:
+                return
+            self._outputs = list(adapter.split_qkv(output))
+            if self.stop_forward:
                 raise _StopForward
         return hook
 
@@ -109,13 +126,19 @@ class QKVCapture:
         self._recording = False
         return exc_type is _StopForward
 
-    def pop(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The recorded (q, k, v), each [B, S, H]; the capture keeps no reference afterwards."""
+    def pop(self, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The recorded (q, k, v), each [B, S, H]; the capture keeps no reference afterwards.
+
+        Outputs of an unpadded forward ([T, H], T = attention_mask.sum()) are scattered back to
+        [B, S, H] by `attention_mask` [B, S], which is then required.
+        """
         outputs, self._outputs = self._outputs, [None, None, None]
         if any(o is None for o in outputs):
             missing = [n for n, o in zip("qkv", outputs, strict=True) if o is None]
             raise RuntimeError(f"no {'/'.join(missing)} projection output was recorded for layer "
                                f"{self.layer_index0 + 1}: run the model inside `with capture:` first")
+        if outputs[0].dim() == 2:
+            return tuple(repad(o, attention_mask) for o in outputs)  # type: ignore[return-value]
         return outputs[0], outputs[1], outputs[2]
 
     def remove(self) -> None:
@@ -124,6 +147,21 @@ class QKVCapture:
             handle.remove()
         self._handles = []
         self._outputs = [None, None, None]
+
+
+def repad(unpadded: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """[T, H] rows of the non-padding tokens (row-major order of `attention_mask` [B, S]) -> [B, S, H],
+    zeros at the padding; differentiable."""
+    if attention_mask is None:
+        raise RuntimeError("the model ran unpadded (its projections came out [tokens, H]): pass the batch's "
+                           "attention_mask to pop() to put them back in [B, S, H]")
+    flat = attention_mask.reshape(-1).to(unpadded.device) != 0
+    if int(flat.sum()) != unpadded.shape[0]:
+        raise RuntimeError(f"an unpadded projection has {unpadded.shape[0]} rows but the attention mask "
+                           f"{tuple(attention_mask.shape)} has {int(flat.sum())} tokens")
+    indices = flat.nonzero().squeeze(1)
+    out = unpadded.new_zeros(flat.numel(), unpadded.shape[-1]).index_put((indices,), unpadded)
+    return out.view(*attention_mask.shape, unpadded.shape[-1])
 
 
 _DTYPES = {
@@ -176,9 +214,12 @@ class FrozenTeacher:
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = resolve_dtype(dtype, self.device)
         if isinstance(model_or_name_or_path, (str, os.PathLike)):
-            from transformers import AutoModel
+            from transformers import AutoConfig, AutoModel
+
+            from .encoders import check_supported
 
             source = resolve_model_source(model_or_name_or_path, "teacher")
+            check_supported(AutoConfig.from_pretrained(source), "teacher")  # before the weights are read
             kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
             # loaded on CPU in the target dtype; the dropped layers never reach the device
             model = AutoModel.from_pretrained(source, dtype=self.dtype, **kwargs)
@@ -216,7 +257,7 @@ class FrozenTeacher:
             inputs["token_type_ids"] = token_type_ids.to(self.device)
         with self._capture:
             self.model(**inputs, output_hidden_states=False, output_attentions=False)
-        return self._capture.pop()
+        return self._capture.pop(inputs["attention_mask"])
 
     def __repr__(self) -> str:
         return (f"FrozenTeacher({type(self.model).__name__}, teacher_layer={self.teacher_layer}, "

@@ -13,6 +13,7 @@ import random
 import signal
 import socket
 import sys
+import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,7 +25,7 @@ from . import checkpoint as ckpt
 from .checkpoint import TrainState
 from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config
 from .distributed import LauncherWatch, launcher_watch, watch_launchers
-from .encoders import get_adapter
+from .encoders import UnsupportedEncoder, check_supported, get_adapter
 from .monitor import NullLogger, StepMetrics, TensorBoardLogger, peak_flops, step_flops
 
 MAX_NONFINITE = 10  # consecutive non-finite losses before the run stops
@@ -199,6 +200,30 @@ def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student
     return frozen, student
 
 
+def check_teacher_fit(cfg: DistillConfig, teacher_config) -> None:
+    """ConfigError, before any model is built, unless the teacher's family is supported, --max_seq_len fits
+    its positions (and a ModernBERT's local window), and an unchunked relation loss fits its memory budget."""
+    try:
+        adapter = check_supported(teacher_config, "--teacher")
+    except UnsupportedEncoder as e:
+        raise ConfigError(str(e)) from None
+    limit = adapter.max_positions(teacher_config)
+    if limit is not None and cfg.max_seq_len > limit:
+        raise ConfigError(f"--max_seq_len {cfg.max_seq_len} exceeds the teacher's {limit} positions "
+                          f"({teacher_config.model_type}); use --max_seq_len {limit} or less")
+    window = adapter.local_window(teacher_config)
+    if window is not None and window > cfg.max_seq_len:
+        raise ConfigError(f"--max_seq_len {cfg.max_seq_len} is shorter than the local attention window of "
+                          f"{window} tokens that the {teacher_config.model_type} teacher and its student use in "
+                          f"their local layers: those layers would attend to every token, unlike the teacher at "
+                          f"its length; use --max_seq_len {window} or more")
+    try:
+        cfg.relation_spec.check_memory(cfg.per_device_train_batch_size, cfg.max_seq_len)
+    except ValueError as e:
+        raise ConfigError(f"--relation_impl {cfg.relation_impl}: {e} (--per_device_train_batch_size, "
+                          f"--max_seq_len, --relation_chunk_size)") from None
+
+
 def teacher_config_of(cfg: DistillConfig, teacher=None):
     """The config of the teacher the run will use, untruncated (a given FrozenTeacher's own, truncated one)."""
     source = teacher if teacher is not None else cfg.teacher
@@ -208,7 +233,31 @@ def teacher_config_of(cfg: DistillConfig, teacher=None):
 def _load_config(name_or_path: str):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        # remote code (NomicBERT, gte 'new', JinaBERT): name the model type without running its code
+        raise ConfigError(_remote_code_message(name_or_path)) from None
+
+
+def _remote_code_message(name_or_path: str) -> str:
+    import json
+
+    model_type = None
+    try:
+        from transformers.utils import cached_file
+
+        with open(cached_file(name_or_path, "config.json"), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except Exception:  # noqa: BLE001 - the message is what matters
+        pass
+    try:
+        check_supported(types.SimpleNamespace(model_type=model_type), "--teacher")
+    except UnsupportedEncoder as e:
+        return f"{e} ({name_or_path} is remote code: distill does not run a model's own code)"
+    return f"--teacher {name_or_path} needs trust_remote_code, which distill does not use"
 
 
 def build_dataset(cfg: DistillConfig, teacher_config):
@@ -220,10 +269,6 @@ def build_dataset(cfg: DistillConfig, teacher_config):
                           "(or pass dataset= to train())")
     dataset = WindowDataset(cfg.data, cfg.max_seq_len)
     check_compatible(dataset.tokenizer_info, teacher_config)
-    max_pos = getattr(teacher_config, "max_position_embeddings", None)
-    if max_pos is not None and cfg.max_seq_len > max_pos:
-        raise ConfigError(f"--max_seq_len {cfg.max_seq_len} exceeds the teacher's {max_pos} position embeddings; "
-                          f"use --max_seq_len {max_pos} or less")
     if cfg.verify_data:  # after the cheap checks: this reads all the data once (every rank)
         dataset.shards.check(verify=True)
     return dataset
@@ -245,6 +290,7 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     ckpt.check_output_dir(cfg)
     check_export_target(export_dir_of(cfg), "--export_dir")
     probe = teacher_config_of(cfg, teacher)
+    check_teacher_fit(cfg, probe)
     resume_path = ckpt.find_resume(cfg, probe)  # before any model is built
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
