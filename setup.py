@@ -3,6 +3,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+EMBEDDINGS = ["sentence-transformers>=5.0"]  # the releases that accept transformers 5
+
 setup(
     name="distill",
     version="0.1.0",
@@ -40,9 +42,13 @@ setup(
         "distill-evaluate = distill.evaluation.cli:main",
         "distill-demo-table = distill.evaluation.demo:main",
     ]},
-    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff==0.17.6",
-                              # the Triton kernels run in its CPU interpreter in the tests
-                              "triton>=3.0; sys_platform == 'linux' and platform_machine == 'x86_64'"]},
+    extras_require={
+        # sentence-transformers in and out (export, embedding evaluation): pip install distill[embeddings]
+        "embeddings": EMBEDDINGS,
+        "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff==0.17.6", *EMBEDDINGS,
+                 # the Triton kernels run in its CPU interpreter in the tests
+                 "triton>=3.0; sys_platform == 'linux' and platform_machine == 'x86_64'"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "License :: OSI Approved :: Apache Software License",

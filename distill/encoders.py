@@ -79,6 +79,8 @@ class EncoderAdapter:
     fused_blocks: tuple[tuple[str, int], ...] = ()
     """(parameter name relative to a layer, blocks): parameters stacking that many equal blocks along
     their first axis (ModernBERT: ("attn.Wqkv.weight", 3), ("mlp.Wi.weight", 2))."""
+    mlp_matrices: int = 2
+    """Weight matrices of hidden x intermediate in the feed-forward block (3 for a gated MLP), for FLOP counts."""
     configure_student: Callable[..., None] | None = None
     """configure_student(student_config, teacher_config, layer_map): fields beyond the shape that a
     student's config must change (DeBERTa's pooler width, ModernBERT's layer types)."""
@@ -180,7 +182,9 @@ class EncoderAdapter:
         positions = getattr(config, "max_position_embeddings", None)
         if positions is None:
             return None
-        if config.model_type in _PADDING_OFFSET_TYPES:  # positions start after the padding id
+        if config.model_type == "mpnet":  # positions start after its padding index, fixed at 1
+            positions -= 2
+        elif config.model_type in _PADDING_OFFSET_TYPES:  # positions start after the padding id
             positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
         return int(positions)
 
@@ -203,7 +207,7 @@ def _get(root: nn.Module, path: str, default=_MISSING):
     return obj
 
 
-_PADDING_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
+_PADDING_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet"}
 
 _BERT_EMBEDDINGS = {
     "word": "embeddings.word_embeddings",
@@ -327,6 +331,7 @@ _MODERNBERT = EncoderAdapter(
     "modernbert", "layers", ("attn.Wqkv",),
     {"word": "embeddings.tok_embeddings", "layer_norm": "embeddings.norm"},
     takes_token_type_ids=False,
+    mlp_matrices=3,
     fused_blocks=(("attn.Wqkv.weight", 3), ("attn.Wqkv.bias", 3), ("mlp.Wi.weight", 2), ("mlp.Wi.bias", 2)),
     configure_student=_configure_modernbert_student,
     default_layer_map=_modernbert_layer_map,

@@ -52,13 +52,15 @@ class TensorBoardLogger:
 
 
 # --------------------------------------------------------------------------- FLOPs
-def encoder_forward_flops(num_layers: int, hidden: int, intermediate: int, batch: int, seq: int) -> float:
+def encoder_forward_flops(num_layers: int, hidden: int, intermediate: int, batch: int, seq: int,
+                          mlp_matrices: int = 2) -> float:
     """Matmul FLOPs (2 per multiply-add) of `num_layers` transformer encoder layers, forward.
 
-    Per layer and token: Q, K, V and output projections 4*H*H, feed-forward 2*H*I, attention
-    scores and context 2*S*H; embeddings and element-wise work are negligible.
+    Per layer and token: Q, K, V and output projections 4*H*H, feed-forward `mlp_matrices`*H*I
+    (2; 3 for a gated MLP such as ModernBERT's), attention scores and context 2*S*H (counted in
+    full for local-attention layers too); embeddings and element-wise work are negligible.
     """
-    per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate + 2 * seq * hidden)
+    per_token = 2 * (4 * hidden * hidden + mlp_matrices * hidden * intermediate + 2 * seq * hidden)
     return float(num_layers * per_token * batch * seq)
 
 
@@ -76,9 +78,10 @@ def step_flops(teacher_config, student_config, teacher_layers: int, num_relation
     """
     ta, sa = get_adapter(teacher_config), get_adapter(student_config)
     t_hidden, s_hidden = ta.hidden_size(teacher_config), sa.hidden_size(student_config)
-    return (encoder_forward_flops(teacher_layers, t_hidden, ta.intermediate_size(teacher_config), batch, seq)
+    return (encoder_forward_flops(teacher_layers, t_hidden, ta.intermediate_size(teacher_config), batch, seq,
+                                  ta.mlp_matrices)
             + 3 * encoder_forward_flops(sa.num_layers(student_config), s_hidden, sa.intermediate_size(student_config),
-                                        batch, seq)
+                                        batch, seq, sa.mlp_matrices)
             + relation_flops(num_relations, t_hidden, s_hidden, batch, seq))
 
 
