@@ -144,13 +144,16 @@ def _resolve_teacher(teacher, need_weights: bool):
     if isinstance(teacher, (str, os.PathLike)):
         from transformers import AutoConfig, AutoModel
 
+        from .encoders import check_supported
         from .teacher import resolve_model_source
 
         source = resolve_model_source(teacher, "teacher")
+        config = AutoConfig.from_pretrained(source)
+        check_supported(config, "teacher")  # before the weights are read
         if need_weights:
             model = AutoModel.from_pretrained(source, dtype=torch.float32)
             return model, model.config
-        return None, AutoConfig.from_pretrained(source)
+        return None, config
     raise TypeError(f"teacher must be a model, a FrozenTeacher, a hub name or a directory, "
                     f"not {type(teacher).__name__}")
 

@@ -6,7 +6,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, BertConfig, BertForMaskedLM, BertModel
 
-from distill.encoders import get_adapter
+from distill.encoders import UnsupportedEncoder, get_adapter
 from distill.student import create_student, default_layer_map
 from distill.teacher import FrozenTeacher
 
@@ -236,6 +236,16 @@ def test_unsupported_teacher():
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=VOCAB))
     with pytest.raises(ValueError, match="not a supported encoder"):
         create_student(gpt2, 1, 32, 4)
+
+
+@pytest.mark.parametrize("init", ["teacher", "random"])
+def test_unsupported_teacher_directory(tmp_path, init):
+    config = transformers.AlbertConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=4, intermediate_size=64)
+    transformers.AlbertModel(config).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedEncoder, match=r"Albert\w+ \(model_type 'albert'\) is not a supported encoder; "
+                                                 r"supported model_types: .*modernbert.*\. ALBERT shares"):
+        create_student(tmp_path, 1, 32, 4, init=init)
 
 
 # ----------------------------------------------------------------------------- save and load

@@ -8,9 +8,19 @@ import weakref
 
 import pytest
 import torch
-from transformers import AutoModel, BertConfig, BertForMaskedLM, BertModel, DistilBertConfig, DistilBertModel
+from transformers import (
+    AlbertConfig,
+    AutoModel,
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    DebertaConfig,
+    DebertaModel,
+    DistilBertConfig,
+    DistilBertModel,
+)
 
-from distill.encoders import get_adapter
+from distill.encoders import UnsupportedEncoder, get_adapter
 from distill.teacher import FrozenTeacher, QKVCapture, resolve_dtype
 
 VOCAB = 99
@@ -132,6 +142,22 @@ def test_a_missing_directory_is_named_not_sent_to_the_hub(tmp_path, path):
     (tmp_path / "file").write_text("{}")
     with pytest.raises(ValueError, match="a file, not a model directory"):
         FrozenTeacher(tmp_path / "file", 1)
+
+
+def test_an_unsupported_teacher_directory_is_refused_before_its_weights_are_read(tmp_path):
+    AlbertConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64).save_pretrained(tmp_path)  # a config and no weights at all
+    with pytest.raises(UnsupportedEncoder, match=r"^teacher AlbertConfig \(model_type 'albert'\) is not a supported "
+                                                 r"encoder; supported model_types: .*deberta-v2.*modernbert.*\. "
+                                                 r"ALBERT shares one layer's weights"):
+        FrozenTeacher(tmp_path, 1)
+
+
+def test_an_unsupported_teacher_model_is_refused():
+    v1 = DebertaModel(DebertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                    intermediate_size=64))
+    with pytest.raises(ValueError, match=r"DebertaModel \(model_type 'deberta'\) .* use a DeBERTa-v2/v3 model"):
+        FrozenTeacher(v1, 1)
 
 
 def test_loads_from_local_directory(tmp_path):
