@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .cli_args import add_arguments, field_value, option
+from .embedding_loss import EMBEDDING_LOSSES, POOLING_MODES
 from .relations import RelationSpec, divisors, parse_relations
+from .sentence_transformers_io import EXPORT_FORMATS
 from .shards import ShardError, ShardSet
 from .teacher import resolve_model_source
 
@@ -55,6 +57,19 @@ class DistillConfig:
     relation_chunk_size: int = option("query rows per chunk of the relation loss: memory O(chunk x seq) instead of "
                                       "O(seq^2) (0: the unchunked reference)",
                                       default=128)
+    embedding_loss: str = option("add a loss on the pooled sentence embeddings: none (pure MiniLMv2), mse or cosine "
+                                 "(the student's pooled last layer, projected to the teacher's width where they "
+                                 "differ, against the teacher's; the teacher then runs all its layers)",
+                                 default="none")
+    embedding_loss_weight: float = option("weight of the embedding loss next to the relation losses", default=1.0)
+    pooling: str | None = option("pooling of the embedding loss and the --eval_steps scores: mean, cls or max "
+                                 "(default: the teacher's sentence-transformers Pooling module, else mean for "
+                                 "--eval_steps; the embedding loss needs one or the other)",
+                                 default=None)
+    embedding_projection: str = option("where the widths differ, the embedding loss's learned projection "
+                                       "(student width -> teacher width) is exported as a sentence-transformers "
+                                       "Dense module (export) or dropped (drop)",
+                                       default="export")
     # -- data ---------------------------------------------------------------------------
     data: str = option("a shard directory written by tools/pretokenize.py", default="")
     verify_data: bool = option("before training, check every shard's sha256 and that every token id is below the "
@@ -75,13 +90,22 @@ class DistillConfig:
     max_steps: int = option("optimizer steps of the whole run", default=1000)
     max_grad_norm: float = option("gradient clipping norm (0 disables)", default=1.0)
     precision: str = option("student precision: auto (from the DeepSpeed JSON, else bf16 on GPUs that have it, fp16 on "
-                            "others, fp32 on CPU), bf16, fp16, fp32",
+                            "others, fp32 on CPU), bf16, fp16, fp32; bf16 also runs on CPU (DeepSpeed's CPU "
+                            "accelerator, tested), fp16 is refused there",
                             default="auto")
     # -- run ----------------------------------------------------------------------------
     output_dir: str = option("checkpoints, TensorBoard logs and the exported student go here", default="runs/distill")
     logging_steps: int = option("write TensorBoard scalars every N optimizer steps", default=10)
     save_steps: int = option("save a checkpoint every N optimizer steps (0: only at the end)", default=1000)
     save_total_limit: int | None = option("keep only the newest N checkpoints (default: keep all)", default=None)
+    eval_steps: int = option("every N optimizer steps (and at step 0, the undistilled student), score the student's "
+                             "frozen embeddings on --eval_task and log them to TensorBoard (0: never)",
+                             default=0)
+    eval_task: str = option("the task of --eval_steps: reviews (offline, from the demo's assets) or a labelled "
+                            "CSV/JSONL/parquet file with text and label columns",
+                            default="reviews")
+    eval_samples: int = option("texts of --eval_task scored at each --eval_steps (a fixed subset, the same every time)",
+                               default=1000)
     resume: str | None = option("a checkpoint directory to continue from, or 'auto' for the newest complete one in "
                                 "output_dir",
                                 default=None)
@@ -96,6 +120,11 @@ class DistillConfig:
     export_dir: str | None = option("where the final student is exported as a Hugging Face directory (default: "
                                     "OUTPUT_DIR/student)",
                                     default=None)
+    export_format: str = option("auto: the student is also a sentence-transformers model when the teacher is one "
+                                "(its pooling, Normalize, and Dense where the widths allow); hf: a plain Hugging Face "
+                                "encoder; sentence-transformers: also for a plain teacher (mean pooling; needs "
+                                "pip install 'distill[embeddings]')",
+                                default="auto")
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -122,6 +151,14 @@ class DistillConfig:
              f"--warmup_steps {self.warmup_steps} must be between 0 and --max_steps {self.max_steps}")
         need(self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"--precision {self.precision!r}: choose auto, bf16, fp16 or fp32")
+        need(self.export_format in EXPORT_FORMATS,
+             f"--export_format {self.export_format!r}: choose auto, hf or sentence-transformers")
+        need(self.embedding_loss in EMBEDDING_LOSSES,
+             f"--embedding_loss {self.embedding_loss!r}: choose {', '.join(EMBEDDING_LOSSES)}")
+        need(self.pooling is None or self.pooling in POOLING_MODES,
+             f"--pooling {self.pooling!r}: choose {', '.join(POOLING_MODES)} (or leave it unset: the teacher's)")
+        need(self.embedding_projection in ("export", "drop"),
+             f"--embedding_projection {self.embedding_projection!r}: choose export or drop")
         self._check_paths()
 
     def _check_numbers(self) -> None:
@@ -187,6 +224,7 @@ _FLOAT_RANGES = (
     ("adam_beta2", lambda x: 0 <= x < 1, "in [0, 1)", "0.999"),
     ("adam_epsilon", lambda x: x > 0, "> 0", "1e-6"),
     ("max_grad_norm", lambda x: x >= 0, ">= 0", "1.0; 0 disables clipping"),
+    ("embedding_loss_weight", lambda x: x > 0, "> 0", "1.0"),
 )
 # (field, its minimum, a note) for every integer field but seed (0 .. 2**32 - 1) and num_relation_heads (RelationSpec)
 _INT_MINIMA = (
@@ -200,6 +238,7 @@ _INT_MINIMA = (
     ("warmup_steps", 0, ""), ("max_steps", 1, ""), ("logging_steps", 1, ""),
     ("save_steps", 0, " (0: save only at the end)"),
     ("save_total_limit", 1, " (or unset to keep all)"),
+    ("eval_steps", 0, " (0: never)"), ("eval_samples", 2, ""),
 )
 
 

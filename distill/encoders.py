@@ -207,7 +207,7 @@ def _get(root: nn.Module, path: str, default=_MISSING):
     return obj
 
 
-_PADDING_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet"}
+_PADDING_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet", "roberta-prelayernorm", "xlm-roberta-xl"}
 
 _BERT_EMBEDDINGS = {
     "word": "embeddings.word_embeddings",
@@ -345,6 +345,9 @@ _ADAPTERS: dict[str, EncoderAdapter] = {
     "roberta": _BERT,
     "xlm-roberta": _BERT,
     "camembert": _BERT,
+    "ernie": _BERT,
+    "roberta-prelayernorm": _BERT,  # pre-LayerNorm: Q/K/V read the layer's own LayerNorm of its input
+    "xlm-roberta-xl": _BERT,
     "electra": _ELECTRA,
     "mpnet": _MPNET,
     "distilbert": _DISTILBERT,

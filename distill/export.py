@@ -12,6 +12,10 @@ lists its files); anything else is refused before the weights are rebuilt. An ea
 swapped for the new one atomically (renameat2 RENAME_EXCHANGE on Linux; elsewhere: the old one
 renamed aside, the new one renamed in, the old one deleted). The directory and its files get
 the permissions of the user's umask.
+
+With a sentence-transformers teacher (or `export_format="sentence-transformers"`) the directory is also a
+sentence-transformers model: the modules kept in `student_config` at the start of the run are written around the
+encoder (`distill.sentence_transformers_io`), in the same temporary directory and under the same marker.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import sentence_transformers_io as st_io
 from .paths import apply_umask, is_no_space, no_space_message, output_dir_problem
 from .shards import atomic_write_json, fsync_dir
 
@@ -35,8 +40,10 @@ EXPORT_MARKER = ".distill-export.json"
 EXPORT_FORMAT = "distill-export"
 
 
-def save_student_skeleton(student, tokenizer_source, directory: str | Path) -> None:
-    """The student's config.json and the tokenizer, what export needs besides the weights."""
+def save_student_skeleton(student, tokenizer_source, directory: str | Path,
+                          modules: st_io.Modules | None = None) -> None:
+    """The student's config.json and the tokenizer, what export needs besides the weights; and `modules`, the
+    sentence-transformers modules to export (`st_io.read_teacher_modules`), in its SKELETON_DIR folder."""
     from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
     directory = Path(directory)
@@ -46,6 +53,9 @@ def save_student_skeleton(student, tokenizer_source, directory: str | Path) -> N
         tok = tokenizer_source if isinstance(tokenizer_source, PreTrainedTokenizerBase) \
             else AutoTokenizer.from_pretrained(tokenizer_source)
         tok.save_pretrained(tmp)
+        if modules is not None:
+            modules.save(tmp / st_io.SKELETON_DIR)
+        _fsync_tree(tmp)
         apply_umask(tmp)
         _move_into_place(tmp, directory)
     except BaseException:
@@ -97,17 +107,44 @@ def check_export_target(out_dir: str | Path, flag: str = "--export_dir") -> None
         raise ValueError(problem)
     if not out.is_dir():
         return
-    names = sorted(p.name for p in out.iterdir())
     try:
         marker = json.loads((out / EXPORT_MARKER).read_text(encoding="utf-8"))
         ours = set(marker["files"]) | {EXPORT_MARKER} if marker.get("format") == EXPORT_FORMAT else set()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ours = set()
-    others = [n for n in names if n not in ours]
+    others = _unlisted(out, ours)
     if others:
         listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ValueError(f"{flag} {out} holds files this export did not write ({listed}); nothing was changed: "
                          f"choose another {flag}, or move those files (or the directory) away")
+
+
+def _unlisted(directory: Path, listed: set[str], prefix: str = "") -> list[str]:
+    """What is in `directory` but not in `listed` (paths relative to the export, files only): a folder is looked
+    into when something listed is in it, else named as a whole."""
+    found = []
+    for p in sorted(directory.iterdir()):
+        name = prefix + p.name
+        real_dir = p.is_dir() and not p.is_symlink()
+        if real_dir and any(f.startswith(f"{name}/") for f in listed):
+            found += _unlisted(p, listed, f"{name}/")
+        elif real_dir or name not in listed:
+            found.append(name)
+    return found
+
+
+def _fsync_tree(root: Path) -> list[str]:
+    """fsync every file and folder under `root`; return the files' paths relative to it, sorted."""
+    files = []
+    for p in sorted(root.rglob("*")):
+        if p.is_dir():
+            fsync_dir(p)
+        elif p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+            files.append(p.relative_to(root).as_posix())
+    fsync_dir(root)
+    return files
 
 
 def checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -126,38 +163,57 @@ def checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def _write_export(model, skeleton: Path, checkpoint_dir: Path, out_dir: Path, flag: str) -> None:
-    """The model, its tokenizer and EXPORT_MARKER in a temporary directory beside `out_dir`, then moved in."""
+def _write_export(model, skeleton: Path, checkpoint_dir: Path, out_dir: Path, flag: str,
+                  modules: st_io.Modules | None = None, projection: torch.Tensor | None = None) -> list[str]:
+    """The model, its tokenizer, the sentence-transformers `modules` (if any) and EXPORT_MARKER in a temporary
+    directory beside `out_dir`, then moved in. Returns the notes on modules left out."""
     from transformers import AutoTokenizer
+
+    from .encoders import get_adapter
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(skeleton).save_pretrained(tmp)
-        files = sorted(p.name for p in tmp.iterdir())
-        for name in files:
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
+        tokenizer = AutoTokenizer.from_pretrained(skeleton)
+        tokenizer.save_pretrained(tmp)
+        notes = []
+        if modules is not None:
+            layout, notes = st_io.student_files(modules, get_adapter(model.config).hidden_size(model.config),
+                                                st_io.max_seq_length(model.config, tokenizer), projection)
+            for name, data in layout.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / name).write_bytes(data)
+        files = _fsync_tree(tmp)
         atomic_write_json(tmp / EXPORT_MARKER, {
             "format": EXPORT_FORMAT, "checkpoint": str(checkpoint_dir.resolve()),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": files})
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "layout": "hf" if modules is None else "sentence-transformers", "files": files})
         apply_umask(tmp)
         check_export_target(out_dir, flag)  # again: something may have appeared there meanwhile
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return notes
 
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_dir: str | Path | None = None,
-                      flag: str = "--export_dir") -> Path:
+                      flag: str = "--export_dir", export_format: str = "auto",
+                      projection: torch.Tensor | None = None) -> Path:
     """Write `out_dir` (atomically) with the student of `checkpoint_dir`: loadable by AutoModel/AutoTokenizer.
+
+    `export_format`: "auto" (a sentence-transformers model too when the run kept the teacher's modules in
+    `student_config`), "hf" (the encoder only) or "sentence-transformers" (those modules, else mean pooling; needs
+    sentence-transformers installed). `projection`: an optional [out, in] weight written as a Dense module after the
+    Pooling (see `st_io.student_files`). A note is printed for each teacher module left out.
 
     ValueError before any work when `out_dir` holds anything but an earlier export (see the module
     docstring; `flag` names it in messages), and on a full disk (`out_dir` then left as it was).
     """
     from transformers import AutoConfig, AutoModel
+
+    from .encoders import get_adapter
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     if not ckpt.is_complete(checkpoint_dir):
@@ -169,6 +225,8 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
     if not (skeleton / "config.json").is_file():
         raise FileNotFoundError(f"{skeleton} has no config.json; pass the run's OUTPUT_DIR/student_config")
     config = AutoConfig.from_pretrained(skeleton)
+    modules = st_io.modules_for_export(skeleton, export_format, get_adapter(config).hidden_size(config),
+                                       "--export_format")
     model = AutoModel.from_config(config)
     state = checkpoint_state_dict(checkpoint_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -177,13 +235,15 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
         raise ValueError(f"{checkpoint_dir} does not match the student config in {skeleton}: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     try:
-        _write_export(model, skeleton, checkpoint_dir, out_dir, flag)
+        notes = _write_export(model, skeleton, checkpoint_dir, out_dir, flag, modules, projection)
     except OSError as e:
         if not is_no_space(e):
             raise
         raise ValueError(no_space_message(f"the export of {checkpoint_dir}", e,
                                           f"{out_dir} was left as it was (the partial export was removed); "
                                           f"free space, or choose another {flag}, and export again")) from e
+    for note in notes:
+        print(f"note: {note}", flush=True)
     return out_dir
 
 
@@ -193,7 +253,9 @@ CLI_DESCRIPTION = """Export a distillation checkpoint as a Hugging Face model di
     %(prog)s runs/minilm --out my-student      # the newest complete checkpoint
 
 Works for every ZeRO stage (the fp32 weights are rebuilt from the checkpoint files) on CPU.
-The result loads with AutoModel.from_pretrained and AutoTokenizer.from_pretrained.
+The result loads with AutoModel.from_pretrained and AutoTokenizer.from_pretrained; when the
+teacher was a sentence-transformers model (or with --export_format sentence-transformers) it is
+one too, and loads with SentenceTransformer(DIR).
 
 --out must be missing, an empty directory, or an earlier export (which is replaced): a directory
 holding anything else, or a file, is refused and left as it is. The export is written beside
@@ -228,10 +290,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="the Hugging Face model directory to write: missing, empty, or an earlier export")
     p.add_argument("--student_config",
                    help="the run's OUTPUT_DIR/student_config (found next to the checkpoint by default)")
+    p.add_argument("--export_format", default="auto", choices=st_io.EXPORT_FORMATS,
+                   help="auto: a sentence-transformers model too when the teacher was one; hf: the encoder only; "
+                        "sentence-transformers: also for a plain teacher (mean pooling); default: auto")
     args = p.parse_args(argv)
     try:
         path = resolve_source(Path(args.checkpoint))
-        out = export_checkpoint(path, args.out, skeleton_dir=args.student_config, flag="--out")
+        out = export_checkpoint(path, args.out, skeleton_dir=args.student_config, flag="--out",
+                                export_format=args.export_format)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

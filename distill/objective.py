@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .embedding_loss import PROJECTION_ATTRIBUTE, EmbeddingSpec, embedding_loss, pool
 from .encoders import get_adapter
 from .relations import RelationSpec, relation_loss
 from .teacher import FrozenTeacher, QKVCapture
@@ -41,6 +42,10 @@ class MiniLMv2Objective:
             parameters are now (a DeepSpeed engine moves a CPU-built student to the GPU later).
         student_dtype: the dtype of the student's Q/K/V in training (torch.bfloat16 for a bf16
             engine); default its parameters' dtype now. Shapes the kernel self-check's inputs.
+        embedding: the optional embedding loss (`distill.embedding_loss.EmbeddingSpec`): the pooled
+            last hidden states of both models (the teacher built with run_to_end=True; the student's
+            projected by its `EmbeddingProjection` where the widths differ), added with its weight;
+            its value is parts["embedding"].
 
     `spec` afterwards holds the settings with the implementation settled for the device. When that
     is the fused Triton kernel, it has first been checked against the chunked loss on `device`
@@ -54,7 +59,7 @@ class MiniLMv2Objective:
                  num_relation_heads: int | None = None, relations: Mapping[tuple[int, int], float] | str | None = None,
                  chunk_size: int | None = None, relation_impl: str | None = None,
                  student_layer_index: int | None = None, device: torch.device | str | None = None,
-                 student_dtype: torch.dtype | None = None):
+                 student_dtype: torch.dtype | None = None, embedding: EmbeddingSpec | None = None):
         if not isinstance(teacher, FrozenTeacher):
             raise TypeError(f"teacher must be a FrozenTeacher (wrap the model: FrozenTeacher(model, teacher_layer)), "
                             f"not {type(teacher).__name__}")
@@ -83,6 +88,19 @@ class MiniLMv2Objective:
             teacher_dtype=teacher.dtype)
         self._student_adapter = adapter
         self._capture = QKVCapture(student, index - 1, adapter=adapter)
+        self.embedding = embedding
+        if embedding is not None:
+            if not teacher.run_to_end:
+                raise ValueError("the embedding loss needs the teacher's last hidden state: build the teacher with "
+                                 "FrozenTeacher(..., run_to_end=True)")
+            if index != depth:
+                raise ValueError("the embedding loss pools the student's last layer: distil its last layer "
+                                 "(student_layer_index = its depth)")
+            projection = getattr(student, PROJECTION_ATTRIBUTE, None)
+            s_width = adapter.hidden_size(student.config)
+            if s_width != teacher.hidden_size and projection is None:
+                raise ValueError(f"the student's width {s_width} differs from the teacher's {teacher.hidden_size}: "
+                                 f"register an EmbeddingProjection on the student as {PROJECTION_ATTRIBUTE}")
 
     @property
     def relation_impl(self) -> str:
@@ -102,7 +120,10 @@ class MiniLMv2Objective:
         """
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         token_type_ids = batch.get("token_type_ids")
-        teacher_qkv = self.teacher(input_ids, attention_mask, token_type_ids)
+        if self.embedding is not None:
+            teacher_qkv, teacher_hidden = self.teacher(input_ids, attention_mask, token_type_ids, return_hidden=True)
+        else:
+            teacher_qkv = self.teacher(input_ids, attention_mask, token_type_ids)
 
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._student_adapter.takes_token_type_ids:
@@ -113,6 +134,10 @@ class MiniLMv2Objective:
         student_qkv = self._capture.pop(attention_mask)
 
         loss, parts = relation_loss(teacher_qkv, student_qkv, attention_mask, self.spec)
+        if self.embedding is not None:
+            term = self._embedding_term(teacher_hidden, outputs, attention_mask)
+            parts["embedding"] = term.detach()
+            loss = loss + self.embedding.weight * term
         if _zero3_partitioned(self.student) and (links := _grad_tensors(outputs)):
             # ZeRO-3 gathers and releases parameters in autograd hooks on every module's outputs and
             # inputs; a module whose input gets a gradient while its output never reaches the loss
@@ -121,6 +146,16 @@ class MiniLMv2Objective:
             # backward of the blocks above the projections.
             loss = loss + _ZeroLink.apply(*links)
         return loss, parts
+
+    def _embedding_term(self, teacher_hidden: torch.Tensor, outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The embedding loss of the pooled last hidden states (the student's projected to the teacher's width)."""
+        mode = self.embedding.pooling
+        teacher_vec = pool(teacher_hidden.float(), attention_mask, mode)
+        student_vec = pool(outputs.last_hidden_state, attention_mask, mode)
+        projection = getattr(self.student, PROJECTION_ATTRIBUTE, None)
+        if projection is not None:
+            student_vec = projection(student_vec.to(projection.weight.dtype))
+        return embedding_loss(student_vec, teacher_vec.to(student_vec.device), self.embedding.loss)
 
     def remove(self) -> None:
         """Take the capture hooks off the student."""

@@ -202,15 +202,17 @@ class FrozenTeacher:
             float16 on CUDA and float32 on CPU.
         device: where the teacher runs; None means the current CUDA device if there is one, else CPU.
         attn_implementation: "eager", "sdpa", ...; None keeps the model's (or transformers') default.
+        run_to_end: keep every layer and run the whole forward (Q/K/V are captured on the way), for a
+            loss on the teacher's last hidden state (the embedding loss); default: stop at the projections.
 
     Attributes: `model` (the truncated base encoder), `config` (its config, layer count updated),
-    `teacher_layer`, `num_layers` (layers that run: `teacher_layer`), `hidden_size`, `adapter`,
-    `device`, `dtype`.
+    `teacher_layer`, `num_layers` (layers that run: `teacher_layer`, or all with `run_to_end`),
+    `run_to_end`, `hidden_size`, `adapter`, `device`, `dtype`.
     """
 
     def __init__(self, model_or_name_or_path: nn.Module | str | os.PathLike, teacher_layer: int, *,
                  dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-                 attn_implementation: str | None = None):
+                 attn_implementation: str | None = None, run_to_end: bool = False):
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = resolve_dtype(dtype, self.device)
         if isinstance(model_or_name_or_path, (str, os.PathLike)):
@@ -237,27 +239,35 @@ class FrozenTeacher:
         if isinstance(teacher_layer, bool) or not isinstance(teacher_layer, int) or not 1 <= teacher_layer <= depth:
             raise ValueError(f"teacher_layer={teacher_layer!r} is out of range: the teacher "
                              f"({type(model).__name__}) has {depth} layers; choose 1..{depth} (1-based)")
-        if teacher_layer < depth:
+        if teacher_layer < depth and not run_to_end:
             self.adapter.truncate_layers(model, teacher_layer)
         model.requires_grad_(False)
         model.eval()
         self.model = model.to(device=self.device, dtype=self.dtype)
         self.config = model.config
         self.teacher_layer = teacher_layer
-        self.num_layers = teacher_layer
+        self.run_to_end = bool(run_to_end)
+        self.num_layers = depth if run_to_end else teacher_layer
         self.hidden_size = self.adapter.hidden_size(self.config)
-        self._capture = QKVCapture(model, teacher_layer - 1, stop_forward=True, adapter=self.adapter)
+        self._capture = QKVCapture(model, teacher_layer - 1, stop_forward=not run_to_end, adapter=self.adapter)
 
     @torch.no_grad()  # not inference_mode: the outputs are saved by the loss's autograd functions
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q, k, v) of `teacher_layer`, each [B, S, H] in the teacher's dtype, without autograd graph."""
+                 token_type_ids: torch.Tensor | None = None, *, return_hidden: bool = False):
+        """(q, k, v) of `teacher_layer`, each [B, S, H] in the teacher's dtype, without autograd graph.
+
+        With `return_hidden=True` (a teacher built with `run_to_end=True`): ((q, k, v), the last hidden
+        state [B, S, H]), what a pooled sentence embedding is computed from.
+        """
+        if return_hidden and not self.run_to_end:
+            raise ValueError("return_hidden needs the whole forward: build the teacher with run_to_end=True")
         inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         if token_type_ids is not None and self.adapter.takes_token_type_ids:
             inputs["token_type_ids"] = token_type_ids.to(self.device)
         with self._capture:
-            self.model(**inputs, output_hidden_states=False, output_attentions=False)
-        return self._capture.pop(inputs["attention_mask"])
+            outputs = self.model(**inputs, output_hidden_states=False, output_attentions=False)
+        qkv = self._capture.pop(inputs["attention_mask"])
+        return (qkv, outputs.last_hidden_state) if return_hidden else qkv
 
     def __repr__(self) -> str:
         return (f"FrozenTeacher({type(self.model).__name__}, teacher_layer={self.teacher_layer}, "

@@ -224,6 +224,19 @@ def check_teacher_fit(cfg: DistillConfig, teacher_config) -> None:
                           f"--max_seq_len, --relation_chunk_size)") from None
 
 
+def teacher_modules(cfg: DistillConfig, teacher, teacher_config):
+    """The sentence-transformers modules the export will write (`--export_format`; None: a plain export), read from
+    the teacher now, while it is at hand; ConfigError, before any file is written, when they cannot be written."""
+    from .sentence_transformers_io import read_teacher_modules
+
+    # a teacher given as a model is read from its directory only (a hub name may not be the model given)
+    source = cfg.teacher if teacher is None or Path(os.path.expanduser(cfg.teacher)).is_dir() else None
+    try:
+        return read_teacher_modules(source, cfg.export_format, get_adapter(teacher_config).hidden_size(teacher_config))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def teacher_config_of(cfg: DistillConfig, teacher=None):
     """The config of the teacher the run will use, untruncated (a given FrozenTeacher's own, truncated one)."""
     source = teacher if teacher is not None else cfg.teacher
@@ -291,6 +304,7 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     check_export_target(export_dir_of(cfg), "--export_dir")
     probe = teacher_config_of(cfg, teacher)
     check_teacher_fit(cfg, probe)
+    modules = teacher_modules(cfg, teacher, probe)  # the sentence-transformers modules the export will write
     resume_path = ckpt.find_resume(cfg, probe)  # before any model is built
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
@@ -308,7 +322,7 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     if rank == 0:
         if cfg.overwrite_output_dir:
             ckpt.clear_run_files(cfg.output_dir, export_dir_of(cfg))
-        write_run_files(cfg, student, tokenizer or _tokenizer_source(cfg, frozen))
+        write_run_files(cfg, student, tokenizer or _tokenizer_source(cfg, frozen), modules)
     dist.barrier()
 
     engine = initialize_engine(student, ds_json)
@@ -329,14 +343,15 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     return export_student(cfg, final, rank)
 
 
-def write_run_files(cfg: DistillConfig, student, tokenizer) -> None:
-    """Rank 0, before training: output_dir/run_config.json and the student skeleton the export needs."""
+def write_run_files(cfg: DistillConfig, student, tokenizer, modules=None) -> None:
+    """Rank 0, before training: output_dir/run_config.json and the student skeleton the export needs (with the
+    sentence-transformers `modules` of `teacher_modules`, if any)."""
     from .export import save_student_skeleton
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "run_config.json")
-    save_student_skeleton(student, tokenizer, out / "student_config")
+    save_student_skeleton(student, tokenizer, out / "student_config", modules)
 
 
 def initialize_engine(student, ds_json: dict[str, Any]):
@@ -438,7 +453,7 @@ def export_student(cfg: DistillConfig, final: Path, rank: int) -> Path:
     out = Path(cfg.output_dir)
     export_dir = export_dir_of(cfg)
     if rank == 0:
-        export_checkpoint(final, export_dir, skeleton_dir=out / "student_config")
+        export_checkpoint(final, export_dir, skeleton_dir=out / "student_config", export_format=cfg.export_format)
         print(f"exported the student to {export_dir}", flush=True)
     dist.barrier()
     return export_dir

@@ -26,7 +26,13 @@ ARCHITECTURES = {
     "distilbert": ("DistilBertModel", ["DistilBertForMaskedLM", "DistilBertForSequenceClassification"]),
     "deberta-v2": ("DebertaV2Model", ["DebertaV2ForMaskedLM", "DebertaV2ForSequenceClassification"]),
     "modernbert": ("ModernBertModel", ["ModernBertForMaskedLM", "ModernBertForSequenceClassification"]),
+    # BERT's layout under other names: ERNIE, and the pre-LayerNorm RoBERTa variants (XLM-R XL/XXL)
+    "ernie": ("ErnieModel", ["ErnieForMaskedLM"]),
+    "roberta-prelayernorm": ("RobertaPreLayerNormModel", ["RobertaPreLayerNormForMaskedLM"]),
+    "xlm-roberta-xl": ("XLMRobertaXLModel", ["XLMRobertaXLForSequenceClassification"]),
 }
+# the norm after the last layer, by attribute of the base model (pre-LayerNorm encoders and ModernBERT)
+FINAL_NORMS = {"modernbert": "final_norm", "roberta-prelayernorm": "LayerNorm", "xlm-roberta-xl": "encoder.LayerNorm"}
 NO_SDPA = {"mpnet", "deberta-v2"}  # eager-only in transformers 5.x
 BUCKETS = 8  # DeBERTa's relative-position buckets: rel_embeddings has 2 * BUCKETS rows
 WINDOW = 8  # ModernBERT's local_attention (a sliding layer sees +-4 tokens): shorter than the batch's 9
@@ -85,6 +91,10 @@ def projections_of(model, model_type: str, layer_index0: int, layer_input: torch
     if model_type == "deberta-v2":  # the content projections (its attention calls query/key_proj again later)
         attention = layer.attention.self
         return [attention.query_proj(layer_input), attention.key_proj(layer_input), attention.value_proj(layer_input)]
+    if model_type == "roberta-prelayernorm":  # pre-LayerNorm: the projections read the attention's own LayerNorm
+        layer_input = layer.attention.LayerNorm(layer_input)
+    if model_type == "xlm-roberta-xl":
+        layer_input = layer.attention.self_attn_layer_norm(layer_input)
     return [linear(layer_input) for linear in get_adapter(model).qkv(model, layer_index0)]
 
 
@@ -147,9 +157,13 @@ def test_truncation_keeps_first_layers_and_their_outputs(model_type, class_name,
         ref = list(full(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states)
         got = truncated(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         base_out = adapter.base_model(truncated)(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        if model_type == "modernbert" and torch.equal(base_out.hidden_states[-1], base_out.last_hidden_state):
-            # later 5.x report the last hidden state after ModernBERT's final norm (5.0: before it)
-            ref[2] = adapter.base_model(full).final_norm(ref[2])
+        norm = FINAL_NORMS.get(model_type)
+        if norm and torch.equal(base_out.hidden_states[-1], base_out.last_hidden_state):
+            # models with a final norm after the last layer: later 5.x report the last hidden state after it
+            module = adapter.base_model(full)
+            for part in norm.split("."):
+                module = getattr(module, part)
+            ref[2] = module(ref[2])
     assert len(got) == 3
     for layer in range(3):
         torch.testing.assert_close(got[layer], ref[layer], rtol=0, atol=1e-6)
@@ -164,6 +178,8 @@ def test_embedding_modules(model_type):
         expected = {"word", "layer_norm", "relative_position", "relative_position_layer_norm"}
     elif model_type == "modernbert":  # rotary positions (no table), no token types
         expected = {"word", "layer_norm"}
+    elif model_type == "xlm-roberta-xl":  # pre-LayerNorm without an embedding LayerNorm
+        expected = {"word", "position", "token_type"}
     else:
         has_token_types = model_type not in ("mpnet", "distilbert")
         expected = {"word", "position", "layer_norm"} | ({"token_type"} if has_token_types else set())
@@ -171,7 +187,8 @@ def test_embedding_modules(model_type):
     assert modules["word"].weight.shape == (VOCAB, width)
     if "position" in modules:
         assert modules["position"].weight.shape == (64, width)
-    assert isinstance(modules["layer_norm"], nn.LayerNorm) and modules["layer_norm"].weight.shape == (width,)
+    if "layer_norm" in modules:
+        assert isinstance(modules["layer_norm"], nn.LayerNorm) and modules["layer_norm"].weight.shape == (width,)
     base = get_adapter(model).base_model(model)
     if model_type == "deberta-v2":
         assert modules["relative_position"] is base.encoder.rel_embeddings

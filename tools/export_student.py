@@ -2,6 +2,7 @@
 
     python tools/export_student.py runs/minilm/checkpoints/step-00010000 --out my-student
     python tools/export_student.py runs/minilm --out my-student      # the newest complete checkpoint
+    python tools/export_student.py runs/minilm --out my-student --export_format hf   # the encoder alone
 
 See distill.export.main.
 """
