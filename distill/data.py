@@ -153,7 +153,9 @@ def check_compatible(shards_tokenizer_info: Mapping[str, Any], tokenizer_or_mode
     `.config` is used), or a mapping with the manifest's keys. Compared: the vocabulary size
     and the cls/sep/pad/mask ids, each where the other side defines it (a BERT config knows
     its vocabulary size and pad id only). A tokenizer matches on vocabulary size if either its
-    base vocabulary (`vocab_size`) or its full length with added tokens (`len`) matches.
+    base vocabulary (`vocab_size`) or its full length with added tokens (`len`) matches; a model
+    config (or mapping) fits when its embedding table has at least the shards' vocabulary size
+    (tables padded past the tokenizer, as DeBERTa-v3's 128,100 rows for 128,001 tokens, fit).
     The message names every difference.
     """
     other = tokenizer_or_model_config
@@ -169,7 +171,10 @@ def check_compatible(shards_tokenizer_info: Mapping[str, Any], tokenizer_or_mode
     ours = shards_tokenizer_info.get("vocab_size")
     theirs = {get("vocab_size")} | ({len(other)} if is_tokenizer else set())
     theirs.discard(None)
-    if ours is not None and theirs and int(ours) not in theirs:
+    # a model's embedding table may be padded past its tokenizer (DeBERTa-v3: 128100 rows for 128001 tokens):
+    # a config fits when it has a row for every id of the shards; a tokenizer must match
+    fits = (int(ours) in theirs) if is_tokenizer else all(int(ours) <= t for t in theirs)
+    if ours is not None and theirs and not fits:
         diffs.append(f"vocab_size: shards {int(ours)}, model {' / '.join(map(str, sorted(theirs)))}")
     for key in _SPECIAL_IDS:
         ours, theirs = shards_tokenizer_info.get(key), get(key)

@@ -65,17 +65,17 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> t
 
 
 class EmbeddingProjection(nn.Linear):
-    """The learned linear map from the student's width to the teacher's (with bias), initialised so that
-    at the start it copies the student's leading coordinates into the teacher's (the student itself
-    starts from the teacher's leading slices), zeros elsewhere."""
+    """The learned linear map from the student's width to the teacher's (no bias, like the sentence-transformers
+    Dense module it is exported as), initialised so that at the start it copies the student's leading
+    coordinates into the teacher's (the student itself starts from the teacher's leading slices), zeros
+    elsewhere."""
 
     def __init__(self, student_width: int, teacher_width: int):
-        super().__init__(student_width, teacher_width, bias=True)
+        super().__init__(student_width, teacher_width, bias=False)
         with torch.no_grad():
             self.weight.zero_()
             n = min(student_width, teacher_width)
             self.weight[:n, :n] = torch.eye(n)
-            self.bias.zero_()
 
 
 class EmbeddingSpec:

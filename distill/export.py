@@ -33,6 +33,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import sentence_transformers_io as st_io
+from .embedding_loss import PROJECTION_ATTRIBUTE
 from .paths import apply_umask, is_no_space, no_space_message, output_dir_problem
 from .shards import atomic_write_json, fsync_dir
 
@@ -200,13 +201,16 @@ def _write_export(model, skeleton: Path, checkpoint_dir: Path, out_dir: Path, fl
 
 def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_dir: str | Path | None = None,
                       flag: str = "--export_dir", export_format: str = "auto",
-                      projection: torch.Tensor | None = None) -> Path:
+                      projection: torch.Tensor | None = None, embedding_projection: str = "export") -> Path:
     """Write `out_dir` (atomically) with the student of `checkpoint_dir`: loadable by AutoModel/AutoTokenizer.
 
     `export_format`: "auto" (a sentence-transformers model too when the run kept the teacher's modules in
     `student_config`), "hf" (the encoder only) or "sentence-transformers" (those modules, else mean pooling; needs
     sentence-transformers installed). `projection`: an optional [out, in] weight written as a Dense module after the
     Pooling (see `st_io.student_files`). A note is printed for each teacher module left out.
+    `embedding_projection`: what becomes of a projection the checkpoint holds (the embedding loss's, weights
+    `distill_embedding_projection.*`): "export" writes it as that Dense module (in a sentence-transformers
+    export; a plain one has no place for it and leaves it out, with a note), "drop" leaves it out.
 
     ValueError before any work when `out_dir` holds anything but an earlier export (see the module
     docstring; `flag` names it in messages), and on a full disk (`out_dir` then left as it was).
@@ -229,6 +233,12 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
                                        "--export_format")
     model = AutoModel.from_config(config)
     state = checkpoint_state_dict(checkpoint_dir)
+    held = state.pop(f"{PROJECTION_ATTRIBUTE}.weight", None)
+    if held is not None and projection is None and embedding_projection == "export":
+        projection = held if modules is not None else None
+        if modules is None:
+            print("note: the embedding loss's projection is left out: a plain Hugging Face export has no module "
+                  "for it (use --export_format sentence-transformers to keep it as a Dense module)", flush=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -293,11 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export_format", default="auto", choices=st_io.EXPORT_FORMATS,
                    help="auto: a sentence-transformers model too when the teacher was one; hf: the encoder only; "
                         "sentence-transformers: also for a plain teacher (mean pooling); default: auto")
+    p.add_argument("--embedding_projection", default="export", choices=("export", "drop"),
+                   help="a run with --embedding_loss and a student narrower than the teacher trained a projection to "
+                        "the teacher's width: export it as a Dense module after the pooling, or drop it; "
+                        "default: export")
     args = p.parse_args(argv)
     try:
         path = resolve_source(Path(args.checkpoint))
         out = export_checkpoint(path, args.out, skeleton_dir=args.student_config, flag="--out",
-                                export_format=args.export_format)
+                                export_format=args.export_format, embedding_projection=args.embedding_projection)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
