@@ -136,9 +136,10 @@ class RelationSpec:
 
     def unchunked_bytes(self, batch: int, seq_len: int) -> int | None:
         """Peak bytes of the loss for a [batch, seq_len] micro-batch where it materialises S x S matrices
-        (impl "reference", or "chunked" without a chunk size): (2 R + 3) float32 [B, A_r, S, S]
-        matrices for R relations; None for the implementations whose memory is linear in S."""
-        if not (self.impl == "reference" or (self.impl == "chunked" and self.chunk_size is None)):
+        (impl "reference", or "chunked" or "auto" without a chunk size: "auto" is the chunked loss off CUDA, or
+        where the fused kernel cannot run): (2 R + 3) float32 [B, A_r, S, S] matrices for R relations; None for
+        the implementations whose memory is linear in S."""
+        if not (self.impl == "reference" or (self.impl in ("chunked", "auto") and self.chunk_size is None)):
             return None
         return (2 * len(self.relations) + 3) * batch * self.num_relation_heads * seq_len * seq_len * 4
 

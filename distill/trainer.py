@@ -7,6 +7,7 @@ accounting in `distill.monitor`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
@@ -25,8 +26,10 @@ from . import checkpoint as ckpt
 from .checkpoint import TrainState
 from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config
 from .distributed import LauncherWatch, launcher_watch, watch_launchers
+from .embedding_loss import POOLING_MODES, PROJECTION_ATTRIBUTE, EmbeddingProjection, EmbeddingSpec
 from .encoders import UnsupportedEncoder, check_supported, get_adapter
-from .monitor import NullLogger, StepMetrics, TensorBoardLogger, peak_flops, step_flops
+from .monitor import NullLogger, StepMetrics, TensorBoardLogger, encoder_forward_flops, peak_flops, step_flops
+from .relations import resolve_relation_impl
 
 MAX_NONFINITE = 10  # consecutive non-finite losses before the run stops
 
@@ -193,14 +196,47 @@ def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student
         if layer is None:
             probe = teacher_config if teacher_config is not None else teacher_config_of(cfg, teacher)
             layer = get_adapter(probe).num_layers(probe)
-        frozen = FrozenTeacher(source, layer, dtype=teacher_dtype, device=device)
+        frozen = FrozenTeacher(source, layer, dtype=teacher_dtype, device=device,
+                               run_to_end=cfg.embedding_loss != "none")
     if student is None:
         student = create_student(frozen.model, cfg.student_layer, cfg.student_hidden_size, cfg.student_attention_heads,
                                  intermediate_size=cfg.student_intermediate_size, init=cfg.student_init)
+    if cfg.embedding_loss != "none":
+        width = get_adapter(student).hidden_size(student.config)
+        if width != frozen.hidden_size and not hasattr(student, PROJECTION_ATTRIBUTE):
+            # trains with the student: the engine, its optimizer and its checkpoints hold it
+            student.add_module(PROJECTION_ATTRIBUTE, EmbeddingProjection(width, frozen.hidden_size))
     return frozen, student
 
 
-def check_teacher_fit(cfg: DistillConfig, teacher_config) -> None:
+def embedding_spec(cfg: DistillConfig, modules) -> EmbeddingSpec | None:
+    """The embedding loss's settings (None without one): --pooling, else the teacher's sentence-transformers
+    Pooling module; ConfigError, before any model is built, when neither gives one usable mode."""
+    if cfg.embedding_loss == "none":
+        return None
+    from .sentence_transformers_io import pooling_modes
+
+    modes = (cfg.pooling,) if cfg.pooling else (pooling_modes(modules) if modules is not None else ())
+    if not modes:
+        raise ConfigError(f"--embedding_loss {cfg.embedding_loss} needs a pooling: the teacher {cfg.teacher} has no "
+                          f"sentence-transformers Pooling module; give --pooling mean, cls or max")
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise ConfigError(f"--embedding_loss {cfg.embedding_loss}: the teacher's pooling {'+'.join(modes)} is not "
+                          f"one of {', '.join(POOLING_MODES)}; give --pooling mean, cls or max")
+    return EmbeddingSpec(cfg.embedding_loss, cfg.embedding_loss_weight, modes[0])
+
+
+def _load_tokenizer(source):
+    """The tokenizer at `source` (a teacher's directory or hub name); None where it has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def check_teacher_fit(cfg: DistillConfig, teacher_config, device: torch.device | None = None) -> None:
     """ConfigError, before any model is built, unless the teacher's family is supported, --max_seq_len fits
     its positions (and a ModernBERT's local window), and an unchunked relation loss fits its memory budget."""
     try:
@@ -218,7 +254,10 @@ def check_teacher_fit(cfg: DistillConfig, teacher_config) -> None:
                           f"their local layers: those layers would attend to every token, unlike the teacher at "
                           f"its length; use --max_seq_len {window} or more")
     try:
-        cfg.relation_spec.check_memory(cfg.per_device_train_batch_size, cfg.max_seq_len)
+        spec = cfg.relation_spec
+        if device is not None and spec.impl == "auto":  # the fused kernel, where it runs, is linear in S
+            spec = dataclasses.replace(spec, impl=resolve_relation_impl("auto", device))
+        spec.check_memory(cfg.per_device_train_batch_size, cfg.max_seq_len)
     except ValueError as e:
         raise ConfigError(f"--relation_impl {cfg.relation_impl}: {e} (--per_device_train_batch_size, "
                           f"--max_seq_len, --relation_chunk_size)") from None
@@ -273,15 +312,19 @@ def _remote_code_message(name_or_path: str) -> str:
     return f"--teacher {name_or_path} needs trust_remote_code, which distill does not use"
 
 
-def build_dataset(cfg: DistillConfig, teacher_config):
-    """The windows of --data, checked against the teacher; with --verify_data every shard's sha256 and id range."""
+def build_dataset(cfg: DistillConfig, teacher_config, tokenizer=None):
+    """The windows of --data, checked against the teacher's config and tokenizer (`tokenizer`: one, or where to
+    load it from; None: none to compare); with --verify_data every shard's sha256 and id range."""
     from .data import WindowDataset, check_compatible
 
     if not cfg.data:
         raise ConfigError("--data is required: give a shard directory written by tools/pretokenize.py "
                           "(or pass dataset= to train())")
     dataset = WindowDataset(cfg.data, cfg.max_seq_len)
-    check_compatible(dataset.tokenizer_info, teacher_config)
+    check_compatible(dataset.tokenizer_info, teacher_config)  # a row in the embedding table for every id
+    tokenizer = _load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
+    if tokenizer is not None:  # the same vocabulary (a padded table would accept another tokenizer's shards)
+        check_compatible(dataset.tokenizer_info, tokenizer)
     if cfg.verify_data:  # after the cheap checks: this reads all the data once (every rank)
         dataset.shards.check(verify=True)
     return dataset
@@ -303,8 +346,10 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     ckpt.check_output_dir(cfg)
     check_export_target(export_dir_of(cfg), "--export_dir")
     probe = teacher_config_of(cfg, teacher)
-    check_teacher_fit(cfg, probe)
+    check_teacher_fit(cfg, probe, device)
     modules = teacher_modules(cfg, teacher, probe)  # the sentence-transformers modules the export will write
+    embedding = embedding_spec(cfg, modules)
+    scorer = embedding_probe(cfg, modules, tokenizer)  # --eval_steps: its data read and checked now
     resume_path = ckpt.find_resume(cfg, probe)  # before any model is built
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
@@ -313,12 +358,14 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     set_seed(cfg.seed)
     frozen, student = build_models(cfg, device, teacher, student, probe)
     if dataset is None:
-        dataset = build_dataset(cfg, frozen.config)
+        dataset = build_dataset(cfg, frozen.config, tokenizer or (cfg.teacher if teacher is None else None))
     check_data_size(len(dataset), cfg, world)
-    objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device,
+    objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device, embedding=embedding,
                                   student_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision))
     if rank == 0 and objective.kernel_check is not None:  # the fused kernel's self-check (distill.kernels)
         print(objective.kernel_check.line(), flush=True)
+    if rank == 0 and embedding is not None:
+        print(embedding_cost_line(frozen, student, cfg.max_seq_len), flush=True)
     if rank == 0:
         if cfg.overwrite_output_dir:
             ckpt.clear_run_files(cfg.output_dir, export_dir_of(cfg))
@@ -334,7 +381,7 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
                               len(objective.spec.relations))
     metrics = StepMetrics(device, world=world, precision=precision, peak=peak_flops(device), flops=flops)
     final, stopped = run_loop(cfg, engine, objective, data, state, metrics, rank,
-                              last_saved=state.step if resume_path is not None else None)
+                              last_saved=state.step if resume_path is not None else None, probe=scorer)
     if stopped:
         if rank == 0:
             print(f"stopped by signal at step {state.step}; checkpoint {final}; continue with --resume auto",
@@ -364,8 +411,10 @@ def initialize_engine(student, ds_json: dict[str, Any]):
 
 
 def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state: TrainState, metrics: StepMetrics,
-             rank: int, last_saved: int | None) -> tuple[Path, bool]:
+             rank: int, last_saved: int | None, probe=None) -> tuple[Path, bool]:
     """Optimizer steps until max_steps or a stop request; log and save on schedule; always end saved.
+    `probe` (an `EmbeddingProbe`, --eval_steps): the student's embedding scores at step 0 of a fresh run and
+    every eval_steps steps.
 
     Returns (the final checkpoint, whether a stop signal ended the run early).
     """
@@ -381,6 +430,8 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
     engine.train()
     stop, skipped = False, 0  # skipped: optimizer steps in a row DeepSpeed skipped (non-finite gradient norm)
     try:
+        if probe is not None and state.step == 0:
+            run_probe(probe, engine, state.step, rank, logger)
         while state.step < cfg.max_steps and not stop:
             accumulated = 0  # finite micro-batches in this optimizer step
             while accumulated < cfg.gradient_accumulation_steps:
@@ -401,6 +452,8 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
                 scalars = metrics.flush(engine)
                 logger.log(state.step, scalars)
                 bar.set_postfix(loss=f"{scalars['loss/total']:.4f}", tok_s=f"{scalars['throughput/tokens_per_s']:.0f}")
+            if probe is not None and state.step % cfg.eval_steps == 0:
+                run_probe(probe, engine, state.step, rank, logger)
             if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
                 ckpt.save_checkpoint(engine, cfg, state, rank)
                 last_saved = state.step
@@ -413,6 +466,33 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
         logger.close()
         guard.restore()
     return final, stop
+
+
+def embedding_probe(cfg: DistillConfig, modules, tokenizer=None):
+    """The --eval_steps probe (None without it), its task read and sampled now; ConfigError on a bad task."""
+    if not cfg.eval_steps:
+        return None
+    from transformers import AutoTokenizer
+
+    from .probe import EmbeddingProbe
+    from .sentence_transformers_io import pooling_modes
+
+    modes = pooling_modes(modules) if modules is not None else ()
+    pooling = cfg.pooling or (modes[0] if len(modes) == 1 else "mean")
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer or cfg.teacher)
+    return EmbeddingProbe(cfg.eval_task, tokenizer, pooling=pooling, samples=cfg.eval_samples,
+                          max_seq_len=cfg.max_seq_len)
+
+
+def run_probe(probe, engine, step: int, rank: int, logger) -> None:
+    """Rank 0 scores the student and logs the scores (under ZeRO-3 the other ranks join its forward passes)."""
+    if rank == 0:
+        scores = probe(engine.module)
+        logger.log(step, scores)
+        print(probe.line(step, scores), flush=True)
+    elif engine.zero_optimization_stage() == 3:
+        probe.encode_only(engine.module)
 
 
 def _check_nonfinite(guard: RunGuard, state: TrainState, cfg: DistillConfig) -> None:
@@ -446,6 +526,20 @@ def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int) -> 
     return 0
 
 
+def embedding_cost_line(frozen, student, seq: int) -> str:
+    """What the embedding loss costs a step: the teacher's layers above the distilled one, and their share of the
+    step's matmul FLOPs (the pooling and the projection are negligible)."""
+    extra = frozen.num_layers - frozen.teacher_layer
+    config = frozen.config
+    per_layer = encoder_forward_flops(1, frozen.hidden_size, frozen.adapter.intermediate_size(config), 1, seq,
+                                      frozen.adapter.mlp_matrices)
+    total = step_flops(config, student.config, frozen.num_layers, 1, 1, seq)
+    return (f"embedding loss: the teacher runs all {frozen.num_layers} layers (the relation loss alone needs "
+            f"{frozen.teacher_layer}, stopped at its Q/K/V): {extra} more layer(s) and the rest of layer "
+            f"{frozen.teacher_layer}, about {100 * (extra + 1) * per_layer / total:.0f}% of a step's matmul FLOPs "
+            f"at {seq} tokens; logged as loss/embedding")
+
+
 def export_student(cfg: DistillConfig, final: Path, rank: int) -> Path:
     """Rank 0 exports checkpoint `final` as a Hugging Face directory; every rank returns its path."""
     from .export import export_checkpoint
@@ -453,7 +547,8 @@ def export_student(cfg: DistillConfig, final: Path, rank: int) -> Path:
     out = Path(cfg.output_dir)
     export_dir = export_dir_of(cfg)
     if rank == 0:
-        export_checkpoint(final, export_dir, skeleton_dir=out / "student_config", export_format=cfg.export_format)
+        export_checkpoint(final, export_dir, skeleton_dir=out / "student_config", export_format=cfg.export_format,
+                          embedding_projection=cfg.embedding_projection)
         print(f"exported the student to {export_dir}", flush=True)
     dist.barrier()
     return export_dir
