@@ -40,6 +40,7 @@ setup(
         "distill-inspect = distill.inspect_shards:main",
         "distill-export = distill.export:main",
         "distill-evaluate = distill.evaluation.cli:main",
+        "distill-evaluate-embeddings = distill.evaluation.embedding_eval:main",
         "distill-demo-table = distill.evaluation.demo:main",
     ]},
     extras_require={

@@ -12,7 +12,7 @@
 
 The flag's form comes from the field's annotation (`None` in a union is ignored):
 - `bool`: a switch, `--x` (store_true) when the default is False, `--x / --no-x` when it is True;
-- a `list[T]` (alone or in a union, e.g. `float | list[float]`): `nargs="+"` of T;
+- a `list[T]` (alone or in a union, e.g. `float | list[float]`): `nargs="+"` of T, positional fields too;
 - otherwise the first of str, int, float in the annotation (str when it is there: the dataclass's
   `__post_init__` turns the text into its own types and reports mistakes in its own words).
 `option(..., type=..., choices=..., group=...)` overrides or adds to that. With
@@ -72,7 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *,
         if meta.get("group"):
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         if meta.get("positional"):
-            target.add_argument(f.name, help=meta["doc"], type=meta.get("type") or _scalar(hints[f.name]))
+            listed = next((m for m in _members(hints[f.name]) if typing.get_origin(m) in (list, tuple)), None)
+            item = typing.get_args(listed)[0] if listed is not None else hints[f.name]
+            target.add_argument(f.name, help=meta["doc"], type=meta.get("type") or _scalar(item),
+                                **({"nargs": "+"} if listed is not None else {}))
             continue
         target.add_argument(f"--{f.name}", **_flag_kwargs(f, hints[f.name], suppress_defaults))
     return parser

@@ -14,6 +14,7 @@ from conftest import REPO
 SCRIPTS = {
     "launch/distill.py": "--teacher",
     "launch/evaluate_glue.py": "--learning_rate",
+    "launch/evaluate_embeddings.py": "--samples_per_label",
     "tools/pretokenize.py": "--tokenizer",
     "tools/inspect_shards.py": "--seq-len",
     "tools/export_student.py": "--out",
@@ -25,6 +26,7 @@ COMMANDS = {
     "distill-inspect": "--seq-len",
     "distill-export": "--out",
     "distill-evaluate": "--learning_rate",
+    "distill-evaluate-embeddings": "--samples_per_label",
     "distill-demo-table": "--devices",
 }
 

@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["METRICS", "METRIC_RANGES", "REGRESSION_METRICS", "metric_of", "metric_value_problem", "accuracy", "f1",
-           "f1_macro", "mcc", "pearson", "spearman", "compute_metrics"]
+__all__ = ["METRICS", "METRIC_RANGES", "EMBEDDING_METRIC_RANGES", "EMBEDDING_MAIN_METRICS", "REGRESSION_METRICS",
+           "metric_of", "metric_value_problem", "accuracy", "f1", "f1_macro", "mcc", "pearson", "spearman",
+           "compute_metrics"]
 
 
 def accuracy(labels, preds) -> float:
@@ -82,14 +83,29 @@ def metric_of(key: str) -> str | None:
     return next((m for m in sorted(METRICS, key=len, reverse=True) if key.startswith(f"{m}_")), None)
 
 
-def metric_value_problem(key: str, value) -> str | None:
-    """What is wrong with `value` for result key `key` (an unknown metric, not a number, out of range); None: ok."""
-    name = metric_of(key)
-    if name is None:
-        return f"unknown metric {key!r}: the metrics are {', '.join(sorted(METRICS))} (with _SUFFIX for a split)"
+# The embedding evaluation's scores (distill.evaluation.embeddings): classification probe accuracy and macro F1,
+# clustering V-measure, pair-classification average precision, STS Spearman.
+EMBEDDING_METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "cls-acc": (0.0, 1.0), "cls-f1": (0.0, 1.0), "cluster-v": (0.0, 1.0), "pair-ap": (0.0, 1.0),
+    "sts-spearman": (-1.0, 1.0),
+}
+EMBEDDING_MAIN_METRICS = ("cls-acc", "cluster-v", "pair-ap", "sts-spearman")  # one per task type
+
+
+def metric_value_problem(key: str, value, embeddings: bool = False) -> str | None:
+    """What is wrong with `value` for result key `key` (an unknown metric, not a number, out of range); None: ok.
+    embeddings: the key is an embedding evaluation's (EMBEDDING_METRIC_RANGES)."""
+    if embeddings:
+        if key not in EMBEDDING_METRIC_RANGES:
+            return f"unknown embedding metric {key!r}: the metrics are {', '.join(EMBEDDING_METRIC_RANGES)}"
+        name, ranges = key, EMBEDDING_METRIC_RANGES
+    else:
+        name, ranges = metric_of(key), METRIC_RANGES
+        if name is None:
+            return f"unknown metric {key!r}: the metrics are {', '.join(sorted(METRICS))} (with _SUFFIX for a split)"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"metric {key!r} = {value!r} is not a number"
-    low, high = METRIC_RANGES[name]
+    low, high = ranges[name]
     if not low <= value <= high:  # NaN too
         return (f"metric {key!r} = {value!r} is outside [{low:g}, {high:g}]; metrics are fractions, as the metric "
                 "functions return them (0.52, not 52)")

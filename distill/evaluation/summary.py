@@ -15,6 +15,14 @@ reviews (accuracy + macro F1) / 2; the others accuracy. Over a task's runs (the 
 With metrics="all" every metric gets its own column (`mrpc/f1`, `mnli/accuracy_mm`, ...): the best
 run's values, or each metric's mean / median over the runs. The average column is the mean of the
 task scores; it is empty for a model that misses one of the table's tasks.
+
+Results of the embedding evaluation (distill.evaluation.embedding_eval: a metrics.json with
+"kind": "embeddings", in RESULTS_DIR/<model>/<task>/embeddings_<pooling>_len<L>/) add columns after
+the average, which leaves them out: one per task and type, `<task>/<metric>` (`reviews/cls-acc`,
+`reviews/cluster-v`, `mrpc/pair-ap`, `stsb/sts-spearman`; with metrics="all" also `reviews/cls-f1`).
+Over several such runs of a model and task (other poolings or lengths), "best" takes the run with the
+highest mean of its main metrics, mean / median aggregate each metric; the hyper-parameter table names
+the run in the column `<task>/embeddings`.
 """
 from __future__ import annotations
 
@@ -27,13 +35,14 @@ from typing import Sequence
 from ..paths import is_no_space, no_space_message, output_dir_problem
 from ..shards import atomic_write_bytes
 from .finetune import METRICS_NAME, SETTINGS_NAME
-from .metrics import metric_value_problem
+from .metrics import EMBEDDING_MAIN_METRICS, metric_value_problem
 from .tasks import GLUE_TASKS, TASKS, TaskDataError
 
 __all__ = ["Summary", "collect_runs", "summarize", "create_summary_table", "markdown_table", "AGGREGATIONS"]
 
 AGGREGATIONS = ("best", "mean", "median")
 AVERAGE = "avg"
+FINETUNE, EMBEDDINGS = "finetune", "embeddings"  # a run's kind: fine-tuning grid, or embedding evaluation
 
 
 @dataclass
@@ -56,8 +65,9 @@ def read_metrics(path: Path) -> tuple[dict, dict[str, float]]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise TaskDataError(f"{path}: not a metrics file ({type(e).__name__}: {e}); expected "
                             f'{{"metrics": {{"name": fraction, ...}}, ...}}') from None
+    embeddings = result.get("kind") == EMBEDDINGS
     for key, value in metrics.items():
-        problem = metric_value_problem(key, value)
+        problem = metric_value_problem(key, value, embeddings)
         if problem:
             raise TaskDataError(f"{path}: {problem}; fix the file, or move the run out of the results directory")
     return result, {k: float(v) for k, v in metrics.items()}
@@ -73,6 +83,9 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict]:
         run_dir = path.parent
         model, task = run_dir.parent.parent.name, run_dir.parent.name
         result, metrics = read_metrics(path)
+        if result.get("kind") == EMBEDDINGS:
+            records.append(_embedding_record(path, result, metrics))
+            continue
         keys = list(TASKS[task].metric_keys) if task in TASKS else list(result.get("metric_keys") or metrics)
         missing = [k for k in keys if k not in metrics]
         if missing:
@@ -84,12 +97,27 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict]:
             except (OSError, ValueError):
                 pass
         records.append({
-            "model": model, "task": task, "run": run_dir.name,
+            "model": model, "task": task, "run": run_dir.name, "kind": FINETUNE,
             "learning_rate": hp.get("learning_rate"), "epochs": hp.get("epochs"), "seed": hp.get("seed"),
             "score": sum(metrics[k] for k in keys) / len(keys),
             "metrics": {k: metrics[k] for k in keys},
         })
     return records
+
+
+def _embedding_record(path: Path, result: dict, metrics: dict[str, float]) -> dict:
+    """A run of the embedding evaluation: its score is the mean of its main metrics (one per task type)."""
+    keys = list(result.get("metric_keys") or metrics)
+    main = list(result.get("main_metrics") or [k for k in keys if k in EMBEDDING_MAIN_METRICS])
+    missing = [k for k in dict.fromkeys(keys + main) if k not in metrics]
+    if missing or not main:
+        raise TaskDataError(f"{path}: an embedding result needs metric(s) {missing or EMBEDDING_MAIN_METRICS}; "
+                            f"found {sorted(metrics)}")
+    run_dir = path.parent
+    return {"model": run_dir.parent.parent.name, "task": run_dir.parent.name, "run": run_dir.name,
+            "kind": EMBEDDINGS, "learning_rate": None, "epochs": None, "seed": None,
+            "score": sum(metrics[k] for k in main) / len(main), "metrics": {k: metrics[k] for k in keys},
+            "main": main}
 
 
 def summarize(results_dir: str | os.PathLike, aggregation: str = "best", metrics: str = "main",
@@ -106,58 +134,85 @@ def summarize(results_dir: str | os.PathLike, aggregation: str = "best", metrics
     records = collect_runs(results_dir)
     if not records:
         raise TaskDataError(f"no finished runs under {results_dir} (expected <model>/<task>/<run>/{METRICS_NAME})")
+    models, tasks = _rows_and_tasks(records, models, tasks, results_dir)
+    finetuned = [t for t in tasks if any(r["task"] == t and r["kind"] == FINETUNE for r in records)]
+    rows = {m: {} for m in models}  # {model: {(kind, task, metric or ""): value}}
+    hps = {m: {} for m in models}  # {model: {hyper-parameter column: text}}
+    for model in models:
+        for task in tasks:
+            for kind in (FINETUNE, EMBEDDINGS):
+                runs = [r for r in records if (r["model"], r["task"], r["kind"]) == (model, task, kind)]
+                if runs:
+                    _aggregate(runs, aggregation, rows[model], hps[model])
+    columns = [(FINETUNE, t, "") for t in finetuned] if metrics == "main" else _keys(rows, FINETUNE, finetuned)
+    table = pd.DataFrame([[rows[m].get(c, np.nan) for c in columns] for m in models], index=models,
+                         columns=[t if not k else f"{t}/{k}" for _, t, k in columns], dtype=float)
+    if include_average and finetuned:
+        task_scores = np.array([[rows[m].get((FINETUNE, t, ""), np.nan) for t in finetuned] for m in models],
+                               dtype=float)
+        table[AVERAGE] = task_scores.mean(axis=1)  # NaN when a task is missing: averages over other tasks mislead
+    for column in _keys(rows, EMBEDDINGS, tasks, main_only=metrics == "main"):  # after avg: not in it
+        table[f"{column[1]}/{column[2]}"] = [rows[m].get(column, np.nan) for m in models]
+    table.index.name = "model"
+    hp_columns = list(dict.fromkeys(c for t in tasks for c in (t, f"{t}/{EMBEDDINGS}") if any(c in h for h in
+                                                                                             hps.values())))
+    hyper = pd.DataFrame([[hps[m].get(c, "") for c in hp_columns] for m in models], index=models, columns=hp_columns)
+    hyper.index.name = "model"
+    runs_df = pd.DataFrame([{**{k: v for k, v in r.items() if k not in ("metrics", "main")},
+                             **{f"{r['task']}/{k}": v for k, v in r["metrics"].items()}} for r in records])
+    return Summary(table, hyper, runs_df, aggregation)
+
+
+def _rows_and_tasks(records: list[dict], models, tasks, results_dir) -> tuple[list[str], list[str]]:
+    """The rows (models) and tasks asked for, checked against those found; by default all, tasks in GLUE order."""
     found_models = list(dict.fromkeys(r["model"] for r in records))
     found_tasks = list(dict.fromkeys(r["task"] for r in records))
     for kind, asked, found in (("model", models, found_models), ("task", tasks, found_tasks)):
         unknown = [x for x in (asked or []) if x not in found]
         if unknown:
             raise TaskDataError(f"{kind}(s) {unknown} have no finished runs under {results_dir}; found {found}")
-    models = list(models) if models else sorted(found_models)
     glue_order = list(GLUE_TASKS)
     tasks = list(tasks) if tasks else sorted(found_tasks, key=lambda t: (glue_order.index(t) if t in glue_order
                                                                            else len(glue_order), t))
-    reduce = {"mean": np.mean, "median": np.median}.get(aggregation)
+    return list(models) if models else sorted(found_models), tasks
 
-    rows, hps = {}, {}
-    for model in models:
-        row, hp = {}, {}
-        for task in tasks:
-            runs = [r for r in records if r["model"] == model and r["task"] == task]
-            runs.sort(key=lambda r: (_num(r["learning_rate"]), _num(r["epochs"]), _num(r["seed"])))
-            if not runs:
-                continue
-            keys = list(runs[0]["metrics"])
-            if aggregation == "best":
-                chosen = max(runs, key=lambda r: r["score"])  # the first of equals, in grid order
-                score, values = chosen["score"], chosen["metrics"]
-                hp[task] = (f"lr={_fmt(chosen['learning_rate'])} epochs={_fmt(chosen['epochs'])} "
-                            f"seed={_fmt(chosen['seed'])}")
-            else:
-                score = float(reduce([r["score"] for r in runs]))
-                values = {k: float(reduce([r["metrics"][k] for r in runs])) for k in keys}
-                hp[task] = (f"{aggregation} of {len(runs)} runs: lr {_set(runs, 'learning_rate')} "
-                            f"epochs {_set(runs, 'epochs')} seed {_set(runs, 'seed')}")
-            row[(task, "")] = 100 * score
-            for k in keys:
-                row[(task, k)] = 100 * values[k]
-        rows[model], hps[model] = row, hp
 
-    if metrics == "main":
-        columns = [(t, "") for t in tasks]
+def _aggregate(runs: list[dict], aggregation: str, row: dict, hp: dict) -> None:
+    """One model's runs of one task and kind into its row ({(kind, task, metric or ""): x 100}) and hyper-parameters."""
+    import numpy as np
+
+    kind, task = runs[0]["kind"], runs[0]["task"]
+    runs.sort(key=lambda r: (_num(r["learning_rate"]), _num(r["epochs"]), _num(r["seed"]), r["run"]))
+    keys = list(runs[0]["metrics"])
+    hp_column = task if kind == FINETUNE else f"{task}/{EMBEDDINGS}"
+    if aggregation == "best":
+        chosen = max(runs, key=lambda r: r["score"])  # the first of equals, in grid order
+        score, values = chosen["score"], chosen["metrics"]
+        hp[hp_column] = chosen["run"] if kind == EMBEDDINGS else (
+            f"lr={_fmt(chosen['learning_rate'])} epochs={_fmt(chosen['epochs'])} seed={_fmt(chosen['seed'])}")
     else:
-        columns = [(t, k) for t in tasks for k in dict.fromkeys(k for m in rows.values() for (tt, k) in m
-                                                              if tt == t and k)]
-    table = pd.DataFrame([[rows[m].get(c, np.nan) for c in columns] for m in models], index=models,
-                         columns=[t if not k else f"{t}/{k}" for t, k in columns], dtype=float)
-    if include_average:
-        task_scores = np.array([[rows[m].get((t, ""), np.nan) for t in tasks] for m in models], dtype=float)
-        table[AVERAGE] = task_scores.mean(axis=1)  # NaN when a task is missing: averages over other tasks mislead
-    table.index.name = "model"
-    hyper = pd.DataFrame([[hps[m].get(t, "") for t in tasks] for m in models], index=models, columns=tasks)
-    hyper.index.name = "model"
-    runs_df = pd.DataFrame([{**{k: v for k, v in r.items() if k != "metrics"},
-                             **{f"{r['task']}/{k}": v for k, v in r["metrics"].items()}} for r in records])
-    return Summary(table, hyper, runs_df, aggregation)
+        reduce = {"mean": np.mean, "median": np.median}[aggregation]
+        score = float(reduce([r["score"] for r in runs]))
+        values = {k: float(reduce([r["metrics"][k] for r in runs])) for k in keys}
+        hp[hp_column] = f"{aggregation} of {len(runs)} runs" + ("" if kind == EMBEDDINGS else (
+            f": lr {_set(runs, 'learning_rate')} epochs {_set(runs, 'epochs')} seed {_set(runs, 'seed')}"))
+    if kind == FINETUNE:
+        row[(kind, task, "")] = 100 * score
+    for k in keys:
+        row[(kind, task, k)] = 100 * values[k]
+    if kind == EMBEDDINGS:
+        row[(kind, task, "main")] = runs[0]["main"]
+
+
+def _keys(rows: dict, kind: str, tasks: list[str], main_only: bool = False) -> list[tuple[str, str, str]]:
+    """The (kind, task, metric) columns found in the rows, by task, metrics in their order (main ones only)."""
+    out = []
+    for t in tasks:
+        for row in rows.values():
+            main = row.get((kind, t, "main")) if main_only else None
+            out += [c for c in row if c[:2] == (kind, t) and c[2] not in ("", "main") and (main is None or c[2] in
+                                                                                       main)]
+    return list(dict.fromkeys(out))
 
 
 def create_summary_table(results_dir: str | os.PathLike, save: bool = True, output_file: str | None = None,

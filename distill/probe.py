@@ -1,0 +1,101 @@
+"""--eval_steps: the student's frozen-embedding scores while it trains.
+
+A falling relation loss does not say whether the student is getting better at anything. Every
+`--eval_steps` optimizer steps (and at step 0 of a fresh run, where the student is still the slice
+of the teacher it started from: the undistilled baseline) the student's pooled embeddings of a
+fixed subset of `--eval_task` are scored the way `distill.evaluation.embeddings` scores them
+(logistic-regression accuracy and macro F1, k-means V-measure) and logged to TensorBoard as
+`eval/<task>/<score>` next to the losses.
+
+It does not change the run: the texts are read and sampled once, before training, with their own
+fixed seed; the student runs in eval mode (no dropout) without gradients, and the scores use
+scikit-learn with fixed seeds, so no random generator of the training is drawn from and a resumed
+run stays equal to a straight one. Rank 0 encodes and scores; under ZeRO-3, whose forward gathers
+the partitioned weights collectively, every rank encodes and rank 0 scores.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError
+
+__all__ = ["EmbeddingProbe", "load_probe_data", "EVAL_DEV_FRACTION"]
+
+EVAL_DEV_FRACTION = 0.3
+"""Share of a single labelled --eval_task file scored as dev; the rest trains the logistic-regression probe."""
+
+
+def load_probe_data(task: str, samples: int, data_dir: str | os.PathLike | None = None):
+    """The `EmbeddingData` of `--eval_task` (reviews, or a labelled file with `text` and `label` columns), at most
+    `samples` dev texts and as many train texts; ConfigError naming the problem and the fix."""
+    from .evaluation.embeddings import prepare_embedding_data
+    from .evaluation.tasks import TaskDataError, custom_task, get_task, load_task_data
+
+    try:
+        if task == "reviews":
+            spec = get_task("reviews")
+            data = load_task_data(spec, data_dir)
+        else:
+            path = Path(task)
+            if not path.is_file():
+                raise TaskDataError(f"{task}: neither 'reviews' nor a file; give reviews or a CSV/JSONL/parquet "
+                                    f"file with text and label columns")
+            spec = custom_task(path.stem.replace("/", "_") or "eval", path, path, "text", "label")
+            data = _split(load_task_data(spec)["train"])
+        return spec, prepare_embedding_data(spec, data, max_train_samples=samples, max_eval_samples=samples,
+                                            samples_per_label=None)
+    except TaskDataError as e:
+        raise ConfigError(f"--eval_task {e}") from None
+
+
+def _split(table):
+    """One labelled table as train and dev: a fixed permutation (seed 0), the last EVAL_DEV_FRACTION as dev."""
+    from datasets import DatasetDict
+
+    order = np.random.default_rng(0).permutation(len(table))
+    n_dev = max(1, int(len(table) * EVAL_DEV_FRACTION))
+    return DatasetDict(train=table.select(order[:-n_dev]), validation=table.select(order[-n_dev:]))
+
+
+class EmbeddingProbe:
+    """Scores of one task's fixed subset for the student module, as TensorBoard scalars.
+
+        probe = EmbeddingProbe(cfg.eval_task, tokenizer, pooling="mean", samples=1000, max_seq_len=128)
+        probe(student_module)   # {"eval/reviews/cls-acc": 0.83, ..., "eval/seconds": 2.1}
+    """
+
+    def __init__(self, task: str, tokenizer, *, pooling: str, samples: int, max_seq_len: int,
+                 batch_size: int = 64, data_dir: str | os.PathLike | None = None):
+        self.task, self.data = load_probe_data(task, samples, data_dir)
+        self.tokenizer = tokenizer
+        self.pooling = pooling if pooling in ("mean", "cls") else "mean"
+        self.max_seq_len = max_seq_len
+        self.batch_size = batch_size
+
+    def __call__(self, module) -> dict[str, float]:
+        from .evaluation.embeddings import embedding_scores
+
+        start = time.perf_counter()
+        scores = embedding_scores(module, self.data, tokenizer=self.tokenizer, pooling=self.pooling,
+                                  batch_size=self.batch_size, max_seq_length=self.max_seq_len)
+        out = {f"eval/{self.task.name}/{k}": v for k, v in scores.items()}
+        out["eval/seconds"] = time.perf_counter() - start
+        return out
+
+    def encode_only(self, module) -> None:
+        """The forward passes alone (ZeRO-3 ranks other than 0 take part in the weight gathers)."""
+        from .evaluation.embeddings import hf_encoder
+
+        encode = hf_encoder(module, self.tokenizer, self.pooling, self.batch_size, self.max_seq_len)
+        for texts in self.data.texts.values():
+            encode(texts)
+
+    @staticmethod
+    def line(step: int, scores: dict[str, float]) -> str:
+        shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in scores.items() if k != "eval/seconds")
+        note = " (the undistilled student)" if step == 0 else ""
+        return f"eval step {step}{note}: {shown} in {scores.get('eval/seconds', 0):.1f} s"
