@@ -263,17 +263,30 @@ def check_teacher_fit(cfg: DistillConfig, teacher_config, device: torch.device |
                           f"--max_seq_len, --relation_chunk_size)") from None
 
 
-def teacher_modules(cfg: DistillConfig, teacher, teacher_config):
-    """The sentence-transformers modules the export will write (`--export_format`; None: a plain export), read from
-    the teacher now, while it is at hand; ConfigError, before any file is written, when they cannot be written."""
+def teacher_modules(cfg: DistillConfig, teacher, teacher_config, export_format: str | None = None):
+    """The sentence-transformers modules the export will write (`export_format`, default --export_format; None: a
+    plain export), read from the teacher now, while it is at hand; ConfigError, before any file is written, when
+    they cannot be written. With export_format "auto": the teacher's own modules (its pooling), if any."""
     from .sentence_transformers_io import read_teacher_modules
 
     # a teacher given as a model is read from its directory only (a hub name may not be the model given)
     source = cfg.teacher if teacher is None or Path(os.path.expanduser(cfg.teacher)).is_dir() else None
     try:
-        return read_teacher_modules(source, cfg.export_format, get_adapter(teacher_config).hidden_size(teacher_config))
+        return read_teacher_modules(source, export_format or cfg.export_format,
+                                    get_adapter(teacher_config).hidden_size(teacher_config))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _own_modules(cfg: DistillConfig, teacher, teacher_config):
+    """The teacher's own sentence-transformers modules where the embedding loss or --eval_steps needs its pooling
+    (None: none needed, or none readable)."""
+    if cfg.embedding_loss == "none" and not cfg.eval_steps:
+        return None
+    try:
+        return teacher_modules(cfg, teacher, teacher_config, "auto")
+    except ConfigError:  # modules an export could not write: their pooling is not needed to say what is missing
+        return None
 
 
 def teacher_config_of(cfg: DistillConfig, teacher=None):
@@ -348,8 +361,9 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
     probe = teacher_config_of(cfg, teacher)
     check_teacher_fit(cfg, probe, device)
     modules = teacher_modules(cfg, teacher, probe)  # the sentence-transformers modules the export will write
-    embedding = embedding_spec(cfg, modules)
-    scorer = embedding_probe(cfg, modules, tokenizer)  # --eval_steps: its data read and checked now
+    own = modules if cfg.export_format == "auto" else _own_modules(cfg, teacher, probe)  # the teacher's pooling
+    embedding = embedding_spec(cfg, own)
+    scorer = embedding_probe(cfg, own, tokenizer)  # --eval_steps: its data read and checked now
     resume_path = ckpt.find_resume(cfg, probe)  # before any model is built
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,

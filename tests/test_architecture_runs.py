@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, WORDS
+from test_distill_run import ENV, _free_port, run_deepspeed
 
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 FAMILIES = ("deberta-v2", "modernbert")
 SPECIALS = ("cls_token_id", "sep_token_id", "pad_token_id", "mask_token_id")
 MAX_STEPS, SAVE_STEPS = 6, 3
 LOCAL_WINDOW, POSITIONS = 16, 512
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- tokenizers and teachers
@@ -131,14 +122,6 @@ def distill_args(teachers: Path, family: str, out: Path, **overrides) -> list[st
             "logging_steps": 3, "save_steps": SAVE_STEPS, "output_dir": out, "dataloader_num_workers": 0, "seed": 7}
     args.update(overrides)
     return [f"--{k}={v}" for k, v in args.items() if v is not None]
-
-
-def run_deepspeed(args: list[str], ranks: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-           "--master_port", str(_free_port()), "launch/distill.py", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def run_by_hand(args: list[str], ranks: int = 2, timeout: int = 300) -> None:

@@ -26,13 +26,7 @@ WINDOW = 8  # ModernBERT local_attention: a sliding layer sees +-4 tokens, fewer
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: a second thread adds only synchronisation on the shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def deberta(layers: int = 4, head: str = "", v2_style: bool = False, seed: int = 0, init_range: float = 0.02

@@ -15,13 +15,7 @@ MIXED = {(1, 1): 1.0, (1, 2): 0.5, (2, 3): 2.0, (3, 3): 0.25}
 HEADS = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tensors of a few KiB: a second thread adds only synchronisation, which on a busy CPU costs seconds
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_inputs(lengths, seq, *, t_width=32, s_width=16, seed=0, scale=1.0, dtype=torch.float32):

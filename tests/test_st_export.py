@@ -313,3 +313,20 @@ def test_a_run_from_a_sentence_transformers_teacher_ends_with_one(teachers, tmp_
     assert module_kinds(out / "student") == ["Transformer", "Pooling", "Normalize"]
     vectors = load_st(out / "student").encode(SENTENCES, convert_to_tensor=True)
     assert vectors.shape == (2, 16) and torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_the_embedding_loss_takes_the_teachers_pooling_whatever_the_export_format(teachers):
+    from transformers import AutoConfig
+
+    from distill.config import ConfigError, DistillConfig
+    from distill.trainer import _own_modules, embedding_spec
+
+    for export_format in ("auto", "hf"):
+        cfg = DistillConfig(teacher=str(teachers["st"]), export_format=export_format, embedding_loss="cosine")
+        modules = _own_modules(cfg, None, AutoConfig.from_pretrained(teachers["st"]))
+        assert embedding_spec(cfg, modules).pooling == "mean"
+    cfg = DistillConfig(teacher=str(teachers["plain"]), embedding_loss="mse")
+    with pytest.raises(ConfigError, match="--embedding_loss mse needs a pooling: .* give --pooling mean, cls or max"):
+        embedding_spec(cfg, _own_modules(cfg, None, AutoConfig.from_pretrained(teachers["plain"])))
+    cfg = DistillConfig(teacher=str(teachers["plain"]), embedding_loss="mse", pooling="cls")
+    assert embedding_spec(cfg, None).pooling == "cls"
