@@ -2,7 +2,8 @@
 # `make demo`: the main job end to end on the offline defaults, on whatever hardware is here.
 #   1. pretokenize the default corpus into uint16 shards and print their statistics
 #   2. distil the offline teacher into a smaller student with DeepSpeed, then export it
-#   3. fine-tune the teacher, the distilled student and a random student on `reviews`: one table
+#   3. the teacher, the distilled student, the same student sliced from the teacher but never distilled, and a
+#      random student on `reviews`: fine-tuned, and scored from frozen embeddings; one table
 # (make has fetched the offline assets first.) DEMO_STEPS sets the distillation steps.
 set -euo pipefail
 OUT="${1:-demo}"
@@ -11,6 +12,7 @@ ASSETS="${ASSETS:-assets}"
 STEPS="${DEMO_STEPS:-200}"
 BIN="$(dirname "$PY")"
 export TOKENIZERS_PARALLELISM=false
+export DISTILL_ASSETS="$ASSETS"  # where --eval_task reviews finds the reviews table
 mkdir -p "$OUT"
 
 # Default corpus: State of the Union + Brown (npm); the review texts when npm was missing.
@@ -35,9 +37,9 @@ echo "== 2/3 distil $ASSETS/teacher (6 x 384) into a 3 x 384 student, $STEPS ste
   --student_layer 3 --student_hidden_size 384 --student_attention_heads 12 --num_relation_heads 48 \
   --max_seq_len 128 --per_device_train_batch_size "$batch" --learning_rate 2e-4 \
   --warmup_steps $((STEPS / 10)) --max_steps "$STEPS" --logging_steps 10 --save_steps 100 --save_total_limit 2 \
-  --dataloader_num_workers 1
+  --dataloader_num_workers 1 --eval_steps 100 --eval_task reviews --eval_samples 500
 echo "TensorBoard: $BIN/tensorboard --logdir $OUT/run/tensorboard"
 
-echo "== 3/3 fine-tune the teacher, the distilled student and a random student of its shape on reviews"
+echo "== 3/3 the teacher, the distilled, the sliced (undistilled) and a random student on reviews"
 "$PY" tools/demo_table.py --teacher "$ASSETS/teacher" --student "$OUT/run/student" \
   --reviews "$ASSETS/reviews/reviews.parquet" --output_dir "$OUT/eval"

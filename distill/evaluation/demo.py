@@ -1,14 +1,20 @@
-"""The demo's last step: teacher vs distilled student vs a random student of the same shape, on `reviews`.
+"""The demo's last step: what distillation itself adds, on `reviews`.
 
     python tools/demo_table.py --student demo/student [--teacher assets/teacher] [--output_dir demo/eval]
 
-Builds the random student (AutoConfig.from_pretrained(STUDENT) + AutoModel.from_config, seeded,
-saved with the student's tokenizer), fine-tunes the three models the same way on the reviews task
-(the same grid, data subset and settings, through distill.evaluation.evaluate), and prints the
-Markdown table (also saved to OUTPUT_DIR/table.md and OUTPUT_DIR/results/summary.csv).
+Four rows: the teacher; the distilled student; the *sliced* student, the same shape built from the
+teacher exactly as the distillation started (`create_student`: its embeddings and evenly spaced
+layers, leading rows and columns) but never distilled; and a random student of that shape (the
+architecture's own initialisation, seeded). Each is fine-tuned the same way on the reviews task
+(the same grid, data subset and settings, through distill.evaluation.evaluate), and scored from
+frozen embeddings without fine-tuning (distill.evaluation.evaluate_embeddings: logistic-regression
+accuracy and k-means V-measure of the pooled embeddings; a sentence-transformers model uses its own
+pooling, the sliced student is one too when the teacher is). The Markdown table is printed and
+saved to OUTPUT_DIR/table.md and OUTPUT_DIR/results/summary.csv.
 The defaults (2000 training reviews, 1000 dev reviews, 128 tokens, batches of 16 grouped by length,
-1 epoch, learning rate 2e-4, seed 42) take about 5 minutes on 2 CPU cores; raise them with the flags.
-A re-run reuses finished runs and redoes those of a model that changed (e.g. a new student).
+1 epoch, learning rate 2e-4, seed 42; the embedding probe 32 reviews per class x 10 draws) take
+about 7 minutes on 2 CPU cores; raise them with the flags. A re-run reuses finished runs and cached
+embeddings and redoes those of a model that changed (e.g. a new student).
 """
 from __future__ import annotations
 
@@ -23,9 +29,10 @@ from .grid import REPO_ROOT
 from .summary import AGGREGATIONS
 from .tasks import TaskDataError
 
-__all__ = ["main", "parse_args", "build_random_student", "shape", "ROWS"]
+__all__ = ["main", "parse_args", "build_random_student", "build_sliced_student", "shape", "ROWS"]
 
-ROWS = ("teacher", "distilled", "random")  # results folders / table rows
+ROWS = ("teacher", "distilled", "sliced", "random")  # results folders / table rows
+EMBEDDING_COLUMNS = {"cls-acc": "emb cls-acc", "cls-f1": "emb cls-f1", "cluster-v": "emb cluster-v"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batch reviews of similar length together (less padding; on by default)")
     p.add_argument("--aggregation", choices=list(AGGREGATIONS), default="best")
     p.add_argument("--random_init_seed", type=int, default=0, help="seed of the random student's weights")
+    p.add_argument("--samples_per_label", type=int, default=32,
+                   help="the embedding probe's train reviews per class in each of 10 draws (0: one probe on every "
+                        "train review)")
     p.add_argument("--devices", nargs="+", default=None, help="as evaluate_glue.py --devices")
     return p.parse_args(argv)
 
@@ -66,6 +76,39 @@ def build_random_student(student_dir: str, out_dir: Path, seed: int) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def build_sliced_student(teacher_dir: str, student_dir: str, out_dir: Path) -> Path:
+    """The student's shape built from the teacher as a distillation starts (`create_student`, init teacher) and
+    saved with the teacher's tokenizer; a sentence-transformers model too when the teacher is one."""
+    from transformers import AutoConfig
+
+    from ..encoders import get_adapter
+    from ..paths import apply_umask
+    from ..sentence_transformers_io import max_seq_length, read_teacher_modules, student_files
+    from ..student import create_student
+    from .finetune import load_tokenizer
+
+    config = AutoConfig.from_pretrained(student_dir)
+    adapter = get_adapter(config)
+    student = create_student(teacher_dir, adapter.num_layers(config), adapter.hidden_size(config),
+                             adapter.num_attention_heads(config), adapter.intermediate_size(config))
+    tokenizer = load_tokenizer(teacher_dir)
+    teacher_config = AutoConfig.from_pretrained(teacher_dir)
+    modules = read_teacher_modules(teacher_dir, "auto", adapter.hidden_size(teacher_config))
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if modules is not None:
+        files, _ = student_files(modules, adapter.hidden_size(config), max_seq_length(student.config, tokenizer))
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+    apply_umask(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
@@ -106,6 +149,19 @@ def fine_tune_all(args: argparse.Namespace, models: dict[str, str], results: Pat
     return timings
 
 
+def embed_all(args: argparse.Namespace, models: dict[str, str], results: Path) -> float:
+    """Each model's frozen-embedding scores on reviews (cached embeddings reused); the seconds it took."""
+    from .embedding_eval import evaluate_embeddings
+
+    start = time.perf_counter()
+    evaluate_embeddings(list(models.values()), ["reviews"], results, model_names=list(models),
+                        data_dir=args.reviews, max_seq_length=args.max_seq_length,
+                        max_train_samples=args.max_train_samples or None,
+                        max_eval_samples=args.max_eval_samples or None,
+                        samples_per_label=args.samples_per_label, progress_bar=False, log=lambda line: None)
+    return time.perf_counter() - start
+
+
 def comparison_table(args: argparse.Namespace, models: dict[str, str], results: Path,
                      timings: dict[str, float]) -> tuple[str, str]:
     """(the Markdown table: shape, every metric, score, fine-tuning time per row; the note on the settings)."""
@@ -116,16 +172,22 @@ def comparison_table(args: argparse.Namespace, models: dict[str, str], results: 
     create_summary_table(results, aggregation=args.aggregation, models=list(ROWS), tasks=["reviews"])
     every = summarize(results, aggregation=args.aggregation, metrics="all", models=list(ROWS), tasks=["reviews"])
     table = pd.DataFrame([shape(models[m]) for m in ROWS], index=list(ROWS))
-    table = table.join(every.scores.drop(columns="avg").rename(columns=lambda c: c.split("/", 1)[1]))
+    scores = every.scores.drop(columns="avg").rename(columns=lambda c: c.split("/", 1)[1])
+    embedding = [c for c in scores.columns if c in EMBEDDING_COLUMNS]
+    table = table.join(scores.drop(columns=embedding))
     table["score"] = every.scores["avg"]  # the task score: (accuracy + macro F1) / 2
     table["fine-tune (s)"] = [round(timings[m]) for m in ROWS]
+    table = table.join(scores[embedding].rename(columns=EMBEDDING_COLUMNS))
     table.index.name = "model"
     hp = every.hyperparameters["reviews"]
     note = (f"reviews: {args.max_train_samples or 'all'} train / {args.max_eval_samples or 'all'} dev examples, "
             f"max_seq_length {args.max_seq_length}, batch {args.per_device_train_batch_size}, "
             f"epochs {args.epochs}, learning rate {args.learning_rate}, "
             f"seeds {args.seeds} ({args.aggregation}; chosen: {', '.join(f'{m} {hp[m]}' for m in ROWS)}); "
-            f"scores x100 on the dev subset")
+            f"scores x100 on the dev subset; emb: frozen embeddings without fine-tuning (logistic regression on "
+            f"{args.samples_per_label or 'all'} train reviews per class"
+            f"{' x 10 draws' if args.samples_per_label else ''}, k-means V-measure), {timings['embed']:.0f} s "
+            f"for the four models")
     return markdown_table(table, digits=2), note
 
 
@@ -143,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         for d in (args.teacher, args.student):
             if not (Path(d) / "config.json").is_file():
                 raise TaskDataError(f"{d} is not a model directory (no config.json)")
+        sliced_dir = build_sliced_student(args.teacher, args.student, out / "sliced-student")
         random_dir = build_random_student(args.student, out / "random-student", args.random_init_seed)
-        models = dict(zip(ROWS, (args.teacher, args.student, str(random_dir)), strict=True))
+        models = dict(zip(ROWS, (args.teacher, args.student, str(sliced_dir), str(random_dir)), strict=True))
         timings = fine_tune_all(args, models, results)
+        timings["embed"] = embed_all(args, models, results)
     except (TaskDataError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
