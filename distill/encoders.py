@@ -364,9 +364,10 @@ _NOT_SUPPORTED: dict[str, str] = {
               "them",
     "deberta": "DeBERTa v1 computes Q, K and V with one interleaved projection (in_proj) plus separate q/v biases; "
                "use a DeBERTa-v2/v3 model (model_type deberta-v2), or add an adapter that un-interleaves in_proj",
-    "nomic_bert": "NomicBERT is remote code (trust_remote_code) with its own module layout; supporting it takes "
-                  "an adapter naming its layers and fused Wqkv (like ModernBERT's) and loading with "
-                  "trust_remote_code",
+    "nomic_bert": "NomicBERT (remote code on the hub, native only in recent transformers releases) has its own "
+                  "layout: rotary positions and, in the remote code, a fused Wqkv; supporting it takes an adapter "
+                  "naming its layers and projections (like ModernBERT's), for the layout the installed "
+                  "transformers loads",
     "new": "this (gte-style 'new') model is remote code with its own layout; supporting it takes an adapter for "
            "its layers and fused qkv projection, loaded with trust_remote_code",
     "jina_bert": "JinaBERT is remote code with ALiBi attention; supporting it takes an adapter for its layout, "
