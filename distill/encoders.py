@@ -87,10 +87,6 @@ class EncoderAdapter:
     default_layer_map: Callable[[object, int], list[int]] | None = None
     """default_layer_map(teacher_config, student_layers): the architecture's own choice of teacher layers
     (1-based); None means evenly spaced (distill.student.default_layer_map)."""
-    captured: str = "the query, key and value linears of the chosen layer"
-    """What is captured, for the docs."""
-    inherited: str = "embeddings and LayerNorm, an evenly spaced slice of layers, leading rows/columns"
-    """What a student inherits from the teacher, for the docs."""
 
     # -- modules ---------------------------------------------------------------------------
     @staticmethod
@@ -322,10 +318,6 @@ _DEBERTA_V2 = EncoderAdapter(
      "relative_position": "encoder.rel_embeddings", "relative_position_layer_norm": "encoder.LayerNorm"},
     embedding_size_field="embedding_size",
     configure_student=_configure_deberta_student,
-    captured="the content projections query_proj, key_proj, value_proj (relative-position terms: see docs)",
-    inherited="word (and absolute position / token type, if the model has them) embeddings, their LayerNorm "
-              "and projection, the relative-position embeddings `rel_embeddings` and their LayerNorm, an evenly "
-              "spaced slice of layers, leading rows/columns",
 )
 _MODERNBERT = EncoderAdapter(
     "modernbert", "layers", ("attn.Wqkv",),
@@ -335,9 +327,6 @@ _MODERNBERT = EncoderAdapter(
     fused_blocks=(("attn.Wqkv.weight", 3), ("attn.Wqkv.bias", 3), ("mlp.Wi.weight", 2), ("mlp.Wi.bias", 2)),
     configure_student=_configure_modernbert_student,
     default_layer_map=_modernbert_layer_map,
-    captured="the fused Wqkv output cut into Q, K, V before the rotary embedding",
-    inherited="token embeddings and their norm, the final norm, teacher layers of the same local/global type "
-              "(nearest to evenly spaced), leading rows/columns of each Q/K/V and gated-MLP block",
 )
 
 _ADAPTERS: dict[str, EncoderAdapter] = {
