@@ -11,7 +11,8 @@ from conftest import WORDS
 from test_distill_run import ENV, distill_args, run_deepspeed, run_python, scalars
 from test_distill_run import tiny as tiny_fixture  # noqa: F401 (the `tiny` fixture, shared)
 
-pytestmark = pytest.mark.slow
+# multi-process runs and five launches, about a minute: `make test-extended` (CI)
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 pytest.importorskip("sentence_transformers")
 
 
@@ -74,7 +75,6 @@ def test_the_embedding_loss_and_the_scores_are_logged_and_the_projection_exporte
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.extended  # a second 2-rank launch: `make test-extended` (CI)
 def test_a_resumed_embedding_run_ends_where_the_straight_one_does(st_tiny, embedding_run, tmp_path):
     from safetensors.torch import load_file
 
