@@ -33,7 +33,7 @@ def load_probe_data(task: str, samples: int, data_dir: str | os.PathLike | None 
     """The `EmbeddingData` of `--eval_task` (reviews, or a labelled file with `text` and `label` columns), at most
     `samples` dev texts and as many train texts; ConfigError naming the problem and the fix."""
     from .evaluation.embeddings import prepare_embedding_data
-    from .evaluation.tasks import TaskDataError, custom_task, get_task, load_task_data
+    from .evaluation.tasks import TASKS, TaskDataError, custom_task, get_task, load_task_data
 
     try:
         if task == "reviews":
@@ -44,7 +44,10 @@ def load_probe_data(task: str, samples: int, data_dir: str | os.PathLike | None 
             if not path.is_file():
                 raise TaskDataError(f"{task}: neither 'reviews' nor a file; give reviews or a CSV/JSONL/parquet "
                                     f"file with text and label columns")
-            spec = custom_task(path.stem.replace("/", "_") or "eval", path, path, "text", "label")
+            name = path.stem or "eval"
+            if name.lower().replace("-", "") in TASKS:  # a file named like a built-in task (reviews.csv)
+                name = f"file-{name}"
+            spec = custom_task(name, path, path, "text", "label")
             data = _split(load_task_data(spec)["train"])
         return spec, prepare_embedding_data(spec, data, max_train_samples=samples, max_eval_samples=samples,
                                             samples_per_label=None)
