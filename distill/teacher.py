@@ -251,6 +251,17 @@ class FrozenTeacher:
         self.hidden_size = self.adapter.hidden_size(self.config)
         self._capture = QKVCapture(model, teacher_layer - 1, stop_forward=not run_to_end, adapter=self.adapter)
 
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> "FrozenTeacher":
+        """Move and cast the teacher in place (dtype as in the constructor: None or "auto" per device); returns it.
+
+        The training run loads the teacher in float32 on the CPU, creates the student from those weights
+        (so the student inherits float32 weights, not a float16 rounding of them), then calls this.
+        """
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = self.model.to(device=self.device, dtype=self.dtype)
+        return self
+
     @torch.no_grad()  # not inference_mode: the outputs are saved by the loss's autograd functions
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  token_type_ids: torch.Tensor | None = None, *, return_hidden: bool = False):

@@ -28,6 +28,7 @@ from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_dee
 from .distributed import LauncherWatch, launcher_watch, watch_launchers
 from .embedding_loss import POOLING_MODES, PROJECTION_ATTRIBUTE, EmbeddingProjection, EmbeddingSpec
 from .encoders import UnsupportedEncoder, check_supported, get_adapter
+from .locks import DirectoryLock, LockedError
 from .monitor import NullLogger, StepMetrics, TensorBoardLogger, encoder_forward_flops, peak_flops, step_flops
 from .relations import resolve_relation_impl
 
@@ -70,10 +71,13 @@ def set_seed(seed: int) -> None:
 class RunGuard:
     """Stop requests (SIGTERM, Ctrl-C, the launcher's death) and non-finite losses, agreed on by all ranks.
 
-    One all-reduce of two flags per micro-batch keeps every rank in lockstep: all skip a bad
-    micro-batch together, all save and stop together. A launcher that died (a signal sent to the
-    `deepspeed` or `torchrun` PID alone, which may not forward it) counts as a SIGTERM to this
-    rank (`distill.distributed.LauncherWatch`), so the run saves and exits 0 however it was stopped.
+    One all-reduce per optimizer step, at its last micro-batch, keeps every rank in lockstep: which
+    micro-batches of the accumulation window had a non-finite loss on some rank, whether some rank
+    was asked to stop, and whether the step left some rank's weights non-finite, in one tensor read
+    by the host once (`sync`). Nothing in a micro-batch waits for the device. A launcher that died
+    (a signal sent to the `deepspeed` or `torchrun` PID alone, which may not forward it) counts as a
+    SIGTERM to this rank (`distill.distributed.LauncherWatch`), so the run saves and exits 0 however
+    it was stopped.
     """
 
     def __init__(self, watch: LauncherWatch | None = None):
@@ -97,20 +101,52 @@ class RunGuard:
             except OSError:
                 pass
 
-    def sync(self, loss: torch.Tensor) -> tuple[bool, bool]:
-        """(this micro-batch's loss is finite on every rank, some rank was asked to stop)."""
+    def sync(self, losses: list[torch.Tensor], module: torch.nn.Module | None = None) -> StepFlags:
+        """The step's flags, agreed on by every rank: one all-reduce and one device-to-host copy.
+
+        losses: the window's micro-batch losses (device scalars); module: the engine's module, whose
+        weights are checked after the optimizer step (None: not checked).
+        """
         self._check_launcher()
-        flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
-                             torch.tensor(float(self.stop_signal is not None), device=loss.device)])
+        device = losses[0].device
+        stop = torch.tensor([float(self.stop_signal is not None)], device=device)
+        weights = nonfinite_weights(module, device) if module is not None else torch.zeros(1, device=device)
+        flags = torch.cat([stop, weights.reshape(1), (~torch.isfinite(torch.stack(losses).detach().float())).float()])
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        nonfinite, stop = flags.tolist()  # note: a CPU-GPU sync point, once per micro-batch
-        self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if nonfinite else 0
-        return not nonfinite, bool(stop)
+        stop_flag, weights_flag, *nonfinite = flags.tolist()  # the step's one CPU-GPU sync point
+        for bad in nonfinite:
+            self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if bad else 0
+        return StepFlags(finite=[not bad for bad in nonfinite], stop=bool(stop_flag), weights_finite=not weights_flag)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlags:
+    """What `RunGuard.sync` agreed on for one optimizer step: each micro-batch's loss finite on every rank,
+    a stop requested on some rank, the weights finite on every rank after the step."""
+
+    finite: list[bool]
+    stop: bool
+    weights_finite: bool
+
+
+def nonfinite_weights(module: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """1.0 (a device scalar, nothing waits for it) when some parameter of `module` has a non-finite float32 norm.
+
+    One fused `torch._foreach_norm` over this rank's parameters (under ZeRO-3 its partitions). A finite norm
+    means finite values and none past ~1e19 (its square overflows float32): weights beyond that come only from
+    a diverged step, whose next forward pass is not finite.
+    """
+    params = [getattr(p, "ds_tensor", p).detach() for p in module.parameters()]
+    params = [p for p in params if p.numel()]
+    if not params:
+        return torch.zeros((), device=device)
+    norms = torch._foreach_norm(params, 2, dtype=torch.float32)
+    return (~torch.isfinite(torch.stack([n.to(device) for n in norms]))).any().float()
 
 
 # --------------------------------------------------------------------------- data
@@ -162,20 +198,36 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the step
-def train_step(engine, objective, batch, guard: RunGuard) -> tuple[torch.Tensor, dict, bool, bool]:
+def train_step(engine, objective, batch) -> tuple[torch.Tensor, dict]:
     """One micro-batch: teacher and student forward, relation loss, backward, optimizer step.
 
     DeepSpeed's `engine.step()` applies the update only at the end of each accumulation window.
-    Returns (loss, per-relation losses, finite, stop requested). A non-finite loss on any rank
-    skips the micro-batch on every rank: no backward, and DeepSpeed's accumulation counter
-    does not move, so the window waits for a finite micro-batch in its place.
+    Returns (loss, per-relation losses), on the device: nothing here waits for it.
     """
     loss, parts = objective(batch, student_forward=engine)
-    finite, stop = guard.sync(loss)
-    if finite:
-        engine.backward(loss)
-        engine.step()
-    return loss.detach(), parts, finite, stop
+    engine.backward(loss)
+    engine.step()
+    return loss.detach(), parts
+
+
+def train_window(engine, objective, data: Iterator[dict], guard: RunGuard, metrics: StepMetrics,
+                 accumulation: int) -> StepFlags:
+    """One optimizer step: `accumulation` micro-batches of `train_step`, then the step's one sync (`RunGuard.sync`).
+
+    A micro-batch whose loss is not finite on some rank poisons the window's gradients: DeepSpeed's
+    overflow check then skips the whole step on every rank (`engine.was_step_applied()` is False), the
+    weights and the learning-rate schedule stay put, and the run takes the step again on the next
+    micro-batches. Its loss is left out of the logged mean; MAX_NONFINITE in a row stop the run.
+    """
+    window = []
+    for _ in range(accumulation):
+        batch = to_device(next(data), metrics.device)
+        loss, parts = train_step(engine, objective, batch)
+        window.append((loss, parts, batch["input_ids"].shape))
+    flags = guard.sync([loss for loss, _, _ in window], engine.module)
+    for (loss, parts, shape), finite in zip(window, flags.finite, strict=True):
+        metrics.add(loss, parts, shape, finite)
+    return flags
 
 
 # --------------------------------------------------------------------------- build
@@ -196,11 +248,14 @@ def build_models(cfg: DistillConfig, device: torch.device, teacher=None, student
         if layer is None:
             probe = teacher_config if teacher_config is not None else teacher_config_of(cfg, teacher)
             layer = get_adapter(probe).num_layers(probe)
-        frozen = FrozenTeacher(source, layer, dtype=teacher_dtype, device=device,
-                               run_to_end=cfg.embedding_loss != "none")
+        # float32 on the CPU first: the student is created from the teacher's float32 weights, then it is cast
+        frozen = FrozenTeacher(source, layer, dtype=torch.float32 if student is None else teacher_dtype,
+                               device="cpu" if student is None else device, run_to_end=cfg.embedding_loss != "none")
     if student is None:
         student = create_student(frozen.model, cfg.student_layer, cfg.student_hidden_size, cfg.student_attention_heads,
                                  intermediate_size=cfg.student_intermediate_size, init=cfg.student_init)
+        if frozen is not source:
+            frozen.to(device, teacher_dtype)
     if cfg.embedding_loss != "none":
         width = get_adapter(student).hidden_size(student.config)
         if width != frozen.hidden_size and not hasattr(student, PROJECTION_ATTRIBUTE):
@@ -344,18 +399,54 @@ def build_dataset(cfg: DistillConfig, teacher_config, tokenizer=None):
 
 
 # --------------------------------------------------------------------------- the job
+@dataclasses.dataclass
+class PreparedRun:
+    """What `prepare` checked and built, before the run writes anything."""
+
+    rank: int
+    world: int
+    device: torch.device
+    frozen: Any  # FrozenTeacher
+    student: torch.nn.Module
+    objective: Any  # MiniLMv2Objective
+    dataset: Any
+    ds_json: dict[str, Any]
+    precision: str
+    resume_path: Path | None
+    scorer: Any  # EmbeddingProbe or None
+    modules: Any  # the sentence-transformers modules the export writes, or None
+    tokenizer: Any
+
+
 def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, collate_fn=None,
           tokenizer=None) -> Path:
     """Distil; return the directory of the exported student (on every rank).
 
     `teacher`, `student`, `dataset`, `collate_fn` override what `cfg` would build (the
     bertdistiller-style API passes its own); by default everything comes from `cfg`.
+    Rank 0 holds output_dir's lock (`distill.locks`) from its first write to the end: a second run
+    into the same directory exits 2 naming this one.
     """
+    rank, world, _, device = init_distributed()
+    lock = DirectoryLock(cfg.output_dir, "distillation run")
+    on_rank0_agreed(lock.check_free, rank)  # a run already working in output_dir is named before anything else
+    run = prepare(cfg, rank, world, device, teacher=teacher, student=student, dataset=dataset, tokenizer=tokenizer)
+    on_rank0_agreed(lock.acquire, rank)  # the first write: from here on, no other run can enter output_dir
+    try:
+        if rank == 0 and lock.recovered_line():
+            print(lock.recovered_line(), flush=True)
+        return run_prepared(cfg, run, collate_fn)
+    finally:
+        lock.release()
+
+
+def prepare(cfg: DistillConfig, rank: int, world: int, device: torch.device, *, teacher=None, student=None,
+            dataset=None, tokenizer=None) -> PreparedRun:
+    """Every check and every model, before the run writes anything: output dir, export dir, teacher, checkpoint,
+    DeepSpeed JSON, models, data, the relation kernel's self-check."""
     from .export import check_export_target
     from .objective import MiniLMv2Objective
 
-    rank, world, _, device = init_distributed()
-    # Every check before the first write: output dir, checkpoint, DeepSpeed JSON, models, data size.
     ckpt.check_output_dir(cfg)
     check_export_target(export_dir_of(cfg), "--export_dir")
     probe = teacher_config_of(cfg, teacher)
@@ -380,28 +471,53 @@ def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, colla
         print(objective.kernel_check.line(), flush=True)
     if rank == 0 and embedding is not None:
         print(embedding_cost_line(frozen, student, cfg.max_seq_len), flush=True)
+    return PreparedRun(rank, world, device, frozen, student, objective, dataset, ds_json, precision, resume_path,
+                       scorer, modules, tokenizer)
+
+
+def run_prepared(cfg: DistillConfig, run: PreparedRun, collate_fn=None) -> Path:
+    """`train` from its first write on (output_dir locked): run files, engine, loop, export."""
+    rank, frozen, student = run.rank, run.frozen, run.student
     if rank == 0:
         if cfg.overwrite_output_dir:
             ckpt.clear_run_files(cfg.output_dir, export_dir_of(cfg))
-        write_run_files(cfg, student, tokenizer or _tokenizer_source(cfg, frozen), modules)
+        write_run_files(cfg, student, run.tokenizer or _tokenizer_source(cfg, frozen), run.modules)
     dist.barrier()
 
-    engine = initialize_engine(student, ds_json)
+    engine = initialize_engine(student, run.ds_json)
+    resume_path = run.resume_path
     state = ckpt.load_train_state(engine, resume_path) if resume_path is not None else TrainState()
-    data = batches(dataset, cfg, state, rank, world, collate_fn, pin_memory=device.type == "cuda")
+    data = batches(run.dataset, cfg, state, rank, run.world, collate_fn, pin_memory=run.device.type == "cuda")
     if resume_path is not None:  # last, so nothing above draws from the restored generators
         ckpt.restore_rng_state(resume_path, rank)
     flops = functools.partial(step_flops, frozen.config, student.config, frozen.num_layers,
-                              len(objective.spec.relations))
-    metrics = StepMetrics(device, world=world, precision=precision, peak=peak_flops(device), flops=flops)
-    final, stopped = run_loop(cfg, engine, objective, data, state, metrics, rank,
-                              last_saved=state.step if resume_path is not None else None, probe=scorer)
+                              len(run.objective.spec.relations))
+    metrics = StepMetrics(run.device, world=run.world, precision=run.precision, peak=peak_flops(run.device),
+                          flops=flops)
+    final, stopped = run_loop(cfg, engine, run.objective, data, state, metrics, rank,
+                              last_saved=state.step if resume_path is not None else None, probe=run.scorer)
     if stopped:
         if rank == 0:
             print(f"stopped by signal at step {state.step}; checkpoint {final}; continue with --resume auto",
                   flush=True)
         return final
     return export_student(cfg, final, rank)
+
+
+def on_rank0_agreed(action: Callable[[], Any], rank: int) -> None:
+    """Rank 0 runs `action`; a LockedError it raises is raised on every rank, so all exit 2 together."""
+    failure = None
+    if rank == 0:
+        try:
+            action()
+        except LockedError as e:
+            failure = str(e)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [failure]
+        dist.broadcast_object_list(box, src=0)
+        failure = box[0]
+    if failure is not None:
+        raise LockedError(failure)
 
 
 def write_run_files(cfg: DistillConfig, student, tokenizer, modules=None) -> None:
@@ -435,7 +551,6 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
     from tqdm.auto import tqdm
 
     is_main = rank == 0  # logs, TensorBoard, progress bar
-    device = metrics.device
     logger = TensorBoardLogger(Path(cfg.output_dir) / "tensorboard") if is_main else NullLogger()
     if getattr(objective, "kernel_check", None) is not None:
         logger.log_text("relation_kernel/self_check", objective.kernel_check.line())
@@ -447,15 +562,10 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
         if probe is not None and state.step == 0:
             run_probe(probe, engine, state.step, rank, logger)
         while state.step < cfg.max_steps and not stop:
-            accumulated = 0  # finite micro-batches in this optimizer step
-            while accumulated < cfg.gradient_accumulation_steps:
-                batch = to_device(next(data), device)
-                loss, parts, finite, stop_now = train_step(engine, objective, batch, guard)
-                stop = stop or stop_now  # honoured at the step boundary, never mid-accumulation
-                metrics.add(loss, parts, batch["input_ids"].shape, finite)
-                accumulated += finite
-                _check_nonfinite(guard, state, cfg)
-            skipped = _check_step(engine, state, cfg, skipped)
+            flags = train_window(engine, objective, data, guard, metrics, cfg.gradient_accumulation_steps)
+            stop = flags.stop  # honoured at the step boundary, never mid-accumulation
+            _check_nonfinite(guard, state, cfg)
+            skipped = _check_step(engine, state, cfg, skipped, flags)
             if skipped or not engine.was_step_applied():
                 # the weights did not move (a non-finite gradient norm, or an fp16 overflow that halved the
                 # loss scale) nor did the learning-rate schedule: the step is taken again on the next micro-batches
@@ -517,14 +627,18 @@ def _check_nonfinite(guard: RunGuard, state: TrainState, cfg: DistillConfig) -> 
             "lower --learning_rate, use bf16 instead of fp16, or check the data")
 
 
-def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int) -> int:
+def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int, flags: StepFlags | None = None) -> int:
     """After an optimizer step: how many steps in a row have now been skipped for a non-finite gradient norm.
 
-    DeepSpeed skips such a step on every rank (fp16 overflows, handled by loss scaling, are not counted);
-    MAX_NONFINITE in a row stop the run. A step that made the weights non-finite cannot be undone: the
-    run stops at once, without saving, so no checkpoint or export ever holds non-finite weights.
+    DeepSpeed skips such a step on every rank (fp16 overflows, handled by loss scaling, and windows with a
+    non-finite loss, counted by `RunGuard`, are not counted here); MAX_NONFINITE in a row stop the run. A step
+    that made the weights non-finite cannot be undone: the run stops at once, without saving, so no checkpoint
+    or export ever holds non-finite weights. flags: the step's `RunGuard.sync` (None: the weights are checked
+    here, with a sync of their own).
     """
     if not engine.fp16_enabled() and not engine.was_step_applied():
+        if flags is not None and not all(flags.finite):
+            return skipped  # the loss's doing, counted by RunGuard
         skipped += 1
         if skipped >= MAX_NONFINITE:
             raise FloatingPointError(
@@ -532,7 +646,7 @@ def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int) -> 
                 f"the run stopped without saving; {ckpt.last_good(cfg.output_dir)}, intact: lower --learning_rate, "
                 "set --max_grad_norm, or check the data")
         return skipped
-    if not ckpt.weights_finite(engine):
+    if not (flags.weights_finite if flags is not None else ckpt.weights_finite(engine)):
         raise FloatingPointError(
             f"optimizer step {state.step + 1} made the student's weights diverge (not finite, or beyond float32's "
             f"range in norm; gradient norm {engine.get_global_grad_norm()}); the run stopped without saving; "
