@@ -14,6 +14,8 @@ For users who come from bertdistiller, its quick start works unchanged but for t
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,11 +114,54 @@ def _keep_model_inputs(collator):
     return collate
 
 
+def _rows(dataset, count: int) -> list:
+    """The first `count` rows of a map-style dataset (none of an iterable one: it would be consumed)."""
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        return []
+    return [dataset[i] for i in range(min(count, len(dataset)))]
+
+
+def check_trainer_inputs(args, teacher_model, model, train_dataset, data_collator, tokenizer) -> None:
+    """TypeError, before anything runs, for what MiniLMTrainer cannot train on; the message names the fix."""
+    from torch import nn
+
+    if not isinstance(args, MiniLMTrainingArguments):
+        raise TypeError(f"args must be MiniLMTrainingArguments, not {type(args).__name__}")
+    if not isinstance(teacher_model, nn.Module):
+        raise TypeError(f"teacher_model must be a model, e.g. AutoModel.from_pretrained(\"google-bert/bert-base-"
+                        f"uncased\"), not {type(teacher_model).__name__}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be the student model (distill.create_student(...)) or None to create one from "
+                        f"args, not {type(model).__name__}")
+    if isinstance(train_dataset, (str, bytes, os.PathLike)):
+        raise TypeError(f"train_dataset is a {type(train_dataset).__name__} ({str(train_dataset)[:80]!r}), not a "
+                        "dataset: tokenize the texts first (datasets.Dataset.map with the teacher's tokenizer), or "
+                        "pretokenize them into shards and train with launch/distill.py --data")
+    if not hasattr(train_dataset, "__iter__"):
+        raise TypeError(f"train_dataset must be a dataset of tokenized rows, not {type(train_dataset).__name__}")
+    rows = _rows(train_dataset, 2)
+    for row in rows:
+        if not isinstance(row, Mapping) or "input_ids" not in row:
+            what = sorted(row)[:6] if isinstance(row, Mapping) else type(row).__name__
+            raise TypeError(f"train_dataset's rows hold {what}, not input_ids: tokenize them first, e.g. "
+                            "dataset.map(lambda b: tokenizer(b[\"text\"], truncation=True), batched=True)")
+    lengths = {len(row["input_ids"]) for row in rows}
+    if data_collator is None and tokenizer is None and len(lengths) > 1:
+        raise TypeError(f"train_dataset's rows differ in length ({' and '.join(map(str, sorted(lengths)))} tokens) "
+                        "and nothing pads them: pass data_collator=DataCollatorWithPadding(tokenizer) (or "
+                        "processing_class=tokenizer)")
+
+
 class MiniLMTrainer:
     """bertdistiller's MiniLMTrainer: `.train()` runs distill's DeepSpeed loop in this process."""
 
     def __init__(self, *, args: MiniLMTrainingArguments, teacher_model, model, train_dataset,
                  eval_dataset=None, data_collator=None, tokenizer=None, processing_class=None):
+        check_trainer_inputs(args, teacher_model, model, train_dataset, data_collator, processing_class or tokenizer)
+        if data_collator is None and hasattr(processing_class or tokenizer, "pad"):
+            from transformers import DataCollatorWithPadding
+
+            data_collator = DataCollatorWithPadding(processing_class or tokenizer)  # as transformers' Trainer does
         self.args = args
         self.teacher_model = teacher_model
         self.model = model

@@ -14,14 +14,22 @@ from .shards import ShardError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run `launch/distill.py`'s job; 0 on success, 2 on a setting or data problem (message on stderr)."""
-    from .trainer import train
-
+    """Run `launch/distill.py`'s job; 0 on success, 2 on a setting or data problem (message on stderr), 130 on
+    Ctrl-C before or after the training loop (one line, no traceback)."""
+    cfg = None
     try:
-        train(config_from_args(argv))
+        cfg = config_from_args(argv)
+        from .trainer import train
+
+        train(cfg)
     except (ValueError, ShardError, FileNotFoundError, FloatingPointError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the training loop, whose Ctrl-C saves a checkpoint and exits 0
+        where = f" in {cfg.output_dir}" if cfg is not None else ""
+        print(f"interrupted (Ctrl-C): stopped; every checkpoint already saved{where} is complete (continue with "
+              "--resume auto), unfinished files are discarded", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -164,7 +164,7 @@ def checked_relations(relations) -> dict[tuple[int, int], float]:
     """{(m, n): weight}, checked, from a mapping or from the command line's text ("qq:1,kk:1,vv:1", see
     parse_relations); ValueError saying what is wrong."""
     if isinstance(relations, str):
-        return parse_relations(relations)
+        return _positive_weights(parse_relations(relations))
     try:
         relations = dict(relations)
     except (TypeError, ValueError) as e:
@@ -178,7 +178,23 @@ def checked_relations(relations) -> dict[tuple[int, int], float]:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_index(i) for i in pair)):
             raise ValueError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 "
                              f"(1 = query, 2 = key, 3 = value), e.g. (1, 1) for query-query")
-    return relations
+    return _positive_weights(relations)
+
+
+def _positive_weights(relations: dict) -> dict[tuple[int, int], float]:
+    """The relations, each weight a finite number > 0 (a relation of weight 0 costs compute and teaches nothing)."""
+    for pair, weight in relations.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"relation {relation_name(pair)}: weight {weight!r} is not a finite number > 0")
+    zero = [relation_name(p) for p, w in relations.items() if w == 0]
+    if len(zero) == len(relations):
+        raise ValueError(f"every relation ({', '.join(zero)}) has weight 0: nothing would be distilled; give at "
+                         "least one weight > 0, e.g. 'qq:1,kk:1,vv:1'")
+    if zero:
+        rest = ",".join(f"{relation_name(p)}:{w:g}" for p, w in relations.items() if w)
+        raise ValueError(f"relation {', '.join(zero)} has weight 0: it would be computed every step and teach "
+                         f"nothing; leave it out ('{rest}')")
+    return {pair: float(weight) for pair, weight in relations.items()}
 
 
 def resolve_relation_impl(impl: str, device: torch.device) -> str:

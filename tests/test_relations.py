@@ -372,3 +372,20 @@ def test_relations_as_text_like_the_command_line():
     assert torch.equal(call(teacher, student, mask, relations="qq:1,kv:0.5")[0],
                        call(teacher, student, mask, relations={(1, 1): 1.0, (2, 3): 0.5})[0])
     assert dict(RelationSpec(4, "vv:2").relations) == {(3, 3): 2.0}
+
+
+@pytest.mark.parametrize("relations, message", [
+    ("qq:0", r"every relation \(qq\) has weight 0: nothing would be distilled"),
+    ("qq:0,kk:0,vv:0", r"every relation \(qq, kk, vv\) has weight 0"),
+    ("qq:1,kk:0,vv:2", r"relation kk has weight 0: it would be computed every step and teach nothing; "
+                       r"leave it out \('qq:1,vv:2'\)"),
+    ({(1, 1): 0.0}, r"every relation \(qq\) has weight 0"),
+    ({(1, 1): -1.0}, r"relation qq: weight -1.0 is not a finite number > 0"),
+    ({(1, 1): float("inf")}, r"relation qq: weight inf is not a finite number > 0"),
+    ({(1, 1): "1"}, r"relation qq: weight '1' is not a finite number > 0"),
+])
+def test_relations_that_teach_nothing_are_refused(relations, message):
+    from distill.relations import checked_relations
+
+    with pytest.raises(ValueError, match=message):
+        checked_relations(relations)
