@@ -7,6 +7,7 @@ accounting in `distill.monitor`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -675,11 +676,32 @@ def export_student(cfg: DistillConfig, final: Path, rank: int) -> Path:
     out = Path(cfg.output_dir)
     export_dir = export_dir_of(cfg)
     if rank == 0:
-        export_checkpoint(final, export_dir, skeleton_dir=out / "student_config", export_format=cfg.export_format,
-                          embedding_projection=cfg.embedding_projection)
+        with deferred_stop_signals() as received:  # SIGTERM or Ctrl-C now: the export finishes first
+            export_checkpoint(final, export_dir, skeleton_dir=out / "student_config", export_format=cfg.export_format,
+                              embedding_projection=cfg.embedding_projection)
         print(f"exported the student to {export_dir}", flush=True)
+        if received:
+            print(f"{signal.Signals(received[0]).name} received during the export: the export finished first; "
+                  f"the run is complete", flush=True)
     dist.barrier()
     return export_dir
+
+
+@contextlib.contextmanager
+def deferred_stop_signals():
+    """SIGTERM and SIGINT only recorded (in the yielded list) inside the block, then the previous handlers back.
+
+    The final export takes seconds and is written to a temporary directory renamed into place: finishing it
+    leaves the run complete, where being killed halfway would leave a hidden temporary directory behind.
+    """
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def export_dir_of(cfg: DistillConfig) -> Path:
