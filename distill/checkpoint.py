@@ -9,7 +9,8 @@ Layout of `output_dir`:
       checkpoints/
         step-00000100/         engine.save_checkpoint + our files:
           rng-rank00000.pt     each rank's RNG states
-          COMPLETE             JSON {state, config, files: {name: bytes}}, written by rank 0 last
+          COMPLETE             JSON {state, config, provenance, files: {name: bytes}, sha256: {name: hex}},
+                               written by rank 0 last
         latest                 DeepSpeed's pointer to the newest tag (rank 0, atomic; resume does not read it)
         abandoned-<UTC time>/  checkpoints of another future of the run (see "Resuming an older checkpoint")
 
@@ -20,9 +21,18 @@ rank 0 checks that every rank's part is there, writes COMPLETE into it, moves an
 `checkpoints/`. So at every instant each `step-*` directory is complete and loadable, or it is
 not marked COMPLETE (in practice: absent). A crash, `kill -9`, or a full disk at any moment
 leaves at worst a hidden temporary directory, which is never resumed or exported and is removed
-by the next successful save. A COMPLETE marker also lists the size of every file: a marker that
-is empty, not JSON or lacks keys, or a file shorter than recorded, is an error naming the file
-and the previous complete checkpoint (for `--resume` and for export).
+by the next successful save. A COMPLETE marker also lists the size and the sha256 of every file
+(rank 0 reads them once, when every part is there): a marker that is empty, not JSON or lacks
+keys, a file shorter than recorded, or one whose contents changed (a flipped byte), is an error
+naming the file and the previous complete checkpoint (for `--resume`, for export, and before
+`last_good` calls a checkpoint good). Markers written before checksums are checked by size, with
+a note.
+
+Provenance: the client state (and COMPLETE) records the teacher's fingerprint (`teacher_fingerprint`:
+its config and weights by content, or a hub name and its cached snapshot), the sha256 of `--data`'s
+manifest and `--max_seq_len`. Resuming with another teacher, other data or another window length is
+a ConfigError naming each difference (checked with the model shape, by rank 0); a checkpoint saved
+before provenance was recorded resumes with a note.
 
 Resuming an older checkpoint: `--resume PATH` to a checkpoint older than the newest complete one
 in OUTPUT_DIR starts another future of the run, which would otherwise mix with the newer
@@ -35,8 +45,10 @@ look. Delete that folder when you no longer need it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import secrets
@@ -52,7 +64,7 @@ import torch.distributed as dist
 
 from .config import ConfigError
 from .paths import is_no_space, output_dir_problem
-from .shards import atomic_write_bytes, atomic_write_json, fsync_dir
+from .shards import MANIFEST_NAME, atomic_write_bytes, atomic_write_json, fsync_dir
 
 if TYPE_CHECKING:
     from .config import DistillConfig
@@ -60,6 +72,8 @@ if TYPE_CHECKING:
 COMPLETE = "COMPLETE"
 SHARED_FS_WAIT_ENV = "DISTILL_SHARED_FS_WAIT_S"  # how long rank 0 waits for other nodes' parts to be visible
 RUN_FILES = ("run_config.json", "student_config", "checkpoints", "tensorboard")  # what a run writes in output_dir
+CHUNK = 1 << 20  # bytes read at a time when hashing
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # a local teacher's files that its fingerprint reads, with config.json
 
 
 class CheckpointError(ValueError):
@@ -90,8 +104,9 @@ def save_checkpoint(engine, cfg: DistillConfig, state: TrainState, rank: int) ->
                               f"{state.step}: checkpoint {tag} was not "
                               f"saved; {last_good(cfg.output_dir)}. Lower --learning_rate (or use bf16 instead of "
                               "fp16) and continue from it")
-    tmp = root / _agreed(f".{tag}.tmp-{secrets.token_hex(4)}")
-    client = {"state": dataclasses.asdict(state), "config": cfg.to_dict()}
+    name, provenance = _agreed((f".{tag}.tmp-{secrets.token_hex(4)}", run_provenance(cfg) if rank == 0 else None))
+    tmp = root / name
+    client = {"state": dataclasses.asdict(state), "config": cfg.to_dict(), "provenance": provenance}
     failure = None
     try:
         engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
@@ -127,8 +142,7 @@ def publish(tmp: Path, target: Path, client: dict[str, Any], world: int, keep: i
                               "that every node shares: put it on a shared filesystem that supports atomic rename "
                               f"(NFS, Lustre, ...), not a node-local path (waited {SHARED_FS_WAIT_ENV}="
                               f"{shared_fs_wait():g} s)")
-    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-    mark_complete(tmp, {**client, "files": files})
+    mark_complete(tmp, {**client, **file_records(tmp)})
     root = target.parent
     step = step_of(target)
     other_future = [p for p in list_checkpoints(root.parent) if step_of(p) >= step]
@@ -199,8 +213,16 @@ def _nearly_full(directory: Path) -> bool:
 
 
 def last_good(output_dir: str | Path) -> str:
-    done = list_checkpoints(output_dir)
-    return f"the last good checkpoint is {done[-1]}" if done else "there is no earlier complete checkpoint"
+    """The newest complete checkpoint that verifies (sizes and checksums), naming any newer damaged one."""
+    damaged = []
+    for path in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(path)[1]
+        if problem is None:
+            return f"the last good checkpoint is {path}" + (f" (after it, {'; '.join(damaged)})" if damaged else "")
+        damaged.append(f"{path} is damaged: {problem}")
+    if damaged:
+        return f"there is no intact checkpoint ({'; '.join(damaged)})"
+    return "there is no earlier complete checkpoint"
 
 
 def _agreed(value: Any) -> Any:
@@ -251,29 +273,83 @@ def weights_finite(engine) -> bool:
 
 # --------------------------------------------------------------------------- resume
 def check_resume_compatible(path: Path, cfg: DistillConfig, teacher_config=None) -> dict[str, Any]:
-    """The checkpoint's COMPLETE record (verified); ConfigError when it was made with another model shape.
+    """The checkpoint's COMPLETE record (verified); ConfigError when it was made with another model shape,
+    another teacher, other data or another window length (`resume_differences`)."""
+    saved = verify_checkpoint(path)
+    _check_compatible(path, saved, cfg, teacher_config)
+    return saved
 
-    With the teacher's (untruncated) config, resolved values are compared, not spellings: teacher_layer
+
+def _check_compatible(path: Path, saved: dict[str, Any], cfg: DistillConfig, teacher_config) -> None:
+    diffs, flags = resume_differences(saved, cfg, teacher_config)
+    if diffs:
+        settings = f" ({' '.join(flags)})" if flags else ""
+        raise ConfigError(f"cannot resume {path}: it was made with other settings than this run:\n  - "
+                          + "\n  - ".join(diffs)
+                          + f"\nresume with the checkpoint's settings{settings} or start a new --output_dir")
+    if not isinstance(saved.get("provenance"), dict):
+        _note(f"checkpoint {path} records no teacher or data fingerprint (saved by an older distill): could not "
+              "check that this run uses the same teacher and data")
+
+
+def resume_differences(saved: dict[str, Any], cfg: DistillConfig, teacher_config=None) -> tuple[list[str], list[str]]:
+    """What differs between a checkpoint's record and this run (the model shape, the teacher by content, the
+    data by its manifest, the window length), and the checkpoint's values of those settings as flags.
+
+    With the teacher's (untruncated) config, resolved shape values are compared, not spellings: teacher_layer
     None and the teacher's last layer are the same shape (`resolved_shape`).
     """
-    saved = verify_checkpoint(path)
     before, now = saved["config"], cfg.to_dict()
     if teacher_config is not None:
         before, now = resolved_shape(before, teacher_config), resolved_shape(now, teacher_config)
     diffs = shape_differences(before, now)
-    if diffs:
-        raise ConfigError(f"cannot resume {path}: it was made with a different model shape:\n  - "
-                          + "\n  - ".join(diffs)
-                          + "\nresume with the checkpoint's settings or start a new --output_dir")
-    return saved
+    flags = [f"--{k} {before[k]}" for k in _differing_shape_fields(before, now) if before[k] is not None]
+    had, has = saved.get("provenance") or {}, run_provenance(cfg, teacher=isinstance(saved.get("provenance"), dict))
+    a, b = had.get("teacher_fingerprint"), has["teacher_fingerprint"]
+    if isinstance(a, str) and b and not _same_teacher(a, b):
+        diffs.append(f"teacher: checkpoint {had.get('teacher')} (fingerprint {_short(a)}), this run {cfg.teacher} "
+                     f"(fingerprint {_short(b)}): other weights or config")
+        flags.append(f"--teacher {had.get('teacher')}")
+    a, b = had.get("data_manifest_sha256"), has["data_manifest_sha256"]
+    if isinstance(a, str) and b and a != b:
+        diffs.append(f"data: the manifest of the checkpoint's --data {had.get('data')} (sha256 {a[:16]}) differs from "
+                     f"that of this run's {cfg.data} (sha256 {b[:16]}): other shards")
+        flags.append(f"--data {had.get('data')}")
+    window = had.get("max_seq_len", saved["config"].get("max_seq_len"))
+    if window is not None and window != cfg.max_seq_len:
+        diffs.append(f"max_seq_len: checkpoint {window}, this run {cfg.max_seq_len}")
+        flags.append(f"--max_seq_len {window}")
+    return diffs, flags
 
 
 def find_resume(cfg: DistillConfig, teacher_config=None) -> Path | None:
-    """The checkpoint `cfg.resume` names (None: a fresh start), verified and checked against cfg's model shape."""
-    path = resolve_resume(cfg.resume, cfg.output_dir)
-    if path is not None:
-        check_resume_compatible(path, cfg, teacher_config)
+    """The checkpoint `cfg.resume` names (None: a fresh start), verified and checked against this run
+    (`check_resume_compatible`). Rank 0 checks (reading every checksum once, not once per rank); every rank gets
+    its answer, or its error."""
+    outcome: tuple[Path | None, BaseException | None] = (None, None)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            path, record = _resolve(cfg.resume, cfg.output_dir)
+            if path is not None:
+                _check_compatible(path, record, cfg, teacher_config)
+            outcome = (path, None)
+        except Exception as e:
+            if not (dist.is_initialized() and dist.get_world_size() > 1):
+                raise
+            outcome = (None, _portable(e))
+    path, error = _agreed(outcome)
+    if error is not None:
+        raise error
     return path
+
+
+def _portable(error: BaseException) -> BaseException:
+    """`error`, or a RuntimeError saying it, where it cannot be sent to the other ranks."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def load_train_state(engine, path: Path) -> TrainState:
@@ -327,11 +403,14 @@ def list_checkpoints(output_dir: str | Path, complete_only: bool = True) -> list
 
 def newest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run directory, verified (CheckpointError if damaged); None if none."""
+    return _newest_verified(output_dir)[0]
+
+
+def _newest_verified(output_dir: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
     done = list_checkpoints(output_dir)
     if not done:
-        return None
-    verify_checkpoint(done[-1])
-    return done[-1]
+        return None, None
+    return done[-1], verify_checkpoint(done[-1])
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
@@ -339,14 +418,19 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
 
     The checkpoint returned is verified (`verify_checkpoint`): a damaged one is a CheckpointError.
     """
+    return _resolve(resume, output_dir)[0]
+
+
+def _resolve(resume: str | None, output_dir: str | Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """`resolve_resume`'s checkpoint and its verified COMPLETE record (each file read once)."""
     if resume is None:
-        return None
+        return None, None
     if resume == "auto":
-        return newest_checkpoint(output_dir)
+        return _newest_verified(output_dir)
     path = Path(resume)
     if path.is_dir() and not _TAG.match(path.name):
-        newest = newest_checkpoint(path)  # an output_dir was given: take its newest
-        if newest is not None:
+        newest = _newest_verified(path)  # an output_dir was given: take its newest
+        if newest[0] is not None:
             return newest
     if not path.is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory; use --resume auto to take the "
@@ -354,33 +438,52 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     if not is_complete(path):
         raise ValueError(f"--resume {resume}: this checkpoint is incomplete (no {COMPLETE} marker: the run died while "
                          f"writing it); resume from an earlier one or use --resume auto")
-    verify_checkpoint(path)
-    return path
+    return path, verify_checkpoint(path)
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """The COMPLETE record of checkpoint `path`, checked: valid JSON with its keys, every listed file whole.
+    """The COMPLETE record of checkpoint `path`, checked: valid JSON with its keys, every listed file whole (its
+    size and, where the record has them, its sha256; a record without checksums gets a note).
 
     CheckpointError names the damaged file and the previous complete checkpoint.
     """
+    record, problem = checkpoint_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{problem}: checkpoint {path} is damaged; {_previous(path)}")
+    if not isinstance(record.get("sha256"), dict):
+        _note(f"checkpoint {path} records no checksums (saved by an older distill): only the file sizes were "
+              "checked")
+    return record
+
+
+def checkpoint_problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(the COMPLETE record of `path`, None) when it and every file it lists are whole; else (the record or None,
+    what is wrong, naming the file)."""
     marker = Path(path) / COMPLETE
     try:
         record = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         problem = "is empty" if marker.is_file() and marker.stat().st_size == 0 else f"cannot be read as JSON ({e})"
-        raise CheckpointError(f"{marker} {problem}: checkpoint {path} is damaged; {_previous(path)}") from e
-    problem = _record_problem(record)
-    if problem is None:
-        for name, size in (record.get("files") or {}).items():
-            file = Path(path) / name
-            actual = file.stat().st_size if file.is_file() else None
-            if actual != size:
-                problem = (f"{file} is missing" if actual is None
-                           else f"{file} holds {actual} bytes, not the {size} its {COMPLETE} marker records")
-                break
-        else:
-            return record
-    raise CheckpointError(f"{problem}: checkpoint {path} is damaged; {_previous(path)}")
+        return None, f"{marker} {problem}"
+    return record, _record_problem(record) or _files_problem(Path(path), record)
+
+
+def _files_problem(path: Path, record: dict[str, Any]) -> str | None:
+    """The first listed file that is missing, of another size, or (read in CHUNK bytes) of another sha256."""
+    for name, size in (record.get("files") or {}).items():
+        file = path / name
+        actual = file.stat().st_size if file.is_file() else None
+        if actual != size:
+            return (f"{file} is missing" if actual is None
+                    else f"{file} holds {actual} bytes, not the {size} its {COMPLETE} marker records")
+    for name, digest in (record.get("sha256") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file_sha256(file) != digest:
+            return (f"{file} does not match the sha256 its {COMPLETE} marker records (its contents changed after it "
+                    "was saved)")
+    return None
 
 
 def _record_problem(record: Any) -> str | None:
@@ -391,9 +494,23 @@ def _record_problem(record: Any) -> str | None:
                 if "state" not in missing and not isinstance(record["state"].get(k), int)]
     if missing:
         return f"its {COMPLETE} marker lacks {', '.join(missing)}"
-    if not isinstance(record.get("files", {}), dict):
-        return f"its {COMPLETE} marker's files entry is not a JSON object"
+    for key in ("files", "sha256", "provenance"):
+        if not isinstance(record.get(key) or {}, dict):  # provenance is null where rank 0 could not read it
+            return f"its {COMPLETE} marker's {key} entry is not a JSON object"
+    if not all(isinstance(v, str) for v in (record.get("sha256") or {}).values()):
+        return f"its {COMPLETE} marker's sha256 entry holds a value that is not a hex digest"
     return None
+
+
+_NOTED: set[str] = set()
+
+
+def _note(message: str) -> None:
+    """Print `note: message` once per process, on rank 0 only."""
+    if message in _NOTED or (dist.is_initialized() and dist.get_rank() != 0):
+        return
+    _NOTED.add(message)
+    print(f"note: {message}", flush=True)
 
 
 def _previous(path: Path) -> str:
@@ -513,7 +630,99 @@ def resolved_shape(config: dict[str, Any], teacher_config) -> dict[str, Any]:
 def shape_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Fields that define the model's shape and differ between a checkpoint and this run."""
     return [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
-            for k in SHAPE_FIELDS if k in saved and saved.get(k) != current.get(k)]
+            for k in _differing_shape_fields(saved, current)]
+
+
+def _differing_shape_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [k for k in SHAPE_FIELDS if k in saved and saved.get(k) != current.get(k)]
+
+
+# --------------------------------------------------------------------------- provenance and checksums
+def run_provenance(cfg: DistillConfig, teacher: bool = True) -> dict[str, Any]:
+    """What a checkpoint records of where its state came from: the teacher (`teacher_fingerprint`; None with
+    teacher=False, or when its files cannot be read), --data and the sha256 of its manifest, --max_seq_len."""
+    return {"teacher": cfg.teacher, "teacher_fingerprint": teacher_fingerprint(cfg.teacher) if teacher else None,
+            "data": cfg.data, "data_manifest_sha256": data_fingerprint(cfg.data), "max_seq_len": cfg.max_seq_len}
+
+
+_FINGERPRINTS: dict[tuple, str] = {}  # (directory, its files' names, sizes and mtimes) -> fingerprint
+
+
+def teacher_fingerprint(source: str) -> str | None:
+    """The teacher by content: for a local directory, the sha256 over its config.json and weight files
+    (WEIGHT_SUFFIXES; tokenizer files do not count), computed once per process while the files' sizes and mtimes
+    stay; for a hub name, "hub:NAME@COMMIT" with the snapshot in the local Hugging Face cache, else "hub:NAME".
+    None when the directory cannot be read."""
+    local = Path(os.path.expanduser(source))
+    if not local.is_dir():
+        return _hub_fingerprint(source)
+    try:
+        files = sorted(p for p in local.iterdir()
+                       if p.is_file() and (p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES))
+        stats = [(p, p.stat()) for p in files]
+        key = (str(local.resolve()),) + tuple((p.name, st.st_size, st.st_mtime_ns) for p, st in stats)
+        if key not in _FINGERPRINTS:
+            digest = hashlib.sha256()
+            for p, st in stats:
+                digest.update(f"{p.name}\0{st.st_size}\0{file_sha256(p)}\n".encode())
+            _FINGERPRINTS[key] = digest.hexdigest()
+        return _FINGERPRINTS[key]
+    except OSError:
+        return None
+
+
+def _hub_fingerprint(name: str) -> str:
+    try:
+        import huggingface_hub
+
+        found = huggingface_hub.try_to_load_from_cache(repo_id=name, filename="config.json")
+    except Exception:  # not a valid repo id, or a huggingface_hub without the cache API: the name alone
+        found = None
+    return f"hub:{name}@{Path(found).parent.name}" if isinstance(found, str) else f"hub:{name}"
+
+
+def _same_teacher(a: str, b: str) -> bool:
+    """Whether two fingerprints may be the same teacher: equal, or one hub name with a snapshot known on one side
+    only (then the commit cannot be compared)."""
+    if a == b:
+        return True
+    if a.startswith("hub:") and b.startswith("hub:"):
+        (name_a, _, commit_a), (name_b, _, commit_b) = a.partition("@"), b.partition("@")
+        return name_a == name_b and not (commit_a and commit_b)
+    return False
+
+
+def _short(fingerprint: str) -> str:
+    return fingerprint if fingerprint.startswith("hub:") else fingerprint[:16]
+
+
+def data_fingerprint(data: str) -> str | None:
+    """The sha256 of the shard directory's manifest (None without --data, or when it cannot be read)."""
+    if not data:
+        return None
+    try:
+        return file_sha256(Path(os.path.expanduser(data)) / MANIFEST_NAME)
+    except OSError:
+        return None
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """The COMPLETE record's entries for the files under `directory`: {"files": {name: bytes}, "sha256": {name:
+    hex digest}}."""
+    files = {str(p.relative_to(directory)): p for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+    return {"files": {name: p.stat().st_size for name, p in files.items()},
+            "sha256": {name: file_sha256(p) for name, p in files.items()}}
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read CHUNK bytes at a time."""
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -624,7 +624,7 @@ def _check_nonfinite(guard: RunGuard, state: TrainState, cfg: DistillConfig) -> 
     if guard.consecutive_nonfinite >= MAX_NONFINITE:
         raise FloatingPointError(
             f"the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step {state.step}); the run "
-            f"stopped without saving; {ckpt.last_good(cfg.output_dir)}, intact: "
+            f"stopped without saving; {ckpt.last_good(cfg.output_dir)}: "
             "lower --learning_rate, use bf16 instead of fp16, or check the data")
 
 
@@ -644,14 +644,14 @@ def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int, fla
         if skipped >= MAX_NONFINITE:
             raise FloatingPointError(
                 f"the gradient norm was not finite for {MAX_NONFINITE} optimizer steps in a row (step {state.step}); "
-                f"the run stopped without saving; {ckpt.last_good(cfg.output_dir)}, intact: lower --learning_rate, "
+                f"the run stopped without saving; {ckpt.last_good(cfg.output_dir)}: lower --learning_rate, "
                 "set --max_grad_norm, or check the data")
         return skipped
     if not (flags.weights_finite if flags is not None else ckpt.weights_finite(engine)):
         raise FloatingPointError(
             f"optimizer step {state.step + 1} made the student's weights diverge (not finite, or beyond float32's "
             f"range in norm; gradient norm {engine.get_global_grad_norm()}); the run stopped without saving; "
-            f"{ckpt.last_good(cfg.output_dir)}, intact: lower --learning_rate and continue from it")
+            f"{ckpt.last_good(cfg.output_dir)}: lower --learning_rate and continue from it")
     return 0
 
 

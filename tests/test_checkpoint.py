@@ -160,6 +160,8 @@ def test_the_next_save_removes_leftovers_of_a_killed_save(tmp_path):
     (lambda p: (p / "mp_rank_00_model_states.pt").write_bytes(b"x" * 10),
      "mp_rank_00_model_states.pt holds 10 bytes, not the 100 its COMPLETE marker records"),
     (lambda p: (p / "rng-rank00000.pt").unlink(), "rng-rank00000.pt is missing"),
+    (lambda p: flip_a_byte(p / "mp_rank_00_model_states.pt"),
+     "mp_rank_00_model_states.pt does not match the sha256 its COMPLETE marker records"),
 ])
 def test_a_damaged_checkpoint_names_the_file_and_the_previous_one(tmp_path, damage, message):
     first = save(tmp_path, 1)
@@ -171,6 +173,104 @@ def test_a_damaged_checkpoint_names_the_file_and_the_previous_one(tmp_path, dama
             call()
         assert message in str(e.value) and str(second) in str(e.value)
         assert f"the previous complete checkpoint is {first}" in str(e.value)
+
+
+def flip_a_byte(file: Path, offset: int | None = None) -> None:
+    """Damage `file` the way a bad disk or a stray write does: one bit of one byte, the size unchanged."""
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0x40
+    file.write_bytes(bytes(data))
+
+
+def test_the_complete_record_holds_every_files_sha256(tmp_path):
+    import hashlib
+
+    path = save(tmp_path, 1)
+    record = ckpt.verify_checkpoint(path)
+    assert set(record["sha256"]) == set(record["files"])
+    assert record["sha256"]["mp_rank_00_model_states.pt"] == hashlib.sha256(b"x" * 100).hexdigest()
+
+
+def test_a_record_without_checksums_is_accepted_with_a_note(tmp_path, capsys):
+    import json
+
+    path = save(tmp_path, 1)
+    record = json.loads((path / "COMPLETE").read_text())
+    del record["sha256"]
+    (path / "COMPLETE").write_text(json.dumps(record))
+    assert ckpt.verify_checkpoint(path)["state"]["step"] == 1
+    out = capsys.readouterr().out
+    assert f"note: checkpoint {path} records no checksums" in out and "only the file sizes were checked" in out
+    (path / "mp_rank_00_model_states.pt").write_bytes(b"x" * 10)
+    with pytest.raises(CheckpointError, match="holds 10 bytes"):  # the sizes still are
+        ckpt.verify_checkpoint(path)
+
+
+def test_last_good_verifies_the_checkpoint_it_calls_good(tmp_path):
+    first = save(tmp_path, 1)
+    second = save(tmp_path, 2)
+    assert ckpt.last_good(tmp_path) == f"the last good checkpoint is {second}"
+    flip_a_byte(second / "mp_rank_00_model_states.pt")
+    message = ckpt.last_good(tmp_path)
+    assert message.startswith(f"the last good checkpoint is {first}") and f"{second} is damaged" in message
+    assert "mp_rank_00_model_states.pt does not match" in message
+    flip_a_byte(first / "rng-rank00000.pt")
+    message = ckpt.last_good(tmp_path)
+    assert "there is no intact checkpoint" in message and str(first) in message and str(second) in message
+
+
+class BertEngine(FakeEngine):
+    """Saves a tiny BERT's state dict as DeepSpeed's stage-0 model file."""
+
+    def __init__(self, bert_config):
+        super().__init__()
+        self.bert_config = bert_config
+
+    def save_checkpoint(self, save_dir, tag, client_state, save_latest=True):
+        from transformers import BertModel
+
+        directory = Path(save_dir) / tag
+        directory.mkdir(parents=True)
+        torch.save({"module": BertModel(self.bert_config).state_dict()}, directory / "mp_rank_00_model_states.pt")
+
+
+def largest_tensor_exponent_byte(file: Path) -> int:
+    """The offset of the sign-and-exponent byte of a float32 amid the largest tensor of a torch.save file."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(file) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    with open(file, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+    start = info.header_offset + 30 + name_length + extra_length
+    return start + info.file_size // 8 * 4 + 3
+
+
+def test_export_refuses_a_checkpoint_with_a_flipped_byte(tmp_path, tiny_tokenizer_dir, capsys):
+    """A flipped exponent bit in a weight: the file still loads, and would export a student with ~1e36 weights."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from distill.export import main, save_student_skeleton
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    bert = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=32)
+    save_student_skeleton(BertModel(bert), tok, tmp_path / "student_config")
+    first, second = save(tmp_path, 2, BertEngine(bert)), save(tmp_path, 4, BertEngine(bert))
+    model_file = second / "mp_rank_00_model_states.pt"
+    flip_a_byte(model_file, largest_tensor_exponent_byte(model_file))
+    weights = torch.load(model_file, weights_only=False)["module"]  # loads: only the checksum tells
+    assert max(w.abs().max().item() for w in weights.values() if w.is_floating_point()) > 1e30
+    assert main([str(second), "--out", str(tmp_path / "student")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {model_file} does not match the sha256" in err and f"checkpoint {second} is damaged" in err
+    assert f"the previous complete checkpoint is {first}" in err
+    assert not (tmp_path / "student").exists()
+    assert main([str(tmp_path), "--out", str(tmp_path / "student")]) == 2  # the run's newest: the same refusal
+    assert f"checkpoint {second} is damaged" in capsys.readouterr().err
+    assert main([str(first), "--out", str(tmp_path / "student")]) == 0
 
 
 # --------------------------------------------------------------------------- shapes
