@@ -256,19 +256,28 @@ def _fsync_tree(directory: Path) -> None:
 
 
 def weights_finite(engine) -> bool:
-    """Whether every parameter of the engine's module has a finite float32 norm, on every rank (one all-reduce).
-
-    A finite norm means finite values and none past ~1e19 (its square overflows float32): weights
-    beyond that come only from a diverged step, whose next forward pass is not finite.
-    """
-    params = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]  # ZeRO-3: this rank's partition
-    if not params:
-        return True
-    norms = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in params])
-    bad = (~torch.isfinite(norms)).any().float()
+    """Whether every parameter of the engine's module has a finite float32 norm, on every rank (one all-reduce)."""
+    bad = nonfinite_weights(engine.module, engine.device if hasattr(engine, "device") else None)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     return bad.item() == 0
+
+
+def nonfinite_weights(module: torch.nn.Module, device: torch.device | None = None) -> torch.Tensor:
+    """1.0 (a device scalar, nothing waits for it) when some parameter of `module` has a non-finite float32 norm.
+
+    One fused `torch._foreach_norm` over this rank's parameters (under ZeRO-3 its partitions). A finite norm
+    means finite values and none past ~1e19 (its square overflows float32): weights beyond that come only from
+    a diverged step, whose next forward pass is not finite.
+    """
+    params = [getattr(p, "ds_tensor", p).detach() for p in module.parameters()]
+    params = [p for p in params if p.numel()]
+    if device is None:
+        device = params[0].device if params else torch.device("cpu")
+    if not params:
+        return torch.zeros((), device=device)
+    norms = torch._foreach_norm(params, 2, dtype=torch.float32)
+    return (~torch.isfinite(torch.stack([n.to(device) for n in norms]))).any().float()
 
 
 # --------------------------------------------------------------------------- resume
@@ -566,7 +575,8 @@ def check_output_dir(cfg: DistillConfig) -> None:
 
 def clear_run_files(output_dir: str | Path, export_dir: str | Path) -> list[Path]:
     """Rank 0, for --overwrite_output_dir after every check passed: delete this package's files in
-    `output_dir` (RUN_FILES and `export_dir` when it is an export of this package), nothing else."""
+    `output_dir` (RUN_FILES, `export_dir` when it is an export of this package, and the hidden temporary
+    directories of an export or skeleton write that was killed halfway), nothing else."""
     from .export import EXPORT_MARKER
 
     out = Path(output_dir)
@@ -574,6 +584,8 @@ def clear_run_files(output_dir: str | Path, export_dir: str | Path) -> list[Path
     candidates = [out / name for name in RUN_FILES]
     if (Path(export_dir) / EXPORT_MARKER).is_file():
         candidates.append(Path(export_dir))
+    for made in (out / "student_config", Path(export_dir)):  # what an export killed halfway left (export.py's names)
+        candidates += sorted(made.parent.glob(f".{made.name}.*.tmp")) + sorted(made.parent.glob(f".{made.name}.*.old"))
     for p in candidates:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

@@ -111,7 +111,7 @@ class RunGuard:
         self._check_launcher()
         device = losses[0].device
         stop = torch.tensor([float(self.stop_signal is not None)], device=device)
-        weights = nonfinite_weights(module, device) if module is not None else torch.zeros(1, device=device)
+        weights = ckpt.nonfinite_weights(module, device) if module is not None else torch.zeros(1, device=device)
         flags = torch.cat([stop, weights.reshape(1), (~torch.isfinite(torch.stack(losses).detach().float())).float()])
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -133,21 +133,6 @@ class StepFlags:
     finite: list[bool]
     stop: bool
     weights_finite: bool
-
-
-def nonfinite_weights(module: torch.nn.Module, device: torch.device) -> torch.Tensor:
-    """1.0 (a device scalar, nothing waits for it) when some parameter of `module` has a non-finite float32 norm.
-
-    One fused `torch._foreach_norm` over this rank's parameters (under ZeRO-3 its partitions). A finite norm
-    means finite values and none past ~1e19 (its square overflows float32): weights beyond that come only from
-    a diverged step, whose next forward pass is not finite.
-    """
-    params = [getattr(p, "ds_tensor", p).detach() for p in module.parameters()]
-    params = [p for p in params if p.numel()]
-    if not params:
-        return torch.zeros((), device=device)
-    norms = torch._foreach_norm(params, 2, dtype=torch.float32)
-    return (~torch.isfinite(torch.stack([n.to(device) for n in norms]))).any().float()
 
 
 # --------------------------------------------------------------------------- data

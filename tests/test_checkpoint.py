@@ -332,6 +332,19 @@ def test_overwrite_removes_only_this_packages_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt"]
 
 
+def test_overwrite_removes_what_a_killed_export_left(tmp_path):
+    import tempfile
+
+    left = [Path(tempfile.mkdtemp(prefix=".student.", suffix=".tmp", dir=tmp_path)),
+            Path(tempfile.mkdtemp(prefix=".student.", suffix=".old", dir=tmp_path)),
+            Path(tempfile.mkdtemp(prefix=".student_config.", suffix=".tmp", dir=tmp_path))]
+    (tmp_path / ".studentish.tmp").mkdir()  # not a name the export makes: the user's
+    (tmp_path / ".student.keep").mkdir()
+    removed = ckpt.clear_run_files(tmp_path, tmp_path / "student")
+    assert sorted(removed) == sorted(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".student.keep", ".studentish.tmp"]
+
+
 # --------------------------------------------------------------------------- the step
 class StepEngine:
     def __init__(self, applied: bool, value: float = 1.0, fp16: bool = False):

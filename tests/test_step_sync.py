@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from distill import checkpoint as ckpt
 from distill import trainer
 from distill.monitor import StepMetrics
 
@@ -105,7 +106,7 @@ def test_weights_past_float32_range_in_norm_count_as_diverged():
     module = torch.nn.Linear(2, 2)
     with torch.no_grad():
         module.weight.fill_(3e19)  # finite values whose squared norm overflows float32
-    assert trainer.nonfinite_weights(module, torch.device("cpu")).item() == 1.0
+    assert ckpt.nonfinite_weights(module, torch.device("cpu")).item() == 1.0
     with torch.no_grad():
         module.weight.fill_(1.0)
-    assert trainer.nonfinite_weights(module, torch.device("cpu")).item() == 0.0
+    assert ckpt.nonfinite_weights(module, torch.device("cpu")).item() == 0.0
