@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from .cli_args import add_arguments, field_value, option
 from .embedding_loss import EMBEDDING_LOSSES, POOLING_MODES
-from .relations import RelationSpec, divisors, parse_relations
+from .relations import RelationSpec, checked_relations, divisors
 from .sentence_transformers_io import EXPORT_FORMATS
 from .shards import ShardError, ShardSet
 from .teacher import resolve_model_source
@@ -139,6 +142,8 @@ class DistillConfig:
         self._check_numbers()
         need(bool(self.teacher),
              "--teacher is empty: give a hub name (google-bert/bert-base-uncased) or a model directory")
+        need(bool(str(self.output_dir).strip()),
+             "--output_dir is empty: give the directory for the run's checkpoints, logs and student (e.g. runs/minilm)")
         need(self.teacher_dtype in ("auto", "float16", "bfloat16", "float32"),
              f"--teacher_dtype {self.teacher_dtype!r}: choose auto, float16, bfloat16 or float32")
         need(self.student_hidden_size % self.student_attention_heads == 0,
@@ -193,13 +198,13 @@ class DistillConfig:
     @property
     def relation_spec(self) -> RelationSpec:
         """The relation settings as one RelationSpec (relation_chunk_size 0 -> None, the unchunked reference)."""
-        return RelationSpec(self.num_relation_heads, parse_relations(self.relations), self.relation_impl,
+        return RelationSpec(self.num_relation_heads, checked_relations(self.relations), self.relation_impl,
                             self.relation_chunk_size or None)
 
     def _check_relation_spec(self) -> None:
         """RelationSpec checks the settings; its messages name the fields, which are the flags."""
         try:
-            parse_relations(self.relations)
+            checked_relations(self.relations)
         except ValueError as e:
             raise ConfigError(f"--relations: {e}") from e
         try:
@@ -323,12 +328,13 @@ def load_deepspeed_json(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_size: int, device_type: str,
-                             bf16_supported: bool = True) -> tuple[dict[str, Any], str]:
+                             bf16_supported: bool = True, notes: list[str] | None = None) -> tuple[dict[str, Any], str]:
     """Fill the DeepSpeed JSON's "auto" (or absent) values from `cfg`; refuse disagreements.
 
     One source of truth per number: a value written explicitly in the JSON must equal the
     config's, or this raises with both values named. Returns (resolved JSON, precision), the
-    precision being "bf16", "fp16" or "fp32".
+    precision being "bf16", "fp16" or "fp32". The optimizer: see `_settle_adam`; a line for the
+    run's log about it (torch's AdamW instead of DeepSpeed's FusedAdam, and why) goes to `notes`.
     """
     ds = json.loads(json.dumps(ds))  # deep copy
     problems: list[str] = []
@@ -357,8 +363,9 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
     settle(params, "betas", [cfg.adam_beta1, cfg.adam_beta2], "--adam_beta1/--adam_beta2", "optimizer.params.betas")
     settle(params, "eps", cfg.adam_epsilon, "--adam_epsilon", "optimizer.params.eps")
     settle(params, "weight_decay", cfg.weight_decay, "--weight_decay", "optimizer.params.weight_decay")
-    if device_type == "cpu" and opt["type"].lower() in ("adam", "adamw"):
-        params["torch_adam"] = True  # DeepSpeed's fused Adam is a CUDA kernel
+    note = _settle_adam(ds, device_type)
+    if note is not None and notes is not None:
+        notes.append(note)
 
     sp = sched.setdefault("params", {})
     if sched.get("type") in ("WarmupDecayLR", "WarmupLR"):
@@ -380,6 +387,102 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
         raise ConfigError("the run config and the DeepSpeed JSON disagree:\n  - " + "\n  - ".join(problems)
                           + "\nset the JSON value to \"auto\" (filled from the flags) or make the two equal")
     return ds, precision
+
+
+# --------------------------------------------------------------------------- DeepSpeed's FusedAdam
+TORCH_FUSED_ADAMW = "torch.optim.AdamW(fused=True)"
+
+
+def _settle_adam(ds: dict[str, Any], device_type: str) -> str | None:
+    """Which Adam DeepSpeed builds: torch's on CPU; on CUDA its FusedAdam, a CUDA extension built on first use
+    (see `fused_adam_problem`), unless it cannot be built here: then torch's fused AdamW (`torch_adam`, plus
+    `fused`, which DeepSpeed passes on to torch.optim.AdamW), and the line saying so is returned.
+
+    A `torch_adam` the JSON sets is kept; `false` with no buildable FusedAdam is refused (ConfigError). Nothing
+    is probed where FusedAdam would not run: another optimizer type, or ZeRO-Offload (DeepSpeedCPUAdam).
+    """
+    opt = ds["optimizer"]
+    params = opt["params"]
+    if opt["type"].lower() not in ("adam", "adamw"):
+        return None
+    if device_type == "cpu":
+        params["torch_adam"] = True  # DeepSpeed's FusedAdam is a CUDA kernel
+        return None
+    offload = (ds.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    if device_type != "cuda" or params.get("torch_adam") or offload.get("device") in ("cpu", "nvme"):
+        return None
+    problem = fused_adam_problem()
+    if problem is None:
+        return None
+    if "torch_adam" in params:
+        import torch
+
+        raise ConfigError(
+            f"the DeepSpeed JSON sets optimizer.params.torch_adam to false (DeepSpeed's FusedAdam), but FusedAdam "
+            f"cannot be built here: {problem}. Either make it buildable (install the CUDA {torch.version.cuda} toolkit "
+            f"with nvcc, ninja and a C++ compiler; or reinstall deepspeed with DS_BUILD_FUSED_ADAM=1 where they "
+            f"are), or remove optimizer.params.torch_adam (or set it to true) to train with {TORCH_FUSED_ADAMW}")
+    params["torch_adam"] = True
+    if not params.get("foreach"):  # torch refuses fused together with foreach
+        params.setdefault("fused", True)
+    chosen = TORCH_FUSED_ADAMW if params.get("fused") else "torch.optim.AdamW"
+    return (f"optimizer: DeepSpeed's FusedAdam cannot be built here: {problem}; training with {chosen} "
+            f"(set optimizer.params.torch_adam in the DeepSpeed JSON to choose)")
+
+
+def fused_adam_problem() -> str | None:
+    """Why DeepSpeed's FusedAdam can be neither loaded prebuilt nor built here; None when it can.
+
+    Prebuilt (deepspeed installed with DS_BUILD_FUSED_ADAM=1) it loads as it is. Otherwise DeepSpeed builds it
+    on first use (torch.utils.cpp_extension), which needs the CUDA toolkit's nvcc (CUDA_HOME, as torch finds
+    it) of torch's CUDA major version, ninja, a C++ compiler ($CXX, else c++) and the Python headers. DeepSpeed
+    and torch are imported here, never at module level.
+    """
+    import shutil
+    import subprocess
+    import sysconfig
+
+    import torch
+    import torch.utils.cpp_extension as cpp
+
+    builder, prebuilt = _fused_adam_builder()
+    if prebuilt:
+        return None
+    home = cpp.CUDA_HOME  # what torch found: $CUDA_HOME or $CUDA_PATH, else nvcc on PATH, else /usr/local/cuda
+    nvcc = Path(home, "bin", "nvcc") if home else None
+    if nvcc is None or not nvcc.is_file():
+        where = f"CUDA_HOME {home} has no bin/nvcc" if home else "CUDA_HOME unset and no nvcc on PATH"
+        return f"nvcc not found (no CUDA toolkit: {where})"
+    try:
+        release = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{nvcc} does not run ({e})"
+    found = re.search(r"release (\d+)\.(\d+)", release)
+    wanted = torch.version.cuda
+    if found and wanted and found.group(1) != wanted.split(".")[0]:
+        return f"{nvcc} is CUDA {found.group(1)}.{found.group(2)} but torch was built with CUDA {wanted}"
+    if shutil.which("ninja") is None:
+        return "ninja not found (pip install ninja)"
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx} not found: install g++)"
+    scheme = sysconfig.get_default_scheme()  # Debian's posix_local points at /usr/local: its headers are not there
+    include = sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
+    if not Path(include, "Python.h").is_file():
+        return "the Python headers are missing (Python.h: install python3-dev)"
+    if not builder.is_compatible(verbose=False):
+        return f"DeepSpeed finds FusedAdam incompatible here ({builder.error_log or 'no reason given'})"
+    return None
+
+
+def _fused_adam_builder():
+    """DeepSpeed's FusedAdam op builder (the current accelerator's), and whether the op was prebuilt at install."""
+    from deepspeed.git_version_info import installed_ops
+    from deepspeed.ops.op_builder import FusedAdamBuilder
+
+    builder = FusedAdamBuilder()
+    prebuilt = bool(installed_ops.get(builder.name)) and importlib.util.find_spec(builder.absolute_name()) is not None
+    return builder, prebuilt
 
 
 # The DeepSpeed optimizers whose params the flags fill (lr, betas, eps, weight_decay; DeepSpeed ignores the case),

@@ -1,8 +1,13 @@
 """Run monitoring: a scalar-logger interface (TensorBoard or nothing), the logging window's
-accumulator (`StepMetrics`) and FLOP accounting (`step_flops`, shared with tools/bench/distill_bench.py).
+accumulator (`StepMetrics`) and FLOP accounting (`step_flops`, shared with tools/bench/distill_bench.py;
+`peak_flops`, a GPU's peak by its exact name, None for a GPU not in the table: MFU is then not logged and
+`mfu_unknown_line` says so once, never a guess).
 """
 from __future__ import annotations
 
+import math
+import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
@@ -70,39 +75,86 @@ def relation_flops(num_relations: int, teacher_hidden: int, student_hidden: int,
 
 
 def step_flops(teacher_config, student_config, teacher_layers: int, num_relations: int, batch: int,
-               seq: int) -> float:
+               seq: int, *, run_to_end: bool = False) -> float:
     """Matmul FLOPs of one micro-batch of [batch, seq] windows in a training step.
 
-    Teacher forward through its `teacher_layers` run layers, student forward and backward (3 x
-    its forward), and the relation loss; the configs are the two models' Hugging Face configs.
+    The teacher forward (distill.teacher.FrozenTeacher): its layers below `teacher_layers` whole and layer
+    `teacher_layers` only up to its Q/K/V projections, where the forward stops; with `run_to_end` (the
+    embedding loss: the teacher runs all its layers, `teacher_layers` being their number) every layer whole.
+    Then the student forward and backward (3 x its forward) and the relation loss; the configs are the two
+    models' Hugging Face configs.
     """
     ta, sa = get_adapter(teacher_config), get_adapter(student_config)
     t_hidden, s_hidden = ta.hidden_size(teacher_config), sa.hidden_size(student_config)
-    return (encoder_forward_flops(teacher_layers, t_hidden, ta.intermediate_size(teacher_config), batch, seq,
-                                  ta.mlp_matrices)
+    whole = teacher_layers if run_to_end else teacher_layers - 1
+    teacher = encoder_forward_flops(whole, t_hidden, ta.intermediate_size(teacher_config), batch, seq, ta.mlp_matrices)
+    if not run_to_end:
+        teacher += 2.0 * 3 * t_hidden * t_hidden * batch * seq  # the last layer's Q, K and V projections
+    return (teacher
             + 3 * encoder_forward_flops(sa.num_layers(student_config), s_hidden, sa.intermediate_size(student_config),
                                         batch, seq, sa.mlp_matrices)
             + relation_flops(num_relations, t_hidden, s_hidden, batch, seq))
 
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) of common training GPUs, by name fragment.
-PEAK_FLOPS = {
-    "H200": 989e12, "H100 SXM": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 756e12,
-    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L40": 181e12, "A6000": 155e12, "A40": 150e12,
-    "A10G": 70e12, "A10": 125e12, "L4": 121e12, "V100": 125e12, "T4": 65e12, "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-}
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s, fp32 accumulation, no sparsity) by the whole name that
+# torch.cuda.get_device_name gives (spaces normalised), from NVIDIA's data sheets and architecture white
+# papers. A name matched by none has no peak: MFU is then not logged (set DISTILL_PEAK_TFLOPS), never guessed.
+PEAK_TFLOPS = tuple((re.compile(pattern), tflops) for pattern, tflops in (
+    (r"NVIDIA H100 80GB HBM3", 989.4),              # H100 SXM5
+    (r"NVIDIA H100 PCIe", 756.5),
+    (r"NVIDIA H100 NVL", 835.5),
+    (r"NVIDIA H200", 989.4),                        # H200 SXM
+    (r"NVIDIA H200 NVL", 835.5),
+    (r"NVIDIA A100(-SXM4?|-PCIE)?-(40|80)GB", 312.0),  # NVIDIA A100-SXM4-80GB, NVIDIA A100-PCIE-40GB
+    (r"NVIDIA A100 (40|80)GB PCIe", 312.0),
+    (r"NVIDIA L40S", 362.05),
+    (r"NVIDIA L40", 181.05),
+    (r"NVIDIA L4", 121.0),
+    (r"NVIDIA RTX A6000", 154.8),
+    (r"NVIDIA A40", 149.7),
+    (r"NVIDIA A10", 125.0),
+    (r"NVIDIA GeForce RTX 4090", 165.2),            # 330.3 with fp16 accumulation
+    (r"NVIDIA GeForce RTX 3090", 71.0),             # 142 with fp16 accumulation
+    (r"Tesla V100-SXM2-(16|32)GB", 125.0),
+    (r"Tesla V100-PCIE-(16|32)GB", 112.0),
+    (r"Tesla V100S-PCIE-32GB", 130.0),
+    (r"Tesla T4", 65.0),
+))
+PEAK_ENV = "DISTILL_PEAK_TFLOPS"
+
+
+def _device_name(device: torch.device) -> str:
+    return " ".join(torch.cuda.get_device_name(device).split())
 
 
 def peak_flops(device: torch.device) -> float | None:
-    """The GPU's dense half-precision peak, or None when unknown (MFU is then not logged)."""
+    """The GPU's dense half-precision peak in FLOP/s: $DISTILL_PEAK_TFLOPS where set, else the table's entry for
+    the device's exact name (PEAK_TFLOPS); None off CUDA or for a GPU the table does not know."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for fragment, flops in PEAK_FLOPS.items():
-        if fragment in name:
-            return flops
+    override = os.environ.get(PEAK_ENV, "").strip()
+    if override:
+        try:
+            tflops = float(override)
+        except ValueError:
+            tflops = math.nan
+        if not (math.isfinite(tflops) and tflops > 0):
+            raise ValueError(f"{PEAK_ENV}={override!r} is not a positive number of TFLOP/s: give the GPU's dense "
+                             f"bf16/fp16 tensor peak (e.g. 989.4 for an H100 SXM), or unset it")
+        return tflops * 1e12
+    name = _device_name(device)
+    for pattern, tflops in PEAK_TFLOPS:
+        if pattern.fullmatch(name):
+            return tflops * 1e12
     return None
+
+
+def mfu_unknown_line(device: torch.device) -> str | None:
+    """The one line for the run's log when MFU cannot be logged on this CUDA device; None when it can (or off CUDA)."""
+    if device.type != "cuda" or peak_flops(device) is not None:
+        return None
+    return (f"MFU not logged: the peak FLOPs of {_device_name(device)!r} are unknown; set {PEAK_ENV} to its dense "
+            f"bf16/fp16 tensor TFLOP/s to log it")
 
 
 # --------------------------------------------------------------------------- the logging window

@@ -30,7 +30,15 @@ from .distributed import LauncherWatch, launcher_watch, watch_launchers
 from .embedding_loss import POOLING_MODES, PROJECTION_ATTRIBUTE, EmbeddingProjection, EmbeddingSpec
 from .encoders import UnsupportedEncoder, check_supported, get_adapter
 from .locks import DirectoryLock, LockedError
-from .monitor import NullLogger, StepMetrics, TensorBoardLogger, encoder_forward_flops, peak_flops, step_flops
+from .monitor import (
+    NullLogger,
+    StepMetrics,
+    TensorBoardLogger,
+    encoder_forward_flops,
+    mfu_unknown_line,
+    peak_flops,
+    step_flops,
+)
 from .relations import resolve_relation_impl
 
 MAX_NONFINITE = 10  # consecutive non-finite losses before the run stops
@@ -52,7 +60,7 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and _accelerator_is_cuda():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
@@ -61,6 +69,14 @@ def init_distributed() -> tuple[int, int, int, torch.device]:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
     return dist.get_rank(), dist.get_world_size(), local_rank, device
+
+
+def _accelerator_is_cuda() -> bool:
+    """DeepSpeed's accelerator is CUDA. Under DS_ACCELERATOR=cpu its launcher still sets CUDA_VISIBLE_DEVICES=0,1,...
+    for the ranks, so on a GPU node CPU ranks see GPUs: they train on the CPU with gloo all the same."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cuda"
 
 
 def set_seed(seed: int) -> None:
@@ -402,6 +418,8 @@ class PreparedRun:
     scorer: Any  # EmbeddingProbe or None
     modules: Any  # the sentence-transformers modules the export writes, or None
     tokenizer: Any
+    peak: float | None  # the GPU's peak FLOPs (MFU), None when unknown
+    notes: list[str]  # lines for the log and TensorBoard (the optimizer's fallback)
 
 
 def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, collate_fn=None,
@@ -442,9 +460,15 @@ def prepare(cfg: DistillConfig, rank: int, world: int, device: torch.device, *, 
     embedding = embedding_spec(cfg, own)
     scorer = embedding_probe(cfg, own, tokenizer)  # --eval_steps: its data read and checked now
     resume_path = ckpt.find_resume(cfg, probe)  # before any model is built
+    notes: list[str] = []  # the optimizer DeepSpeed builds, when not the one the JSON asks for
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
-        bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
+        bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported(), notes=notes)
+    peak = peak_flops(device)  # a bad DISTILL_PEAK_TFLOPS is refused here
+    if rank == 0:
+        for line in (*notes, mfu_unknown_line(device)):
+            if line is not None:
+                print(line, flush=True)
 
     set_seed(cfg.seed)
     frozen, student = build_models(cfg, device, teacher, student, probe)
@@ -458,7 +482,7 @@ def prepare(cfg: DistillConfig, rank: int, world: int, device: torch.device, *, 
     if rank == 0 and embedding is not None:
         print(embedding_cost_line(frozen, student, cfg.max_seq_len), flush=True)
     return PreparedRun(rank, world, device, frozen, student, objective, dataset, ds_json, precision, resume_path,
-                       scorer, modules, tokenizer)
+                       scorer, modules, tokenizer, peak, notes)
 
 
 def run_prepared(cfg: DistillConfig, run: PreparedRun, collate_fn=None) -> Path:
@@ -477,11 +501,11 @@ def run_prepared(cfg: DistillConfig, run: PreparedRun, collate_fn=None) -> Path:
     if resume_path is not None:  # last, so nothing above draws from the restored generators
         ckpt.restore_rng_state(resume_path, rank)
     flops = functools.partial(step_flops, frozen.config, student.config, frozen.num_layers,
-                              len(run.objective.spec.relations))
-    metrics = StepMetrics(run.device, world=run.world, precision=run.precision, peak=peak_flops(run.device),
-                          flops=flops)
+                              len(run.objective.spec.relations), run_to_end=frozen.run_to_end)
+    metrics = StepMetrics(run.device, world=run.world, precision=run.precision, peak=run.peak, flops=flops)
     final, stopped = run_loop(cfg, engine, run.objective, data, state, metrics, rank,
-                              last_saved=state.step if resume_path is not None else None, probe=run.scorer)
+                              last_saved=state.step if resume_path is not None else None, probe=run.scorer,
+                              notes=run.notes)
     if stopped:
         if rank == 0:
             print(f"stopped by signal at step {state.step}; checkpoint {final}; continue with --resume auto",
@@ -527,10 +551,11 @@ def initialize_engine(student, ds_json: dict[str, Any]):
 
 
 def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state: TrainState, metrics: StepMetrics,
-             rank: int, last_saved: int | None, probe=None) -> tuple[Path, bool]:
+             rank: int, last_saved: int | None, probe=None, notes: tuple[str, ...] | list[str] = ()
+             ) -> tuple[Path, bool]:
     """Optimizer steps until max_steps or a stop request; log and save on schedule; always end saved.
     `probe` (an `EmbeddingProbe`, --eval_steps): the student's embedding scores at step 0 of a fresh run and
-    every eval_steps steps.
+    every eval_steps steps. `notes`: lines (the optimizer's fallback) written to TensorBoard once.
 
     Returns (the final checkpoint, whether a stop signal ended the run early).
     """
@@ -540,6 +565,8 @@ def run_loop(cfg: DistillConfig, engine, objective, data: Iterator[dict], state:
     logger = TensorBoardLogger(Path(cfg.output_dir) / "tensorboard") if is_main else NullLogger()
     if getattr(objective, "kernel_check", None) is not None:
         logger.log_text("relation_kernel/self_check", objective.kernel_check.line())
+    for i, note in enumerate(notes):  # printed once before training; kept with the run's scalars too
+        logger.log_text(f"run/notes/{i}", note)
     guard = RunGuard()
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc="distill", disable=not is_main, dynamic_ncols=True)
     engine.train()
@@ -647,7 +674,7 @@ def embedding_cost_line(frozen, student, seq: int) -> str:
     config = frozen.config
     per_layer = encoder_forward_flops(1, frozen.hidden_size, frozen.adapter.intermediate_size(config), 1, seq,
                                       frozen.adapter.mlp_matrices)
-    total = step_flops(config, student.config, frozen.num_layers, 1, 1, seq)
+    total = step_flops(config, student.config, frozen.num_layers, 1, 1, seq, run_to_end=True)
     return (f"embedding loss: the teacher runs all {frozen.num_layers} layers (the relation loss alone needs "
             f"{frozen.teacher_layer}, stopped at its Q/K/V): {extra} more layer(s) and the rest of layer "
             f"{frozen.teacher_layer}, about {100 * (extra + 1) * per_layer / total:.0f}% of a step's matmul FLOPs "

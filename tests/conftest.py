@@ -23,6 +23,19 @@ WORDS = (
 ).split()
 
 
+def cpu_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process these tests start (a `python` running distill, a launcher and its
+    ranks): this one's, `extra` added, CUDA hidden and DeepSpeed's accelerator the CPU, so that the suite runs
+    the same on a CPU machine and on a node of 1 or 8 GPUs (and `--num_gpus N` means N CPU ranks). Every
+    subprocess launch in tests/ goes through it (tests/test_cpu_children.py checks).
+
+    DeepSpeed's launcher sets CUDA_VISIBLE_DEVICES=0,1,... for its ranks even under DS_ACCELERATOR=cpu (its CPU
+    accelerator's set_visible_devices_envs), so such ranks stay on the CPU only where the trainer picks its device
+    by DeepSpeed's accelerator, not by torch.cuda.is_available() alone.
+    """
+    return {**os.environ, **extra, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
+
+
 def build_tiny_tokenizer(directory: Path, lowercase: bool = True):
     """A real BertTokenizerFast over a ~200-word WordPiece vocabulary, saved to `directory`."""
     from transformers import BertTokenizerFast

@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO, WORDS
+from conftest import REPO, WORDS, cpu_env
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_bertdistiller_quick_start_runs_on_the_deepspeed_loop(tmp_path, tiny_tok
     out = tmp_path / "output"
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(QUICK_START), str(tmp_path / "teacher"), str(out),
                            " ".join(WORDS)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"})
+                          env=cpu_env(TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     changed, total = map(int, proc.stdout.split("CHANGED")[1].split())
     assert changed > total // 2  # the caller's student object was trained in place

@@ -17,6 +17,15 @@ from distill.config import (
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def fused_adam_builds(monkeypatch):
+    """device_type "cuda" here is a GPU node where DeepSpeed's FusedAdam builds, whatever this machine has
+    (where it does not: tests/test_optimizer_fallback.py)."""
+    from distill import config
+
+    monkeypatch.setattr(config, "fused_adam_problem", lambda: None)
+
+
 def test_flags_are_the_field_names_and_override_the_config_file(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"learning_rate": 1e-4, "max_steps": 50, "relations": "qq:1,vv:2"}))
@@ -219,13 +228,14 @@ def run_cli(tmp_path, *flags):
     import subprocess
     import sys
 
-    from conftest import write_shard_dir
+    from conftest import cpu_env, write_shard_dir
 
     data = tmp_path / "shards"
     if not data.exists():
         write_shard_dir(data, [[11, 12, 13]] * 4)
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "--data", str(data), "--output_dir",
-                           str(tmp_path / "out"), *flags], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                           str(tmp_path / "out"), *flags], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=cpu_env())
     return proc.returncode, proc.stderr
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, cpu_env
 
 SCRIPTS = {
     "launch/distill.py": "--teacher",
@@ -32,7 +32,7 @@ COMMANDS = {
 
 
 def _help(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*argv, "--help"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*argv, "--help"], cwd=cwd, capture_output=True, text=True, timeout=300, env=cpu_env())
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import test_distill_run as runs
-from conftest import REPO
+from conftest import REPO, cpu_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="launcher watching needs /proc")
 
@@ -233,7 +233,7 @@ def test_a_rank_watches_only_the_launchers_above_it(name, watched):
     """The chain stops at the first process that is not a launcher; a launcher gone (a zombie too) is seen."""
     from distill.distributed import LauncherWatch, launcher_chain
 
-    parent = subprocess.Popen([sys.executable, "-c", CHILD, name], start_new_session=True)
+    parent = subprocess.Popen([sys.executable, "-c", CHILD, name], start_new_session=True, env=cpu_env())
     try:
         chain = launcher_chain(_child_of(parent))
         assert [(p.pid, p.name) for p in chain] == ([(parent.pid, name)] if watched else [])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import test_distill_run as runs
-from conftest import REPO
+from conftest import REPO, cpu_env
 
 from distill.locks import LOCK_NAME, DirectoryLock, LockedError
 
@@ -27,7 +27,7 @@ time.sleep(120)
 def hold(directory):
     """A child process holding `directory`'s lock, as a running run does."""
     child = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], cwd=REPO, stdout=subprocess.PIPE,
-                             text=True)
+                             text=True, env=cpu_env())
     assert child.stdout.readline().strip() == "locked"
     return child
 

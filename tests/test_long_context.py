@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, save_tiny_teacher, write_shard_dir
+from conftest import REPO, cpu_env, save_tiny_teacher, write_shard_dir
 
 from distill.relations import UNCHUNKED_BUDGET_BYTES, RelationSpec, relation_loss
 
@@ -248,8 +247,8 @@ def refusals(tmp_path_factory, teachers):
                       "--deepspeed_config", str(REPO / "ds_configs" / "cpu.json"), "--student_layer", "1",
                       "--student_hidden_size", "16", "--student_attention_heads", "2", "--num_relation_heads", "4",
                       *flags])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env = cpu_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                  PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-c", _DRIVER, str(REPO / "launch" / "distill.py"), json.dumps(argvs)],
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]

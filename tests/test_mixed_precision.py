@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import test_distill_run
 import torch
-from conftest import REPO
+from conftest import REPO, cpu_env
 from transformers import BertConfig, BertModel
 
 from distill import monitor, trainer
@@ -237,8 +236,8 @@ def test_the_loss_scale_is_logged_only_under_fp16(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- real DeepSpeed runs on CPU
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+ENV = cpu_env(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+              TRANSFORMERS_OFFLINE="1")
 tiny_run = test_distill_run.tiny  # the fixture: a tiny BERT teacher and its shards
 
 

@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import cpu_env
 from torch import nn
 from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
@@ -282,8 +283,7 @@ def test_through_a_deepspeed_engine_on_cpu(tmp_path, stage):
         port = s.getsockname()[1]
     script = tmp_path / "engine.py"
     script.write_text(DEEPSPEED_SCRIPT)
-    env = {**__import__("os").environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_RANK": "0", "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    env = cpu_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     run = subprocess.run([sys.executable, str(script), str(stage)], env=env, capture_output=True, text=True,
                          timeout=300)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
@@ -338,7 +338,7 @@ def test_triton_impl_through_the_objective_matches_chunked_in_the_interpreter(tm
     """)
     from conftest import REPO
 
-    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    env = cpu_env(TRITON_INTERPRET="1")
     # run in tests/: `python -c` puts its working directory first on the path, so test_objective imports
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO / "tests", env=env, capture_output=True, text=True,
                           timeout=300)

@@ -12,19 +12,24 @@ failed with the tail of its output, and the check goes on to the next one:
   3. tools/bench/distill_bench.py: a BERT-base-shaped teacher (random weights, nothing downloaded)
      into a 6 x 384 student at S=128 and S=512, bf16, ZeRO-1, DeepSpeed's Adam: s/step, tokens/s,
      MFU, the loss's share of the step, peak memory, the largest micro-batch within 48 GB, the
-     optimizer DeepSpeed built and the teacher's attention implementation;
+     optimizer DeepSpeed built (FusedAdam; torch's fused AdamW where FusedAdam cannot be built here,
+     as a run then falls back to it: the report says which and why) and the teacher's attention
+     implementation;
   4. a real run on the offline assets: tools/pretokenize.py shards, `deepspeed launch/distill.py`
      (fp16 teacher, bf16 student) for 60 steps with a checkpoint at step 30, SIGTERM once that
      checkpoint exists, `--resume auto` to the end, a straight 60-step run, and both exported
      students loaded with AutoModel and compared within a stated bf16 tolerance.
 Targets: Triton >= 3x faster than chunked and >= 8x less memory than the reference; MFU >= 45%
 at S=512; the loss <= 10% of the step at 512; a micro-batch >= 64 at 512 within 48 GB; DeepSpeed's
-fused Adam; sdpa attention in the teacher; the whole check under 8 minutes (H100-class card).
+fused Adam (or torch's fused AdamW where FusedAdam cannot be built); sdpa attention in the teacher;
+the whole check under 8 minutes (H100-class card). Where the Triton kernels cannot run on the GPU
+(distill.kernels.unavailable_reason: no triton, no C compiler or Python headers for its launcher),
+the report says why and the kernel benchmark fails with that reason instead of running.
 
---dry-run rehearses the same sequence on CPU with tiny shapes (CUDA hidden from every step; the
-GPU tests are collected and skipped); its figures test this script, not the hardware, and no
-performance target is judged (the resumed run must still equal the straight one). Without
-CUDA and without --dry-run it stops with exit status 2.
+--dry-run rehearses the same sequence on CPU with tiny shapes (CUDA hidden from every step,
+DS_ACCELERATOR=cpu; the GPU tests are collected and skipped); its figures test this script, not
+the hardware, and no performance target is judged (the resumed run must still equal the straight
+one). Without CUDA and without --dry-run it stops with exit status 2.
 
 Exit status: 0 every step passed and every target was met; 1 a step failed, or a target was
 missed or could not be measured (the report says which); 2 bad input (no CUDA GPU, assets or
@@ -204,10 +209,12 @@ class Check:
         self.targets: list[Target] = []
         self.sections: dict[str, list[str]] = {}
         self.missing = [m for m in ("deepspeed", "triton", "transformers") if importlib.util.find_spec(m) is None]
+        self.triton = None if plan.dry else triton_problem()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         if plan.dry:
-            self.env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            self.env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu",
+                            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
     def add(self, title: str, cmd: list[str], timeout: int, *, env: dict | None = None, needs=()) -> Step:
@@ -258,6 +265,8 @@ def check_pytest(check: Check) -> None:
         step.fail("no test marked gpu was collected")
     elif step.status == "passed" and not check.plan.dry and (counts.get("skipped") or not counts.get("passed")):
         step.fail("GPU tests were skipped on a CUDA machine (see the reasons below)")
+    if step.status == "failed" and check.triton:
+        step.note += f" (the Triton kernels cannot run here: {check.triton})"
     summary = ", ".join(f"{v} {k}" for k, v in counts.items()) or "no summary line"
     if check.plan.dry and step.status == "passed":
         summary += " (skipped: no CUDA)"
@@ -272,12 +281,23 @@ def pytest_counts(text: str) -> dict[str, int]:
                                              lines[-1])}
 
 
+def triton_problem() -> str | None:
+    """Why the Triton kernels cannot run on this machine's GPU, or None (distill.kernels.unavailable_reason: triton
+    missing, no CUDA, or the host's C compiler or Python headers that Triton builds its launcher with)."""
+    from distill.kernels import unavailable_reason
+
+    return unavailable_reason("cuda")
+
+
 def check_kernel(check: Check) -> None:
     out, js = check.work / "kernel_bench.md", check.work / "kernel_bench.json"
     env = {"TRITON_INTERPRET": "1"} if check.plan.dry else {}
-    step = check.step("kernel benchmark", [sys.executable, "tools/bench/kernel_bench.py", *check.plan.kernel,
-                                           "--out", str(out), "--json", str(js)],
-                      check.plan.kernel_timeout, env=env, needs=("triton",))
+    cmd = [sys.executable, "tools/bench/kernel_bench.py", *check.plan.kernel, "--out", str(out), "--json", str(js)]
+    step = check.add("kernel benchmark", cmd, check.plan.kernel_timeout, env=env, needs=("triton",))
+    if check.triton:  # known before: a failed step with the reason, not a crash's traceback
+        step.fail(f"the Triton kernels cannot run here: {check.triton}")
+    else:
+        check.execute(step)
     data = json.loads(js.read_text()) if step.status == "passed" and js.is_file() else {"dtypes": []}
     check.sections["kernel"] = bench_tables(out)
     for dtype in data["dtypes"] or [{"dtype": "bfloat16"}]:
@@ -309,9 +329,27 @@ def check_bench(check: Check) -> None:
                  lambda v: v <= 0.10, "{:.1%}")
     check.target(f"largest micro-batch at S={seq} within 48 GB", last.get("max_batch"), ">= 64",
                  lambda v: v >= 64)
-    check.target("optimizer DeepSpeed built", last.get("fused_adam"), "FusedAdam (DeepSpeed's fused CUDA Adam)",
-                 lambda v: v == "FusedAdam")
+    judge_optimizer(check, last.get("fused_adam"))
     check.target("teacher attention implementation", last.get("teacher_attention"), "sdpa", lambda v: v == "sdpa")
+
+
+def judge_optimizer(check: Check, name: str | None) -> None:
+    """The optimizer target: DeepSpeed's FusedAdam; or torch's AdamW where FusedAdam cannot be built here (the run
+    then falls back to torch.optim.AdamW(fused=True): distill.config.fused_adam_problem, asked here as well)."""
+    problem = None
+    if name not in (None, "FusedAdam") and not check.plan.dry:
+        from distill.config import fused_adam_problem
+
+        problem = fused_adam_problem()
+    fallback = name == "AdamW" and problem is not None
+    if fallback:
+        check.sections["bench"].append(
+            f"- optimizer: torch.optim.AdamW ran instead of DeepSpeed's FusedAdam, which cannot be built here: "
+            f"{problem}; FusedAdam needs the CUDA toolkit (nvcc) of torch's CUDA version, ninja and a C++ "
+            f"compiler, or a deepspeed installed with DS_BUILD_FUSED_ADAM=1")
+    check.target("optimizer DeepSpeed built", name,
+                 "FusedAdam (DeepSpeed's fused CUDA Adam), or torch's fused AdamW where FusedAdam cannot be built",
+                 lambda v: v == "FusedAdam" or fallback, "{} (torch fallback)" if fallback else "{}")
 
 
 def run_flags(check: Check, out: Path, **extra) -> list[str]:
@@ -432,8 +470,9 @@ def compare_exports(a: str, b: str) -> int:
 
 
 # --------------------------------------------------------------------------- the report
-def environment(dry: bool) -> list[str]:
-    """GPU (from nvidia-smi: no CUDA context is made here), driver and the versions that matter."""
+def environment(dry: bool, triton: str | None = None) -> list[str]:
+    """GPU (from nvidia-smi: no CUDA context is made here), driver, the versions that matter, and whether the
+    Triton kernels can run on the GPU (`triton`: why not; not asked in the dry run)."""
     import torch
 
     def version(name: str) -> str:
@@ -457,10 +496,12 @@ def environment(dry: bool) -> list[str]:
                                 timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
+    kernels = "the CPU interpreter (dry run)" if dry else f"cannot run here: {triton}" if triton else "ready"
     return [f"- GPU: {gpu}",
             f"- host: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs",
             f"- versions: python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
             f"triton {version('triton')}, deepspeed {version('deepspeed')}, transformers {version('transformers')}",
+            f"- Triton kernels: {kernels}",
             f"- checkout: {commit}; command: `python tools/gpu_check.py {shlex.join(sys.argv[1:])}`",
             f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}"]
 
@@ -546,7 +587,7 @@ def main(argv=None) -> int:
         if check.missing:
             print(f"[gpu_check] not installed: {', '.join(check.missing)}; the steps needing them will fail: "
                   f"{INSTALL_HINT}", file=sys.stderr)
-        env_lines = environment(plan.dry)
+        env_lines = environment(plan.dry, check.triton)
         for part in (check_pytest, check_kernel, check_bench, check_real_run):
             part(check)
         text = markdown(check, env_lines, time.monotonic() - t0)
