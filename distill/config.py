@@ -75,8 +75,16 @@ class DistillConfig:
                                        default="export")
     # -- data ---------------------------------------------------------------------------
     data: str = option("a shard directory written by tools/pretokenize.py", default="")
-    verify_data: bool = option("before training, check every shard's sha256 and that every token id is below the "
-                               "vocabulary size (reads all the data once)", default=False)
+    verify_data: bool = option("before training, check every shard's sha256, that every token id is below the "
+                               "vocabulary size and each shard's largest id, whatever the shards' size (reads all "
+                               "the data once; by default shards up to 8 GiB are checked)", default=False)
+    no_verify_data: bool = option("skip the default check of the shards' data (done when they total at most 8 GiB); "
+                                  "sizes are still checked and a window with an id outside the vocabulary still "
+                                  "stops the run", default=False)
+    allow_tokenizer_mismatch: bool = option("train on shards whose tokenizer signature (vocabulary entries, "
+                                            "lower-casing or other normalizer, pre-tokenizer or model settings) "
+                                            "differs from the teacher's tokenizer: a warning instead of an error",
+                                            default=False)
     max_seq_len: int = option("tokens per training window, [CLS] and [SEP] included", default=128)
     dataloader_num_workers: int = option("DataLoader worker processes per rank", default=2)
     # -- optimisation (these also fill the DeepSpeed JSON's "auto" values) ---------------------
@@ -142,6 +150,8 @@ class DistillConfig:
         self._check_numbers()
         need(bool(self.teacher),
              "--teacher is empty: give a hub name (google-bert/bert-base-uncased) or a model directory")
+        need(not (self.verify_data and self.no_verify_data),
+             "--verify_data and --no_verify_data contradict each other: pass one")
         need(bool(str(self.output_dir).strip()),
              "--output_dir is empty: give the directory for the run's checkpoints, logs and student (e.g. runs/minilm)")
         need(self.teacher_dtype in ("auto", "float16", "bfloat16", "float32"),

@@ -2,8 +2,9 @@
 
     distill-inspect DIR [--verify] [--decode N] [--seq-len 128 512]
 
-Sizes are always checked against the manifest; --verify also checks every sha256; every id is
-checked against the vocabulary size (the first one outside it is named with its shard and offset).
+Sizes are always checked against the manifest (a manifest that lists no shard is refused);
+--verify also checks every sha256 and each shard's recorded largest id; every id is checked
+against the vocabulary size (the first one outside it is named with its shard and offset).
 --decode N prints the first N training windows as text (needs the tokenizer named in the
 manifest to be loadable).
 """
@@ -73,7 +74,7 @@ def print_windows(shards: ShardSet, seq_len: int, count: int) -> None:
     from .data import WindowDataset
 
     tokenizer = AutoTokenizer.from_pretrained(shards.tokenizer["name_or_path"])
-    ds = WindowDataset(shards, seq_len)
+    ds = WindowDataset(shards, seq_len, verify=False)  # checked already: sizes, ids, and with --verify checksums
     for i in range(min(count, len(ds))):
         ids = ds[i]["input_ids"][ds[i]["attention_mask"].bool()].tolist()
         print(f"  window {i}: {tokenizer.decode(ids)[:300]!r}")

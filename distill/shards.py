@@ -2,7 +2,7 @@
 
 A shard directory holds
 
-    manifest.json        format, dtype, tokenizer, per-shard sizes and sha256, totals, provenance
+    manifest.json        format, dtype, tokenizer, per-shard sizes, largest id and sha256, totals, provenance
     shard-00000.bin      little-endian token ids, nothing else
     shard-00001.bin      ...
 
@@ -14,7 +14,14 @@ written last, so a reader never sees a half-written shard.
 Writing: `ShardWriter` cuts a stream of documents into shards (distill.pretokenize feeds it
 from worker processes), `build_manifest` and `write_manifest` finish the directory, and
 `write_documents` does all three for documents already in memory (tests, small corpora).
-Reading: `read_manifest` and `ShardSet`.
+Reading: `read_manifest` and `ShardSet` (a directory whose manifest lists no shard is refused).
+
+The manifest's tokenizer entry carries a `signature` (`tokenizer_signature`): sha256s of the
+vocabulary (token -> id, sorted by id) and of the model's merges / scores, and the normalizer,
+pre-tokenizer and model settings themselves, so that distill.data.check_compatible can name what
+differs from a model's tokenizer (lower-casing, N ids mapped to other tokens). Each shard entry
+records its largest id (`max_id`), checked against a model's embedding rows without reading the
+data. Both keys are optional: manifests written before them (same format version) are still read.
 """
 from __future__ import annotations
 
@@ -56,6 +63,73 @@ def dtype_for_vocab(vocab_size: int, requested: str = "uint16") -> np.dtype:
             f"(max id {np.iinfo(dtype).max}); pass --dtype uint32 to write 4-byte shards"
         )
     return dtype
+
+
+# --------------------------------------------------------------------------- tokenizer signature
+_LONG_SETTING = 256  # longer strings in the settings (a SentencePiece normalizer's charsmap) are kept as their sha256
+
+
+def _sha256_json(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _settings(obj: Any) -> Any:
+    """JSON settings as they are, long strings replaced by "sha256:<hex>" (the manifest stays small)."""
+    if isinstance(obj, dict):
+        return {k: _settings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_settings(v) for v in obj]
+    if isinstance(obj, str) and len(obj) > _LONG_SETTING:
+        return "sha256:" + hashlib.sha256(obj.encode("utf-8", "surrogatepass")).hexdigest()
+    return obj
+
+
+def _as_dict(tokenizer_json: str | dict) -> dict:
+    return json.loads(tokenizer_json) if isinstance(tokenizer_json, str) else tokenizer_json
+
+
+def tokenizer_vocabulary(tokenizer_json: str | dict) -> dict[str, int]:
+    """token -> id of a serialized `tokenizers` tokenizer (`backend_tokenizer.to_str()`), added tokens included."""
+    t = _as_dict(tokenizer_json)
+    vocab = (t.get("model") or {}).get("vocab") or {}
+    # WordPiece / BPE / WordLevel: {token: id}; Unigram: [[piece, score], ...] in id order
+    mapping = {str(k): int(v) for k, v in vocab.items()} if isinstance(vocab, dict) else {
+        str(entry[0]): i for i, entry in enumerate(vocab)}
+    for added in t.get("added_tokens") or []:
+        mapping[str(added["content"])] = int(added["id"])
+    return mapping
+
+
+def tokenizer_signature(tokenizer_json: str | dict) -> dict:
+    """What decides the ids a tokenizer gives a text, as the manifest records it (`tokenizer.signature`).
+
+    `tokenizer_json` is the backend tokenizer serialized (`tokenizer.backend_tokenizer.to_str()`).
+    Kept: the vocabulary (token -> id, hashed), the model's learned data (vocabulary with Unigram
+    scores, BPE merges in one spelling whatever the `tokenizers` version wrote: hashed), the added
+    tokens and their flags (hashed), the normalizer, pre-tokenizer and model settings (as they are).
+    Left out: truncation, padding, the post-processor (pretokenize adds no special tokens), the
+    decoder and the file's version. `sha256` covers all the rest: the same tokenizer loaded twice gets
+    the same signature, and a lower-casing change or one vocabulary entry moved changes it.
+    """
+    t = _as_dict(tokenizer_json)
+    model = t.get("model") or {}
+    vocab = tokenizer_vocabulary(t)
+    raw_vocab = model.get("vocab") or {}
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+    added = sorted((dict(sorted(a.items())) for a in t.get("added_tokens") or []), key=lambda a: int(a["id"]))
+    parts = {
+        "vocab_size": len(vocab),
+        "vocab_sha256": _sha256_json(sorted(([i, tok] for tok, i in vocab.items()), key=lambda p: (p[0], p[1]))),
+        "normalizer": _settings(t.get("normalizer")),
+        "pre_tokenizer": _settings(t.get("pre_tokenizer")),
+        "model": _settings({k: v for k, v in model.items() if k not in ("vocab", "merges")}),
+        "model_sha256": _sha256_json({
+            "vocab": sorted(raw_vocab.items(), key=lambda kv: (kv[1], kv[0])) if isinstance(raw_vocab, dict)
+            else raw_vocab, "merges": merges}),
+        "added_tokens_sha256": _sha256_json(added),
+    }
+    return {"sha256": _sha256_json(parts), **parts}
 
 
 # --------------------------------------------------------------------------- atomic I/O
@@ -134,7 +208,8 @@ class ShardWriter:
 
     The open shard is streamed to a temporary file (so memory does not grow with the shard),
     fsynced and renamed when complete; then `on_shard(entry, consumed)` records its manifest
-    entry, `consumed` being how many documents of the input stream the finished shards cover.
+    entry (file, num_tokens, num_documents, max_id: its largest id, sha256), `consumed` being how
+    many documents of the input stream the finished shards cover.
     Shards are numbered from `first_index` (a resumed build continues after its finished shards).
     """
 
@@ -153,11 +228,14 @@ class ShardWriter:
         self._file = os.fdopen(fd, "wb")
         self._sha = hashlib.sha256()
         self.tokens = self.documents = 0
+        self.max_id = 0
 
     def _write(self, ids: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(ids, dtype=self.dtype)).cast("B")  # no copy when already this dtype
         self._sha.update(data)
         self._file.write(data)
+        if ids.size:
+            self.max_id = max(self.max_id, int(ids.max()))
         self.tokens += ids.size
 
     def _close(self, consumed: int) -> None:
@@ -168,7 +246,7 @@ class ShardWriter:
         os.replace(self._tmp, self.directory / self.name)
         fsync_dir(self.directory)  # the rename itself is durable before on_shard records the shard
         entry = {"file": self.name, "num_tokens": int(self.tokens), "num_documents": int(self.documents),
-                 "sha256": self._sha.hexdigest()}
+                 "max_id": int(self.max_id), "sha256": self._sha.hexdigest()}
         self.index += 1
         self.on_shard(entry, consumed)
 
@@ -214,7 +292,8 @@ def build_manifest(dtype: str, tokenizer: dict, shards: list[dict], **provenance
 
     `tokenizer` holds at least name_or_path, vocab_size and the cls/sep/pad/mask token ids (what
     distill.data checks a model against), and by convention do_lower_case, model_max_length
-    (None: unbounded) and fingerprint; `shards` is the ShardWriter entries in order.
+    (None: unbounded), fingerprint (what a resumed pretokenize must find unchanged) and signature
+    (`tokenizer_signature`); `shards` is the ShardWriter entries in order.
     """
     return {
         "format": FORMAT_NAME,
@@ -318,6 +397,9 @@ def _manifest_problem(manifest: Any) -> str | None:
             continue
         if low is not None and not _is_count(tokenizer[key], low):
             return f"'tokenizer.{key}' is {tokenizer[key]!r}, not an integer >= {low}"
+    signature = tokenizer.get("signature")  # optional: manifests written before it have none
+    if signature is not None and not (isinstance(signature, dict) and isinstance(signature.get("sha256"), str)):
+        return f"'tokenizer.signature' is {signature!r}, not an object with a 'sha256'"
     if not isinstance(shards, list):
         return f"'shards' is {shards!r}, not a list"
     for i, entry in enumerate(shards):
@@ -328,8 +410,8 @@ def _manifest_problem(manifest: Any) -> str | None:
             return f"no 'shards[{i}].{missing}' key"
         if not (isinstance(entry["file"], str) and SHARD_FILE.match(entry["file"])):
             return f"'shards[{i}].file' is {entry['file']!r}, not a shard file name like {shard_name(0)}"
-        bad = next((k for k in _SHARD_COUNTS if not _is_count(entry[k], 0)), None)
-        if bad:
+        bad = next((k for k in (*_SHARD_COUNTS, "max_id") if k in entry and not _is_count(entry[k], 0)), None)
+        if bad:  # max_id is optional: manifests written before it have none
             return f"'shards[{i}].{bad}' is {entry[bad]!r}, not an integer >= 0"
     return None
 
@@ -347,9 +429,9 @@ def first_id_out_of_range(ids: np.ndarray, vocab_size: int) -> int | None:
 class ShardSet:
     """All shards of a directory as one token stream, memory-mapped on first use.
 
-    Checks every shard's size against the manifest on open (and its sha256 with
-    `verify=True`). Picklable: memory maps are reopened lazily in each process, so it works
-    in DataLoader worker processes.
+    Checks every shard's size against the manifest on open (and its sha256 and ids with
+    `verify=True`); refuses a manifest that lists no shard. Picklable: memory maps are reopened
+    lazily in each process, so it works in DataLoader worker processes.
     """
 
     def __init__(self, directory: str | os.PathLike, verify: bool = False):
@@ -358,6 +440,9 @@ class ShardSet:
         self.dtype = DTYPES[self.manifest["dtype"]]
         self.tokenizer: dict = self.manifest["tokenizer"]
         self.shards: list[dict] = self.manifest["shards"]
+        if not self.shards:
+            raise ShardError(f"{self.directory} holds no shards: its manifest lists none (were its inputs empty?); "
+                             "re-run tools/pretokenize.py on a corpus with text")
         sizes = [int(s["num_tokens"]) for s in self.shards]
         self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()  # token offset of each shard
         self.num_tokens = int(self.offsets[-1])
@@ -370,9 +455,20 @@ class ShardSet:
         self.check(verify=verify)
         self._maps: list[np.memmap | None] = [None] * len(self.shards)
 
+    @property
+    def num_bytes(self) -> int:
+        """The shards' total size on disk."""
+        return self.num_tokens * self.dtype.itemsize
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """(shard index, token offset in it) of token `position` of the whole stream."""
+        i = bisect_right(self.offsets, int(position)) - 1
+        return i, int(position) - self.offsets[i]
+
     def check(self, verify: bool = False, block_tokens: int = 1 << 22) -> None:
-        """Sizes always; with `verify` also the sha256 and that every id is below the vocabulary size, read in
-        blocks of `block_tokens` (memory bounded by the block). Names the shard and what differs."""
+        """Sizes always; with `verify` also the sha256, that every id is below the vocabulary size and that
+        the largest id is the manifest's `max_id` (where it records one), read in blocks of `block_tokens`
+        (memory bounded by the block). Names the shard and what differs, with the fix."""
         for entry in self.shards:
             path = self.directory / entry["file"]
             expected = int(entry["num_tokens"]) * self.dtype.itemsize
@@ -388,18 +484,27 @@ class ShardSet:
                     "rebuild the shards with tools/pretokenize.py"
                 )
             if verify:
-                sha, bad = self._scan(path, block_tokens)
-                if sha != entry["sha256"]:
-                    raise ShardError(
-                        f"{path} has sha256 {sha} but the manifest says {entry['sha256']}: the shard was "
-                        "altered or corrupted; rebuild the shards with tools/pretokenize.py"
-                    )
-                if bad is not None:
-                    raise self.id_error(path, *bad)
+                self._verify(path, entry, block_tokens)
 
-    def _scan(self, path: Path, block_tokens: int) -> tuple[str, tuple[int, int] | None]:
-        """Read a shard once, in blocks: its sha256, and (offset, id) of its first id outside the vocabulary."""
-        digest, offset, bad = hashlib.sha256(), 0, None
+    def _verify(self, path: Path, entry: dict, block_tokens: int) -> None:
+        sha, bad, max_id = self._scan(path, block_tokens)
+        if sha != entry["sha256"]:
+            raise ShardError(
+                f"{path} has sha256 {sha} but the manifest says {entry['sha256']}: the shard was "
+                "altered or corrupted; rebuild the shards with tools/pretokenize.py"
+            )
+        if bad is not None:
+            raise self.id_error(path, *bad, max_id=max_id)
+        if "max_id" in entry and entry["max_id"] != max_id:
+            raise ShardError(
+                f"{path}: its largest token id is {max_id} but the manifest says {entry['max_id']}: the manifest "
+                "was edited or is corrupt; rebuild the shards with tools/pretokenize.py"
+            )
+
+    def _scan(self, path: Path, block_tokens: int) -> tuple[str, tuple[int, int] | None, int]:
+        """Read a shard once, in blocks: its sha256, (offset, id) of its first id outside the vocabulary, and
+        its largest id."""
+        digest, offset, bad, max_id = hashlib.sha256(), 0, None, 0
         vocab = int(self.tokenizer["vocab_size"])
         with open(path, "rb") as f:
             while chunk := f.read(block_tokens * self.dtype.itemsize):
@@ -407,15 +512,20 @@ class ShardSet:
                 ids = np.frombuffer(chunk, dtype=self.dtype)
                 if bad is None and (i := first_id_out_of_range(ids, vocab)) is not None:
                     bad = (offset + i, int(ids[i]))
+                if ids.size:
+                    max_id = max(max_id, int(ids.max()))
                 offset += ids.size
-        return digest.hexdigest(), bad
+        return digest.hexdigest(), bad, max_id
 
-    def id_error(self, path: Path, offset: int, token_id: int) -> ShardError:
-        """The error for id `token_id` at token `offset` of shard `path`, outside the manifest's vocabulary."""
+    def id_error(self, path: Path, offset: int, token_id: int, max_id: int | None = None) -> ShardError:
+        """The error for id `token_id` at token `offset` of shard `path`, outside the manifest's vocabulary
+        (`max_id`: the shard's largest id, where known)."""
+        largest = "" if max_id is None else f" (the shard's largest id is {max_id})"
         return ShardError(
             f"{path}: token id {token_id} at token offset {offset} (byte {offset * self.dtype.itemsize}) is outside "
-            f"the vocabulary of {self.tokenizer['vocab_size']} ids of tokenizer {self.tokenizer['name_or_path']!r}; "
-            "the shard is corrupt or was built with another tokenizer: rebuild the shards with tools/pretokenize.py"
+            f"the vocabulary of {self.tokenizer['vocab_size']} ids of tokenizer {self.tokenizer['name_or_path']!r}"
+            f"{largest}; the shard is corrupt or was built with another tokenizer: rebuild the shards with "
+            "tools/pretokenize.py"
         )
 
     def __getstate__(self):

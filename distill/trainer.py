@@ -384,19 +384,20 @@ def _remote_code_message(name_or_path: str) -> str:
 
 def build_dataset(cfg: DistillConfig, teacher_config, tokenizer=None):
     """The windows of --data, checked against the teacher's config and tokenizer (`tokenizer`: one, or where to
-    load it from; None: none to compare); with --verify_data every shard's sha256 and id range."""
-    from .data import WindowDataset, check_compatible
+    load it from; None: none to compare); every shard's sha256 and ids: by default when they total at most
+    8 GiB, with --verify_data whatever their size, not with --no_verify_data."""
+    from .data import WindowDataset, check_compatible, verify_shards
 
     if not cfg.data:
         raise ConfigError("--data is required: give a shard directory written by tools/pretokenize.py "
                           "(or pass dataset= to train())")
-    dataset = WindowDataset(cfg.data, cfg.max_seq_len)
-    check_compatible(dataset.tokenizer_info, teacher_config)  # a row in the embedding table for every id
+    dataset = WindowDataset(cfg.data, cfg.max_seq_len, verify=False)  # sizes only: the cheap checks first
+    check_compatible(dataset.shards, teacher_config)  # a row for every id, each shard's recorded largest id too
     tokenizer = _load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
-    if tokenizer is not None:  # the same vocabulary (a padded table would accept another tokenizer's shards)
-        check_compatible(dataset.tokenizer_info, tokenizer)
-    if cfg.verify_data:  # after the cheap checks: this reads all the data once (every rank)
-        dataset.shards.check(verify=True)
+    if tokenizer is not None:  # the same tokenizer (a padded table would accept another tokenizer's shards)
+        check_compatible(dataset.shards, tokenizer, allow_mismatch=cfg.allow_tokenizer_mismatch)
+    # reads all the data once (every rank): by default when the shards total at most 8 GiB
+    verify_shards(dataset.shards, True if cfg.verify_data else False if cfg.no_verify_data else None)
     return dataset
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 
 import pytest
 import torch
@@ -310,10 +311,12 @@ def test_unbounded_tokenizers_set_no_limit(tmp_path, sentinel):
     assert len(WindowDataset(directory, 4096)) == 1
 
 
-def test_empty_shards_are_refused(tmp_path):
-    directory = write_shard_dir(tmp_path / "empty", [])
-    with pytest.raises(DataError, match="holds no tokens.*re-run tools/pretokenize.py"):
+def test_a_manifest_without_shards_is_refused(tmp_path):
+    directory = write_shard_dir(tmp_path / "empty", [])  # the writer makes it: an empty stream
+    with pytest.raises(ShardError, match=f"^{re.escape(str(directory))} holds no shards: .*re-run tools/pretokenize"):
         WindowDataset(directory, 8)
+    with pytest.raises(ShardError, match="holds no shards"):
+        ShardSet(directory)
 
 
 def test_truncated_shard_is_named_on_open(tmp_path, docs):
@@ -324,17 +327,80 @@ def test_truncated_shard_is_named_on_open(tmp_path, docs):
         WindowDataset(directory, 8)
 
 
-def test_altered_shard_is_caught_with_verify(tmp_path, docs):
-    directory = write_shard_dir(tmp_path / "s", docs, shard_tokens=64)
-    victim = directory / "shard-00002.bin"
-    data = bytearray(victim.read_bytes())
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
     data[0] ^= 1
-    victim.write_bytes(bytes(data))
-    WindowDataset(directory, 8)  # same size: only the checksum can tell
-    with pytest.raises(ShardError, match=r"shard-00002\.bin has sha256"):
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_is_caught_by_default(tmp_path, docs):
+    directory = write_shard_dir(tmp_path / "s", docs, shard_tokens=64)
+    flip_a_byte(directory / "shard-00002.bin")
+    WindowDataset(directory, 8, verify=False)  # the opt-out: same size, only the checksum can tell
+    message = (r"shard-00002\.bin has sha256 [0-9a-f]+ but the manifest says .* rebuild the shards with "
+               "tools/pretokenize")
+    with pytest.raises(ShardError, match=message):
+        WindowDataset(directory, 8)  # the default: small shards are verified
+    with pytest.raises(ShardError, match=message):
         WindowDataset(directory, 8, verify=True)
-    with pytest.raises(ShardError, match=r"shard-00002\.bin has sha256"):
-        WindowDataset(ShardSet(directory), 8, verify=True)
+    with pytest.raises(ShardError, match=message):
+        WindowDataset(ShardSet(directory), 8)
+
+
+def test_shards_over_the_default_limit_are_verified_only_when_asked(tmp_path, docs, monkeypatch, capsys):
+    import distill.data as D
+
+    directory = write_shard_dir(tmp_path / "s", docs, shard_tokens=64)
+    flip_a_byte(directory / "shard-00001.bin")
+    monkeypatch.setattr(D, "VERIFY_BYTES_LIMIT", ShardSet(directory).num_bytes - 1)
+    WindowDataset(directory, 8)
+    out = capsys.readouterr().out
+    assert out.startswith(f"note: the 0.0 GiB of shards in {directory} are over the 0 GiB verified by default: their "
+                          "checksums are not verified (pass --verify_data") and out.count("\n") == 1
+    with pytest.raises(ShardError, match=r"shard-00001\.bin has sha256"):
+        WindowDataset(directory, 8, verify=True)
+    monkeypatch.setattr(D, "VERIFY_BYTES_LIMIT", ShardSet(directory).num_bytes)
+    with pytest.raises(ShardError, match=r"shard-00001\.bin has sha256"):
+        WindowDataset(directory, 8)
+
+
+def test_an_id_outside_the_vocabulary_is_named_before_the_embedding(tmp_path, docs):
+    directory = write_shard_dir(tmp_path / "s", docs + [[12, 305, 13]], shard_tokens=64)  # vocabulary: 300 ids
+    last = ShardSet(directory).shards[-1]
+    assert last["max_id"] == 305  # recorded at write time
+    with pytest.raises(ShardError, match=rf"{last['file']}: token id 305 at token offset \d+ .* outside the vocabulary "
+                                         r"of 300 ids .*\(the shard's largest id is 305\)"):
+        WindowDataset(directory, 8)  # verified by default: the real ids are read
+    ds = WindowDataset(directory, 8, verify=False)  # not verified: the window holding it says so when read
+    with pytest.raises(ShardError, match=rf"{last['file']}: token id 305 at token offset \d+ .* outside the vocab"):
+        for i in range(len(ds)):
+            ds[i]
+
+
+def test_check_compatible_checks_each_shards_largest_id_against_the_embedding_rows(tmp_path, docs):
+    from transformers import BertConfig
+
+    directory = write_shard_dir(tmp_path / "s", docs + [[12, 299, 13]], shard_tokens=64)
+    shards = ShardSet(directory)
+    last = shards.shards[-1]["file"]
+    check_compatible(shards, BertConfig(vocab_size=300))
+    edited = {**shards.manifest, "shards": [*shards.shards[:-1], {**shards.shards[-1], "max_id": 300}]}
+    with pytest.raises(DataError, match=f"{last}: holds token ids up to 300 .*, but the model has 300 embedding rows"):
+        check_compatible(edited, BertConfig(vocab_size=300))
+    with pytest.raises(DataError, match="holds token ids up to 299"):
+        check_compatible(WindowDataset(shards, 8), BertConfig(vocab_size=299, pad_token_id=PAD))
+
+
+def test_verify_checks_the_recorded_largest_id(tmp_path, docs):
+    import json
+
+    directory = write_shard_dir(tmp_path / "s", docs, shard_tokens=64)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["shards"][0]["max_id"] += 1
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    ShardSet(directory)  # sizes only
+    with pytest.raises(ShardError, match=r"shard-00000\.bin: its largest token id is \d+ but the manifest says"):
+        ShardSet(directory, verify=True)
 
 
 def test_verify_data_checks_checksums_and_ids_before_training(tmp_path, docs):
@@ -343,13 +409,13 @@ def test_verify_data_checks_checksums_and_ids_before_training(tmp_path, docs):
     from distill.config import DistillConfig
     from distill.trainer import build_dataset
 
-    teacher = BertConfig(vocab_size=300, pad_token_id=PAD)
+    teacher = BertConfig(vocab_size=301, pad_token_id=PAD)  # a row for id 300: only the data check can tell
     directory = write_shard_dir(tmp_path / "s", docs + [[12, 300, 13]], shard_tokens=64)  # 300: past the vocabulary
     last = ShardSet(directory).shards[-1]["file"]
-    assert len(build_dataset(DistillConfig(data=str(directory)), teacher)) > 0  # sizes only: not seen
-    cfg = DistillConfig(data=str(directory), verify_data=True)
-    with pytest.raises(ShardError, match=f"{last}: token id 300 at token offset \\d+ .* outside the vocabulary of 300"):
-        build_dataset(cfg, teacher)
+    for cfg in (DistillConfig(data=str(directory)), DistillConfig(data=str(directory), verify_data=True)):
+        with pytest.raises(ShardError, match=f"{last}: token id 300 at token offset \\d+ .* outside the vocabulary of "
+                                             "300"):
+            build_dataset(cfg, teacher)  # verified by default (small shards), and with --verify_data
     victim = directory / last
     victim.write_bytes(bytes([victim.read_bytes()[0] ^ 1]) + victim.read_bytes()[1:])
     with pytest.raises(ShardError, match=f"{last} has sha256"):

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, WORDS
+from conftest import REPO, WORDS, cpu_env
 from unwritable import assert_unwritable_outputs_refused
 
 import distill.pretokenize as P
 from distill.pretokenize import inputs as P_inputs
-from distill.shards import MANIFEST_NAME, ShardError, ShardSet, file_sha256
+from distill.shards import MANIFEST_NAME, ShardError, ShardSet, file_sha256, tokenizer_signature
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "HF_DATASETS_OFFLINE": "1"}
+ENV = cpu_env(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -408,9 +407,10 @@ def test_bad_inputs_say_what_to_do_and_lose_nothing(finished, tiny_tokenizer_dir
         "data.csv": r"unsupported extension '\.csv'; supported: "
                     r"\.txt, \.txt\.gz, \.jsonl, \.jsonl\.gz, \.parquet, \.arrow",
         "nothing": r"holds no supported file \(found readme\.md\); supported: \.txt",
-        "empty.txt": r"the inputs are empty .*nothing to tokenize",
-        "blank.txt": r"no documents to tokenize: the inputs hold no text",
-        "empties.jsonl": r"all 3 documents of the inputs are empty.*is --text-field 'text' the right field",
+        "empty.txt": r"no text in .*empty\.txt: the files are empty",
+        "blank.txt": r"no text in .*blank\.txt: the inputs hold no documents",
+        "empties.jsonl": r"no text in .*empties\.jsonl: all 3 documents of the inputs are empty.*"
+                         r"is --text-field 'text' the right field",
         "body.jsonl": r"body\.jsonl:1 has no field 'text' \(its fields are \['body', 'id'\]\); pass --text-field body",
         "late.jsonl": r"late\.jsonl:6 has no field 'text' \(its fields are \['txt'\]\); pass --text-field",
         "number.jsonl": r"number\.jsonl:1: field 'text' holds a int, not text",
@@ -525,7 +525,8 @@ def test_real_teacher_tokenizer_on_the_real_corpus(tmp_path, teacher_dir, corpus
     assert m["tokenizer"] == {
         "name_or_path": str(teacher_dir.resolve()), "class": type(tok).__name__, "vocab_size": 30522,
         "cls_token_id": 101, "sep_token_id": 102, "pad_token_id": 0, "mask_token_id": 103, "do_lower_case": True,
-        "model_max_length": 512, "fingerprint": m["tokenizer"]["fingerprint"]}
+        "model_max_length": 512, "fingerprint": m["tokenizer"]["fingerprint"],
+        "signature": tokenizer_signature(tok.backend_tokenizer.to_str())}
     assert len(m["shards"]) >= 3 and m["dtype"] == "uint16" and m["byte_order"] == "little"
     assert (out / "shard-00000.bin").stat().st_size == 2 * m["shards"][0]["num_tokens"]
 

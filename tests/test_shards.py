@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, cpu_env
 
 from distill import shards as S
 from distill.inspect_shards import main as inspect_main
@@ -61,10 +61,21 @@ def test_writer_numbers_from_first_index_and_abandon_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00007.bin"]
 
 
-def test_an_empty_corpus_has_a_manifest_and_no_shards(tmp_path):
+def test_an_empty_corpus_has_a_manifest_and_no_shards_which_readers_refuse(tmp_path, capsys):
     manifest = S.write_documents(tmp_path, [], tokenizer=TOKENIZER)
     assert manifest["shards"] == [] and manifest["total_tokens"] == 0
     assert [p.name for p in tmp_path.iterdir()] == [S.MANIFEST_NAME]
+    message = (f"{tmp_path} holds no shards: its manifest lists none (were its inputs empty?); "
+               "re-run tools/pretokenize.py")
+    with pytest.raises(S.ShardError, match=re.escape(message)):
+        S.ShardSet(tmp_path)
+    assert inspect_main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_each_shard_records_its_largest_id(tmp_path):
+    manifest = S.write_documents(tmp_path, [[11, 299], [13], [14, 15, 16]], tokenizer=TOKENIZER, shard_tokens=4)
+    assert [e["max_id"] for e in manifest["shards"]] == [299, 16]  # SEP (3) included, below both
 
 
 def test_inspect_reports_the_statistics(tmp_path, capsys):
@@ -91,7 +102,7 @@ def test_inspect_refuses_windows_too_short(tmp_path, capsys, seq_len):
 
 def test_inspect_script_names_a_missing_directory(tmp_path):
     proc = subprocess.run([sys.executable, "tools/inspect_shards.py", str(tmp_path / "none"), "--verify"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=cpu_env())
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: {tmp_path / 'none'}: no such directory; build one "
                                                            "with tools/pretokenize.py"), proc.stderr
 
@@ -125,6 +136,8 @@ def write_edited_manifest(directory, edit):
     (lambda m: m["tokenizer"].update(vocab_size=0), "'tokenizer.vocab_size' is 0, not an integer >= 1"),
     (lambda m: m["shards"][0].update(file="../x.bin"), "'shards[0].file' is '../x.bin', not a shard file name"),
     (lambda m: m.update(shards={}), "'shards' is {}, not a list"),
+    (lambda m: m["shards"][1].update(max_id=-1), "'shards[1].max_id' is -1, not an integer >= 0"),
+    (lambda m: m["tokenizer"].update(signature="abc"), "'tokenizer.signature' is 'abc', not an object with a 'sha256'"),
 ])
 def test_a_manifest_with_a_wrong_value_is_named(tmp_path, edit, message):
     path = write_edited_manifest(tmp_path, edit)

@@ -17,7 +17,15 @@ from .. import shards as S
 from ..paths import is_no_space, no_space_message, output_dir_problem
 from .encoding import TokenizerSpec, default_num_workers, encode_stream, load_tokenizer
 from .errors import PretokenizeError
-from .inputs import DEFAULT_MAX_DOC_CHARS, DocumentReader, Source, hub_source, preflight, resolve_inputs
+from .inputs import (
+    DEFAULT_MAX_DOC_CHARS,
+    DocumentReader,
+    Source,
+    describe_sources,
+    hub_source,
+    preflight,
+    resolve_inputs,
+)
 from .output import PROGRESS_NAME, OutputState, prepare_output, remove_trace, remove_unrecorded_shards
 
 DEFAULT_SHARD_TOKENS = 2**27  # 134M tokens: 256 MiB per uint16 shard, a resume point every few minutes
@@ -177,29 +185,28 @@ class Tokenization:
         self.writer.finish(consumed=self.documents_read)
 
     def run(self) -> None:
-        """Tokenize everything; on failure keep the finished shards, or leave no trace if there are none."""
+        """Tokenize everything; on failure the shard being written goes, the finished ones stay (`build`
+        removes the rest of a build that finished none)."""
         try:
             self._tokenize()
         except BaseException:
             self.writer.abandon()
-            if self.state.fresh and not self.progress["shards"]:
-                remove_trace(self.out, self.progress_path, self.state.created_dir)
             raise
         finally:
             self.bar.close()
         self.progress["documents_without_tokens"] += self.writer.documents_without_tokens
         if not self.progress["shards"]:
-            remove_trace(self.out, self.progress_path, self.state.created_dir)
             raise self._nothing_to_tokenize()
 
     def _nothing_to_tokenize(self) -> PretokenizeError:
         read = self.documents_read
+        where = describe_sources(self.plan.sources)
         if read == 0:
-            return PretokenizeError("no documents to tokenize: the inputs hold no text")
+            return PretokenizeError(f"no text in {where}: the inputs hold no documents; give a corpus with text")
         has_txt = any(fmt == "txt" for s in self.plan.sources for _, fmt in s.files)
         hint = ("" if self.plan.from_dataset or has_txt
                 else f" (is --text-field {self.plan.text_field!r} the right field?)")
-        return PretokenizeError(f"no documents to tokenize: all {read} documents of the inputs are empty, "
+        return PretokenizeError(f"no text in {where}: all {read} documents of the inputs are empty, "
                                 f"whitespace-only or produce no tokens{hint}")
 
 
@@ -234,7 +241,13 @@ def build(*, tokenizer: str, output: str, inputs: list[str] | None = None, datas
           overwrite: bool = False, batch_chars: int = DEFAULT_BATCH_CHARS, command: list[str] | None = None,
           log: Callable[[str], None] = print, show_progress: bool = True,
           max_doc_chars: int = DEFAULT_MAX_DOC_CHARS) -> BuildResult:
-    """Tokenize `inputs` (or the hub `dataset`) into a shard directory, as cli.py's docstring describes."""
+    """Tokenize `inputs` (or the hub `dataset`) into a shard directory, as cli.py's docstring describes.
+
+    Whatever stops it (an error, Ctrl-C), a build that finished no shard leaves nothing behind (its
+    progress file, and the directory if it made it, are removed); finished shards stay, to resume.
+    """
+    if not str(output).strip():
+        raise PretokenizeError("--output is empty: give the directory to write the shards in (e.g. --output shards/)")
     problem = output_dir_problem(output, "--output")  # first: before the inputs or the tokenizer are read
     if problem:
         raise PretokenizeError(problem)
@@ -242,6 +255,7 @@ def build(*, tokenizer: str, output: str, inputs: list[str] | None = None, datas
                       split=split, text_field=text_field, num_workers=num_workers, shard_tokens=shard_tokens,
                       dtype=dtype, batch_chars=batch_chars, log=log, max_doc_chars=max_doc_chars)
     out = Path(output)
+    created, had_progress, state = not out.exists(), (out / PROGRESS_NAME).exists(), None
     try:
         state = prepare_output(out, plan.record, overwrite)  # step 2
         if state.complete is not None:
@@ -255,12 +269,39 @@ def build(*, tokenizer: str, output: str, inputs: list[str] | None = None, datas
         run.run()
         session_seconds = run.elapsed()
         manifest = finalize(run, command if command is not None else sys.argv)
-    except OSError as e:
-        if not is_no_space(e):
-            raise
-        raise PretokenizeError(no_space_message(str(out), e, _kept(out))) from e
+    except BaseException as e:
+        _leave_no_trace(out, state, created, had_progress)
+        if isinstance(e, OSError) and is_no_space(e):
+            raise PretokenizeError(no_space_message(str(out), e, _kept(out))) from e
+        raise
     return BuildResult(manifest, session_tokens=run.tokens, session_seconds=session_seconds,
                        num_workers=plan.num_workers)
+
+
+def _leave_no_trace(out: Path, state: OutputState | None, created: bool, had_progress: bool) -> None:
+    """After a failed or interrupted build: remove what it wrote unless it finished a shard (kept, to resume)."""
+    if state is None:  # stopped while preparing the directory: at most its new progress file, the directory it made
+        if not had_progress:
+            (out / PROGRESS_NAME).unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    elif state.complete is None and not state.progress["shards"]:
+        remove_unrecorded_shards(out, 0)  # one renamed just before the stop, not yet in the progress file
+        remove_trace(out, out / PROGRESS_NAME, state.created_dir)
+
+
+def interrupted_message(output: str) -> str:
+    """What a build stopped by Ctrl-C left in `output`: one line for the user."""
+    out = Path(output)
+    try:
+        shards = len(json.loads((out / PROGRESS_NAME).read_text(encoding="utf-8"))["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        shards = 0
+    if shards:
+        return f"interrupted: the {shards} finished shards in {out} are kept; re-run the same command to resume"
+    if (out / S.MANIFEST_NAME).is_file():
+        return f"interrupted: {out} holds a finished build (its manifest was written)"
+    return f"interrupted: nothing written to {out}"
 
 
 def _kept(out: Path) -> str:

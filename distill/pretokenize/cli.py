@@ -15,7 +15,10 @@ Each document is tokenized without special tokens (a literal "[SEP]" in the text
 and followed by the SEP id. Shards close at the first document boundary at or past
 --shard-tokens and appear under their final name only when complete; manifest.json is
 written last. The output is byte-identical whatever --num-workers is. Re-run an interrupted
-command unchanged to resume it; re-running a finished one does nothing.
+command unchanged to resume it; re-running a finished one does nothing. Ctrl-C stops it with one
+line saying what was kept (exit 130): the finished shards, or nothing (no directory is left
+behind by a build that finished no shard). An input file given twice (or inside a directory also
+given) is refused, as are inputs without text and an empty --output.
 (tools/pretokenize.py runs the same command from a checkout.)
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .build import DEFAULT_BATCH_CHARS, DEFAULT_SHARD_TOKENS, build, summary
+from .build import DEFAULT_BATCH_CHARS, DEFAULT_SHARD_TOKENS, build, interrupted_message, summary
 from .encoding import default_num_workers
 from .errors import PretokenizeError
 from .inputs import DEFAULT_MAX_DOC_CHARS, SUPPORTED
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except PretokenizeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the finished shards are kept; re-run the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # one line, no traceback; a build that finished no shard left nothing behind
+        print(interrupted_message(args.output), file=sys.stderr)
         return 130
     print(summary(result, args.output))
     return 0

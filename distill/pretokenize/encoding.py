@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ..shards import tokenizer_signature
 from .errors import PretokenizeError
 
 IN_FLIGHT_PER_WORKER = 4  # tasks queued per worker: slack while the main process closes a shard (fsync)
@@ -85,7 +86,8 @@ def describe_tokenizer(tokenizer, name_or_path: str) -> TokenizerSpec:
         "mask_token_id": None if tokenizer.mask_token_id is None else int(tokenizer.mask_token_id),
         "do_lower_case": bool(lower),
         "model_max_length": int(max_len) if max_len is not None and max_len < 2**31 else None,  # None: unbounded
-        "fingerprint": hashlib.sha256(serialized.encode("utf-8")).hexdigest(),
+        "fingerprint": hashlib.sha256(serialized.encode("utf-8")).hexdigest(),  # a resume's identity
+        "signature": tokenizer_signature(serialized),  # what distill.data.check_compatible compares
     }
     return TokenizerSpec(info, serialized, max_id)
 
@@ -160,6 +162,8 @@ def _init_worker(tokenizer_json: str, sep_id: int, dtype: str, parent: int) -> N
     global _WORKER_ENCODER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: the workers are the parallelism
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it stops the pool
+    if hasattr(signal, "pthread_sigmask"):  # blocked while this process started (_sigint_blocked_for_children)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):  # die with the main process, at once (PR_SET_PDEATHSIG = 1)
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
@@ -172,6 +176,23 @@ def _init_worker(tokenizer_json: str, sep_id: int, dtype: str, parent: int) -> N
 
 def _encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return _WORKER_ENCODER(texts)
+
+
+@contextlib.contextmanager
+def _sigint_blocked_for_children():
+    """Processes started inside begin with SIGINT blocked (the signal mask survives fork and exec) until
+    _init_worker ignores it, as multiprocessing's resource tracker does: a Ctrl-C reaches the whole process
+    group, and must stop the main process only (which stops the pool), not print a KeyboardInterrupt
+    traceback from each worker still importing. The main process gets a Ctrl-C of those milliseconds
+    when it unblocks SIGINT, as a KeyboardInterrupt: nothing is lost."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @contextlib.contextmanager
@@ -205,7 +226,9 @@ def encode_stream(batches: Iterable[tuple[list[str], object]], tokenizer: Tokeni
     # spawn, not fork: the parent has loaded the Rust tokenizer (its thread pool does not survive
     # a fork) and maybe torch; spawned workers import only numpy and tokenizers.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(num_workers, initializer=_init_worker, initargs=(*args, os.getpid())) as pool:
+    with _sigint_blocked_for_children():
+        pool = context.Pool(num_workers, initializer=_init_worker, initargs=(*args, os.getpid()))
+    with pool:
         window: deque = deque()
         for texts, meta in batches:
             window.append((meta, pool.apply_async(_encode_in_worker, (texts,))))

@@ -135,11 +135,30 @@ def resolve_inputs(paths: Iterable[str], split: str | None = None) -> list[Sourc
             sources.append(Source(arg, identity, [(path, fmt)], size=identity["size"]))
     if not sources:
         raise PretokenizeError("no input given: pass --input PATH [PATH ...] or --dataset NAME --split SPLIT")
+    _refuse_files_read_twice(sources)
     if all(s.size == 0 for s in sources):
-        raise PretokenizeError(
-            f"the inputs are empty ({', '.join(s.label for s in sources)}): there is nothing to tokenize"
-        )
+        raise PretokenizeError(f"no text in {describe_sources(sources)}: the files are empty; give a corpus with text")
     return sources
+
+
+def describe_sources(sources: list[Source]) -> str:
+    """The inputs as the user gave them, for a message: 'a.txt, corpus/' (the first 3, then how many more)."""
+    labels = [s.label for s in sources]
+    return ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+
+
+def _refuse_files_read_twice(sources: list[Source]) -> None:
+    """A file reached by two --input arguments (the same path twice, or a file inside a directory also
+    given) would be tokenized twice: a duplicated corpus that trains silently. Refused, naming it."""
+    first: dict[Path, str] = {}
+    for source in sources:
+        for path, _ in source.files:
+            key = path.resolve()
+            if key in first:
+                by = (f"--input {first[key]!r} and {source.label!r}" if first[key] != source.label
+                      else f"--input {source.label!r} given twice")
+                raise PretokenizeError(f"input file {str(path)!r} would be read twice ({by}); give each file once")
+            first[key] = source.label
 
 
 def hub_source(name: str, config: str | None, split: str | None) -> Source:

@@ -149,7 +149,7 @@ def prepare_output(out: Path, record: dict, overwrite: bool) -> OutputState:
 def remove_trace(directory: Path, progress_path: Path, created_dir: bool) -> None:
     """Undo a build that failed before its first shard: its progress file, and the directory if it made it."""
     progress_path.unlink(missing_ok=True)
-    if created_dir and not any(directory.iterdir()):
+    if created_dir and directory.is_dir() and not any(directory.iterdir()):
         directory.rmdir()
 
 
