@@ -82,3 +82,33 @@ def test_a_second_run_into_a_directory_in_use_exits_2_naming_the_first(tiny, tmp
         child.wait()
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_NAME}
     assert after == {p: t for p, t in before.items() if p.name != LOCK_NAME}  # nothing of the first run touched
+
+
+def test_a_pretokenize_build_into_a_directory_in_use_is_refused_before_reading_anything(tmp_path, tiny_tokenizer_dir,
+                                                                                       capsys):
+    import distill.pretokenize as P
+
+    (tmp_path / "a.txt").write_text("the water is long\n\nmake it so\n", encoding="utf-8")
+    args = ["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output",
+            str(tmp_path / "out"), "--num-workers", "1", "--no-progress"]
+    child = hold(tmp_path / "out")
+    try:
+        for extra in ([], ["--overwrite"]):
+            assert P.main(args + extra) == 2
+            assert f"is in use by distillation run (pid {child.pid} on host" in capsys.readouterr().err
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [LOCK_NAME]  # nothing written
+    finally:
+        child.kill()
+        child.wait()
+    assert P.main(args) == 0  # the holder died: its lock is taken over
+    assert "no longer running; its lock was taken over" in capsys.readouterr().out
+    assert (tmp_path / "out" / "manifest.json").is_file() and not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+def test_a_failed_pretokenize_build_leaves_no_directory_and_no_lock(tmp_path, tiny_tokenizer_dir):
+    import distill.pretokenize as P
+
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    assert P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "empty.txt"), "--output",
+                   str(tmp_path / "out"), "--num-workers", "1", "--no-progress"]) == 2
+    assert not (tmp_path / "out").exists()

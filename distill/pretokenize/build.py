@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .. import shards as S
+from ..locks import DirectoryLock, LockedError
 from ..paths import is_no_space, no_space_message, output_dir_problem
 from .encoding import TokenizerSpec, default_num_workers, encode_stream, load_tokenizer
 from .errors import PretokenizeError
@@ -251,13 +252,25 @@ def build(*, tokenizer: str, output: str, inputs: list[str] | None = None, datas
     problem = output_dir_problem(output, "--output")  # first: before the inputs or the tokenizer are read
     if problem:
         raise PretokenizeError(problem)
+    lock = DirectoryLock(output, "pretokenize build")
+    try:
+        lock.check_free()  # another build writing there is named before anything is read
+    except LockedError as e:
+        raise PretokenizeError(str(e)) from e
     plan = plan_build(tokenizer=tokenizer, inputs=inputs, dataset=dataset, dataset_config=dataset_config,
                       split=split, text_field=text_field, num_workers=num_workers, shard_tokens=shard_tokens,
                       dtype=dtype, batch_chars=batch_chars, log=log, max_doc_chars=max_doc_chars)
     out = Path(output)
     created, had_progress, state = not out.exists(), (out / PROGRESS_NAME).exists(), None
     try:
+        try:
+            lock.acquire()  # held to the end: a second build into `out` (--overwrite too) is refused
+        except LockedError as e:
+            raise PretokenizeError(str(e)) from e
+        if lock.recovered_line():
+            log(lock.recovered_line())
         state = prepare_output(out, plan.record, overwrite)  # step 2
+        state.created_dir = state.created_dir or created  # the lock made the directory: still ours to remove
         if state.complete is not None:
             return BuildResult(state.complete, already_complete=True, num_workers=plan.num_workers)
         progress = state.progress
@@ -270,10 +283,13 @@ def build(*, tokenizer: str, output: str, inputs: list[str] | None = None, datas
         session_seconds = run.elapsed()
         manifest = finalize(run, command if command is not None else sys.argv)
     except BaseException as e:
+        lock.release()  # its file first, so that a directory this build made can go
         _leave_no_trace(out, state, created, had_progress)
         if isinstance(e, OSError) and is_no_space(e):
             raise PretokenizeError(no_space_message(str(out), e, _kept(out))) from e
         raise
+    finally:
+        lock.release()
     return BuildResult(manifest, session_tokens=run.tokens, session_seconds=session_seconds,
                        num_workers=plan.num_workers)
 
