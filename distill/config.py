@@ -368,6 +368,7 @@ def resolve_deepspeed_config(cfg: DistillConfig, ds: dict[str, Any], *, world_si
     sched = ds.setdefault("scheduler",
                           {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_type": "linear"}})
     _check_types(opt, sched)
+    _check_zero(ds.get("zero_optimization", {}))
     params = opt.setdefault("params", {})
     settle(params, "lr", cfg.learning_rate, "--learning_rate", "optimizer.params.lr")
     settle(params, "betas", [cfg.adam_beta1, cfg.adam_beta2], "--adam_beta1/--adam_beta2", "optimizer.params.betas")
@@ -499,6 +500,26 @@ def _fused_adam_builder():
 # and DeepSpeed's schedulers (case matters); a type outside these fails inside deepspeed.initialize otherwise.
 KNOWN_OPTIMIZERS = ("Adam", "AdamW", "Lamb")
 KNOWN_SCHEDULERS = ("WarmupDecayLR", "WarmupLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
+
+
+def _check_zero(zero: Any) -> None:
+    """The DeepSpeed JSON's zero_optimization section is one DeepSpeed takes: checked before any model is built,
+    not when the engine is made after the run's files are written."""
+    if not isinstance(zero, dict):
+        raise ConfigError(f"the DeepSpeed JSON's zero_optimization is {zero!r}, not an object: write "
+                          '"zero_optimization": {"stage": 1} (or 0, 2, 3), or leave it out')
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise ConfigError(f"the DeepSpeed JSON's zero_optimization.stage is {stage!r}: choose 0, 1, 2 or 3 "
+                          "(see ds_configs/: zero2.json, zero3.json)")
+    for key in ("offload_optimizer", "offload_param"):
+        device = (zero.get(key) or {}).get("device", "none") if isinstance(zero.get(key) or {}, dict) else None
+        if device not in ("none", "cpu", "nvme"):
+            raise ConfigError(f"the DeepSpeed JSON's zero_optimization.{key} is {zero.get(key)!r}: give "
+                              '{"device": "cpu"} (or "nvme" with "nvme_path", or "none")')
+    if (zero.get("offload_param") or {}).get("device", "none") != "none" and stage != 3:
+        raise ConfigError(f"the DeepSpeed JSON offloads parameters (zero_optimization.offload_param) at stage "
+                          f"{stage}: parameter offload needs stage 3")
 
 
 def _check_types(optimizer: Any, scheduler: Any) -> None:
