@@ -449,11 +449,13 @@ def prepare(cfg: DistillConfig, rank: int, world: int, device: torch.device, *, 
             dataset=None, tokenizer=None) -> PreparedRun:
     """Every check and every model, before the run writes anything: output dir, export dir, teacher, checkpoint,
     DeepSpeed JSON, models, data, the relation kernel's self-check."""
-    from .export import check_export_target
+    from .export import check_export_target, check_student_exportable
     from .objective import MiniLMv2Objective
 
     ckpt.check_output_dir(cfg)
-    check_export_target(export_dir_of(cfg), "--export_dir")
+    check_export_target(export_dir_of(cfg), "--export_dir", output_dir=cfg.output_dir)
+    if student is not None:
+        check_student_exportable(student)
     probe = teacher_config_of(cfg, teacher)
     check_teacher_fit(cfg, probe, device)
     modules = teacher_modules(cfg, teacher, probe)  # the sentence-transformers modules the export will write

@@ -2,6 +2,7 @@
 tree and the summary's columns, sentence-transformers and plain Hugging Face directories, bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import defaultdict
@@ -346,7 +347,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, hf_dir, tas
         assert err.startswith("error: ") and message in err, err
     assert E.main([str(tmp_path / "no-such-model"), "--output_dir", str(out), *QUIET, *_custom(task_files)]) == 2
     err = capsys.readouterr().err
-    assert f"model {tmp_path / 'no-such-model'} not found: give a model directory" in err
+    assert f"model {tmp_path / 'no-such-model'}: no such directory; give a model directory" in err
     assert E.main([str(hf_dir), str(hf_dir), "--output_dir", str(out), *QUIET, *_custom(task_files)]) == 2
     assert "give --model_names" in capsys.readouterr().err
     assert E.main([*base, *_custom(task_files), "--max_seq_length", "128"]) == 2
@@ -384,3 +385,56 @@ def test_real_teacher_on_reviews(tmp_path, teacher_dir):
     assert set(record["metrics"]) == {"cls-acc", "cls-f1", "cluster-v"}
     assert record["metrics"]["cls-acc"] > 0.5  # better than chance on 48 dev reviews, 8 training ones a probe
     assert record["encoded"] <= 48 + 2 * 8  # the dev rows and the two experiments' train rows, nothing else
+
+
+# --------------------------------------------------------------------------- damaged cache, inputs named twice
+def test_a_damaged_cache_entry_is_encoded_again_with_a_note(tmp_path, hf_dir, task_files, capsys, one_thread):
+    """A cached .npy that is still a valid array but holds other values does not match its checksum: re-encoded."""
+    out = tmp_path / "results"
+    args = [str(hf_dir), "--output_dir", str(out), *QUIET, "--validation_file", str(task_files["dev"]),
+            "--text_fields", "sentence", "--task_name", "tiny", "--task_types", "clustering"]
+    config = E.EmbeddingEvaluationConfig(**vars(E.parser().parse_args(args)))
+    (first,) = E.evaluate_embeddings(config, log=lambda s: 0)
+    run = Path(first["run_dir"])
+    (path,) = (run / "embeddings").glob("validation.sentence.*.npy")
+    right = np.load(path)
+    assert Path(f"{path}.sha256").is_file() and (run / "settings.json.sha256").is_file()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert Path(f"{path}.sha256").read_text() == f"{digest}  {path.name}\n"  # sha256sum's format
+    wrong = right.copy()
+    wrong[0, 0] += 1.0
+    np.save(path, wrong)  # still a valid .npy of the right shape
+    capsys.readouterr()
+    (again,) = E.evaluate_embeddings(config, log=lambda s: 0)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert notes == [f"note: {path} does not match its checksum ({path.name}.sha256): encoded again"]
+    assert again["encoded"] == len(right) and again["metrics"] == first["metrics"]
+    np.testing.assert_array_equal(np.load(path), right)  # replaced by the right values
+    Path(f"{path}.sha256").unlink()  # no checksum: not trusted either
+    (third,) = E.evaluate_embeddings(config, log=lambda s: 0)
+    assert f"note: {path} has no checksum" in capsys.readouterr().err and third["encoded"] == len(right)
+    (fourth,) = E.evaluate_embeddings(config, log=lambda s: 0)
+    assert fourth["encoded"] == 0 and "note:" not in capsys.readouterr().err  # whole again: reused
+
+
+def test_a_file_or_a_model_given_twice_is_refused(tmp_path, hf_dir, task_files, capsys):
+    out = tmp_path / "results"
+    twin = tmp_path / "twin"
+    twin.symlink_to(hf_dir)
+    assert E.main([str(hf_dir), str(twin), "--model_names", "a", "b", "--output_dir", str(out), *QUIET,
+                   *_custom(task_files)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: models {hf_dir} and {twin} are the same directory: give each model once\n", err
+    assert E.main([str(hf_dir), "--output_dir", str(out), *QUIET, "--train_file", str(task_files["dev"]),
+                   "--validation_file", str(task_files["dev"]), "--text_fields", "sentence"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --train_file and --validation_file are the same file") and "leave" in err, err
+    assert E.main([str(hf_dir), "--output_dir", str(out), *QUIET, "--train_file", str(task_files["train"]),
+                   "--text_fields", "sentence"]) == 2
+    err = capsys.readouterr().err
+    assert "no --validation_file given" in err and "None" not in err, err
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    assert E.main([str(no_config), "--output_dir", str(out), *QUIET, *_custom(task_files)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {no_config} has no config.json: give an exported model")
+    assert not out.exists()

@@ -410,7 +410,7 @@ def test_config_normalizes_and_explains_mistakes(tmp_path, capsys):
     assert c.tasks == [get_task("sst2")] and c.learning_rate == [3e-5] and c.epochs == [3.0] and c.seeds == [1, 2]
     assert c.redo_changed and not c.overwrite and c.output_dir == "out"
     assert EvaluationConfig("m", seeds=[1, 2], seed=7).seeds == [7]  # bertdistiller's single seed wins
-    assert EvaluationConfig("m", train_file="t.csv").tasks == []  # only the custom task (built by task_list)
+    assert EvaluationConfig("m", train_file="t.csv", validation_file="v.csv").tasks == []  # only the custom task
     with pytest.raises(TypeError):
         EvaluationConfig("m", ["sst2"], 1e-5, 3, 42, "out", "a-model-name")  # later fields by name only
     for kwargs, message in [
@@ -660,3 +660,176 @@ def test_grid_in_worker_processes(tmp_path, tiny_model_dir, tiny_task_files, cap
                      "--max_seq_length", "16", "--output_dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("finished earlier, skipped") == 2 and f"| {tiny_model_dir.name} |" in printed
+
+
+# --------------------------------------------------------------------------- damaged state, degenerate input
+def _fake_finetune(calls):
+    from distill.shards import atomic_write_json
+
+    def fake(run_dir, settings, **kw):
+        calls.append(run_dir)
+        result = {"learning_rate": settings.learning_rate, "epochs": settings.epochs, "seed": settings.seed,
+                  "metrics": {"accuracy": 0.75}, "metric_keys": ["accuracy"]}
+        atomic_write_json(run_dir / "metrics.json", result)
+        return result
+    return fake
+
+
+def test_a_damaged_settings_file_counts_as_changed_settings(tmp_path, tiny_model_dir, tiny_task_files, capsys,
+                                                           monkeypatch):
+    """settings.json carries a checksum: an edited or truncated one never makes a finished run pass for another."""
+    from distill.evaluation import grid
+
+    train, dev = tiny_task_files
+    calls = []
+    monkeypatch.setattr(grid, "run_finetune", _fake_finetune(calls))
+    task = custom_task("tiny", train, dev, "sentence")
+    out = tmp_path / "results"
+    kwargs = dict(tasks=[task], seeds=[1], output_dir=out, model_name="m", log=lambda line: None, **TINY)
+    evaluate(tiny_model_dir, **kwargs)
+    settings = out / "m" / "tiny" / "lr0.0005_ep1_seed1" / "settings.json"
+    assert len(calls) == 1 and settings.with_name("settings.json.sha256").is_file()
+    capsys.readouterr()
+    # the run was made with max_seq_length 16; its file now says 32, as the new request: not trusted
+    settings.write_text(settings.read_text().replace('"max_seq_length": 16', '"max_seq_length": 32'))
+    with pytest.raises(TaskDataError, match="settings.json does not match its checksum"):
+        evaluate(tiny_model_dir, **{**kwargs, "max_seq_length": 32})
+    assert f"note: {settings} does not match its checksum" in capsys.readouterr().err
+    assert len(calls) == 1
+    records = evaluate(tiny_model_dir, **{**kwargs, "max_seq_length": 32}, overwrite="changed")
+    assert [r["status"] for r in records] == ["finished"] and len(calls) == 2  # recomputed
+    assert f"note: {settings} does not match its checksum" in capsys.readouterr().err
+    assert json.loads(settings.read_text())["max_seq_length"] == 32
+    # a truncated one (not JSON at all) hid any change before: now it is a change too
+    settings.write_text(settings.read_text()[:20])
+    with pytest.raises(TaskDataError, match="does not match its checksum"):
+        evaluate(tiny_model_dir, **{**kwargs, "max_seq_length": 32})
+    settings.with_name("settings.json.sha256").unlink()
+    with pytest.raises(TaskDataError, match="settings.json cannot be read as JSON"):
+        evaluate(tiny_model_dir, **{**kwargs, "max_seq_length": 32})
+    assert len(calls) == 2
+    # an earlier version's settings.json (no checksum file, valid JSON) is trusted as written, with a note
+    evaluate(tiny_model_dir, **{**kwargs, "max_seq_length": 32}, overwrite="changed")
+    settings.with_name("settings.json.sha256").unlink()
+    capsys.readouterr()
+    records = evaluate(tiny_model_dir, **{**kwargs, "max_seq_length": 32})
+    assert [r["status"] for r in records] == ["skipped"] and len(calls) == 3
+    assert "has no checksum (written by an earlier version): its settings are trusted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", [["-1"], ["1", "-5"], [str(2 ** 32)]])
+def test_seeds_out_of_range_are_refused_before_any_work(tmp_path, tiny_task_files, capsys, monkeypatch, seeds):
+    from distill.evaluation import grid
+
+    train, dev = tiny_task_files
+    monkeypatch.setattr(grid, "load_tokenizer", lambda *a: pytest.fail("work done before the seeds were checked"))
+    assert cli.main([str(tmp_path / "m"), "--train_file", str(train), "--validation_file", str(dev),
+                     "--text_fields", "sentence", "--output_dir", str(tmp_path / "out"), "--seeds", *seeds]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: seeds=") and "must be whole numbers from 0 to 4294967295" in err, err
+    assert not (tmp_path / "out").exists()
+    EvaluationConfig("m", seeds=[0, 2 ** 32 - 1])  # the ends of the range
+
+
+def test_fractional_labels_are_not_classes(tmp_path):
+    fractional = tmp_path / "fractional.csv"
+    pd.DataFrame({"sentence": ["a", "b", "c", "d"], "label": [0.5, 1.5, 0.5, 1.5]}).to_csv(fractional, index=False)
+    with pytest.raises(TaskDataError, match=r"label column 'label' holds numbers with fractions \(0.5, 1.5\), not "
+                                            r"class labels: .*pearson"):
+        custom_task("mine", fractional, fractional, "sentence")
+    # whole numbers written as floats are the classes they name, in every file and format
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.jsonl"
+    pd.DataFrame({"sentence": ["a", "b", "c", "d"], "label": ["1.0", "0.0", "1.0", "2.0"]}).to_csv(train, index=False)
+    pd.DataFrame({"sentence": ["e", "f"], "label": [1, 2]}).to_json(dev, orient="records", lines=True)
+    task = custom_task("mine", train, dev, "sentence")
+    assert task.label_names == ("0", "1", "2")
+    data = load_task_data(task)
+    assert data["train"]["label"] == [1, 0, 1, 2] and data["validation"]["label"] == [1, 2]
+    named = load_task_data(custom_task("mine", train, dev, "sentence", labels=["1.0", "2.0", "0.0"]))
+    assert named["train"]["label"] == [0, 2, 0, 1] and named["validation"]["label"] == [0, 1]  # by name, not position
+
+
+def test_all_empty_texts_are_refused(tmp_path):
+    train = tmp_path / "train.csv"
+    pd.DataFrame({"sentence": ["", " ", None, ""], "label": [0, 1, 0, 1]}).to_csv(train, index=False)
+    good = tmp_path / "good.csv"
+    pd.DataFrame({"sentence": ["a", "b"], "label": [0, 1]}).to_csv(good, index=False)
+    with pytest.raises(TaskDataError, match=rf"{re.escape(str(train))}: all 4 rows of column 'sentence' are empty"):
+        load_task_data(custom_task("mine", train, good, "sentence"))
+
+
+def test_one_file_as_train_and_validation_is_refused(tmp_path, tiny_task_files, capsys):
+    train, _ = tiny_task_files
+    twin = tmp_path / "twin.csv"
+    twin.symlink_to(train)
+    for dev in (train, twin):
+        with pytest.raises(TaskDataError, match="are the same file") as info:
+            EvaluationConfig("m", train_file=str(train), validation_file=str(dev))
+        assert "measured on the rows it was trained on" in str(info.value)
+    assert cli.main(["m", "--train_file", str(train), "--validation_file", str(train), "--text_fields", "sentence",
+                     "--output_dir", str(tmp_path / "out")]) == 2
+    assert "are the same file" in capsys.readouterr().err
+
+
+def test_a_task_named_twice_is_run_once_with_a_note(capsys):
+    config = EvaluationConfig("m", tasks=["sst2", "SST-2", "cola", "sst2"])
+    assert [t.name for t in config.tasks] == ["sst2", "cola"]
+    assert "note: task sst2 is named 3 times: it is run once" in capsys.readouterr().err
+
+
+def test_a_missing_split_file_is_named_not_printed_as_none(tmp_path, tiny_task_files, capsys):
+    train, dev = tiny_task_files
+    for args, missing in [(["--train_file", str(train)], "--validation_file"),
+                          (["--validation_file", str(dev)], "--train_file")]:
+        assert cli.main(["m", *args, "--text_fields", "sentence", "--output_dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "None" not in err and f"no {missing} given: pass {missing}" in err, err
+    with pytest.raises(TaskDataError, match=r"custom task 'mine': no validation file given") as info:
+        custom_task("mine", train, None, "sentence")
+    assert "None" not in str(info.value)
+    with pytest.raises(TaskDataError, match=rf"validation file {re.escape(str(tmp_path / 'nope.csv'))} not found"):
+        custom_task("mine", train, tmp_path / "nope.csv", "sentence")
+
+
+def test_a_model_directory_without_config_or_a_missing_local_path_is_named(tmp_path, tiny_model_dir,
+                                                                          tiny_task_files, capsys):
+    train, dev = tiny_task_files
+    args = ["--train_file", str(train), "--validation_file", str(dev), "--text_fields", "sentence", "--output_dir",
+            str(tmp_path / "out")]
+    no_config = tmp_path / "no_config"
+    shutil.copytree(tiny_model_dir, no_config, ignore=shutil.ignore_patterns("config.json"))
+    assert cli.main([str(no_config), *args]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {no_config} has no config.json: give an exported model (a run's OUTPUT_DIR/student, or "
+                   f"distill-export RUN_DIR --out DIR) or a directory saved with save_pretrained\n"), err
+    run = tmp_path / "run"  # a distillation run's output directory: its exported student is named
+    (run / "student").mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"output_dir": str(run)}))
+    (run / "student" / "config.json").write_text("{}")
+    assert cli.main([str(run), *args]) == 2
+    assert f"{run} is a distillation run's output directory, not a model: give its exported student, " \
+           f"{run / 'student'}" in capsys.readouterr().err
+    for local in ("./no/such/model", str(tmp_path / "missing"), "~/no-such-model-here", "models/none"):
+        assert cli.main([local, *args]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: model {local}: no such directory\n", err
+    assert cli.main([str(tiny_model_dir), "--tokenizer_name", "./no/tokenizer", *args]) == 2
+    assert capsys.readouterr().err == "error: tokenizer ./no/tokenizer: no such directory\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_summary_takes_hyperparameters_only_from_a_settings_file_that_matches_its_checksum(tmp_path, capsys):
+    from distill.evaluation.finetune import write_checked_json
+
+    root = tmp_path / "results"
+    for lr, name in ((1e-5, "a"), (3e-5, "b")):
+        d = root / name / "cola" / "run"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"metrics": {"mcc": 0.5}}))  # no hyper-parameters in it
+        write_checked_json(d / "settings.json", {"learning_rate": lr, "epochs": 3, "seed": 42})
+    damaged = root / "b" / "cola" / "run" / "settings.json"
+    damaged.write_text(damaged.read_text().replace("3e-05", "5e-05"))
+    hp = create_summary_table(root, save=False).attrs["hyperparameters"]
+    assert hp.loc["a", "cola"] == "lr=1e-05 epochs=3 seed=42"
+    assert hp.loc["b", "cola"] == "lr=None epochs=None seed=None"  # not the edited 5e-05
+    assert f"note: {damaged} does not match its checksum" in capsys.readouterr().err

@@ -57,7 +57,8 @@ def _make_run(run_dir, tokenizer_dir, steps=(2,)):
         tag = ckpt.checkpoints_dir(run_dir) / ckpt.tag_for_step(step)
         tag.mkdir(parents=True)
         torch.save({"module": BertModel(config).state_dict()}, tag / "mp_rank_00_model_states.pt")
-        ckpt.mark_complete(tag, {"state": dataclasses.asdict(ckpt.TrainState(step=step)), "config": {}})
+        ckpt.mark_complete(tag, {"state": dataclasses.asdict(ckpt.TrainState(step=step)), "config": {},
+                                 **ckpt.file_records(tag)})
     return run_dir
 
 
@@ -214,3 +215,118 @@ def test_export_names_a_damaged_checkpoint_and_the_previous_one(run_dir, tmp_pat
     (newest / ckpt.COMPLETE).write_text("")  # an empty marker
     assert main([str(newest), "--out", str(tmp_path / "o")]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- targets inside a run's own files
+def _no_work(monkeypatch):
+    import distill.export as export
+
+    monkeypatch.setattr(export, "checkpoint_state_dict", lambda *a: pytest.fail("weights rebuilt before the check"))
+
+
+def test_export_refuses_a_target_inside_checkpoints_before_any_work(run_dir, tmp_path, capsys, monkeypatch):
+    """Rotation and --overwrite_output_dir delete what is in checkpoints/: an export there would be lost."""
+    _no_work(monkeypatch)
+    checkpoints = run_dir / "checkpoints"
+    (run_dir / "run_config.json").write_text("{}")
+    other = tmp_path / "ckpts"  # checkpoints of another layout: known by their step-N folders
+    (other / "step-00000002").mkdir(parents=True)
+    for source, out, inside in [
+        (run_dir, checkpoints / "student", checkpoints),
+        (run_dir, checkpoints / "step-00000004" / "student", checkpoints / "step-00000004"),
+        (run_dir, checkpoints, checkpoints),
+        (checkpoints / "step-00000002", checkpoints / "abandoned-x" / "student", checkpoints),
+        (run_dir, other / "student", other),
+    ]:
+        before = _tree(run_dir)
+        assert main([str(source), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out} ") and f"{inside}" in err and "choose an --out outside" in err, err
+        assert "\n" == err[-1] and err.count("\n") == 1
+        assert _tree(run_dir) == before and not (checkpoints / "student").exists()
+        assert not (checkpoints / "abandoned-x").exists() and not (other / "student").exists()
+
+
+def test_the_runs_export_dir_may_not_be_inside_its_own_files(tmp_path):
+    """The trainer's check, before a fresh run has written anything (so nothing marks its folders yet)."""
+    from distill.export import check_export_target
+
+    run = tmp_path / "runs" / "minilm"
+    for target in (run / "checkpoints" / "student", run / "tensorboard", run / "student_config" / "x", run,
+                   tmp_path / "runs", run / "run_config.json"):
+        with pytest.raises(ValueError, match=r"^--export_dir .* choose an --export_dir outside") as info:
+            check_export_target(target, "--export_dir", output_dir=run)
+        assert str(target) in str(info.value)
+    for fine in (run / "student", tmp_path / "runs" / "minilm-student", tmp_path / "elsewhere" / "student"):
+        check_export_target(fine, "--export_dir", output_dir=run)
+    assert not run.exists()
+
+
+# --------------------------------------------------------------------------- a full disk, a missing skeleton
+@pytest.mark.parametrize("where", ["marker", "safetensors"])
+def test_a_full_disk_names_the_directory_and_its_free_space(run_dir, tmp_path, capsys, monkeypatch, where):
+    """A fresh export that fills the disk: `error:`, the directory and its free space; nothing left behind."""
+    import errno
+
+    import distill.export as export
+
+    if where == "marker":
+        def full(path, obj):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        monkeypatch.setattr(export, "atomic_write_json", full)
+    else:  # safetensors reports a full disk as its own error type, not as an OSError
+        import transformers.modeling_utils as mu
+
+        class SafetensorError(Exception):
+            pass
+
+        def full(*a, **k):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr(mu, "safe_save_file", full)
+    out = tmp_path / "new" / "deeper" / "student"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([str(run_dir), "--out", str(out)]) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]  # one line
+    assert err.startswith(f"error: no space left on device writing the export of {run_dir / 'checkpoints'}"), err
+    assert f"{out} was not written" in err and f"{tmp_path} has " in err and " free" in err, err
+    assert "choose another --out" in err and ".tmp" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial export, no folder made for it
+
+
+def test_a_missing_student_config_is_named_not_looked_up_on_the_hub(run_dir, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "student_config"
+    assert main([str(run_dir), "--out", str(tmp_path / "o"), "--student_config", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: --student_config {missing}: no such directory\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(run_dir), "--out", str(tmp_path / "o"), "--student_config", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --student_config {empty} has no config.json: give the run's") and "repo" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- a student the export cannot rebuild
+def test_a_student_that_cannot_be_exported_is_refused_before_anything_is_written(tmp_path, tiny_tokenizer_dir):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    from distill.export import check_student_exportable, save_student_skeleton
+
+    config = BertConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    check_student_exportable(BertModel(config))  # what create_student gives
+
+    class Custom(torch.nn.Module):  # a Hugging Face config, but weights AutoModel would not name the same
+        def __init__(self):
+            super().__init__()
+            self.config = config
+            self.encoder = torch.nn.Linear(16, 16)
+
+    for student, words in [(torch.nn.Linear(4, 4), "not a Hugging Face model"),
+                           (Custom(), "AutoModel.from_config"), (BertForMaskedLM(config), "base_model")]:
+        with pytest.raises(ValueError, match="cannot be exported") as info:
+            check_student_exportable(student)
+        assert words in str(info.value), info.value
+        with pytest.raises(ValueError, match="cannot be exported"):
+            save_student_skeleton(student, tiny_tokenizer_dir, tmp_path / "student_config")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

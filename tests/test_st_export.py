@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO, save_tiny_teacher, write_shard_dir
+from conftest import REPO, cpu_env, save_tiny_teacher, write_shard_dir
 
 from distill import checkpoint as ckpt
 from distill import sentence_transformers_io as st_io
@@ -60,7 +59,8 @@ def make_run(run_dir, teacher, export_format="auto", width=16, hidden_layers=1):
     tag = ckpt.checkpoints_dir(run_dir) / ckpt.tag_for_step(2)
     tag.mkdir(parents=True)
     torch.save({"module": BertModel(config).state_dict()}, tag / "mp_rank_00_model_states.pt")
-    ckpt.mark_complete(tag, {"state": dataclasses.asdict(ckpt.TrainState(step=2)), "config": {}})
+    ckpt.mark_complete(tag, {"state": dataclasses.asdict(ckpt.TrainState(step=2)), "config": {},
+                             **ckpt.file_records(tag)})
     return run_dir
 
 
@@ -236,7 +236,7 @@ def test_a_run_refuses_a_teacher_module_it_cannot_export_before_writing(teachers
                            "--max_seq_len", "32", "--student_hidden_size", "16", "--student_attention_heads", "2",
                            "--num_relation_heads", "4"],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+                          env=cpu_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"error: the teacher {teacher} (a sentence-transformers model) has a module the export cannot reproduce: " \
            "3 (sentence_transformers.models.LayerNorm, in 3_LayerNorm)" in proc.stderr, proc.stderr[-3000:]
@@ -297,7 +297,7 @@ def test_a_run_from_a_sentence_transformers_teacher_ends_with_one(teachers, tmp_
     rng = random.Random(0)
     (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30))
                                                      for _ in range(40)) + "\n", encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = cpu_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     subprocess.run([sys.executable, "tools/pretokenize.py", "--tokenizer", str(teachers["dense"]), "--input",
                     str(tmp_path / "corpus.txt"), "--output", str(tmp_path / "shards"), "--num-workers", "1"],
                    cwd=REPO, env=env, check=True, capture_output=True)

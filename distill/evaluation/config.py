@@ -7,12 +7,14 @@ the docs being the help) and `evaluate`'s keyword arguments:
     evaluate("runs/minilm/student", tasks=["sst2"], learning_rate=[1e-5, 3e-5])   # the same
 
 `__post_init__` checks what needs no model, data or GPU, and brings the values to one form: the
-grid values become lists without repeats, task names become `Task`s, device texts become indices,
-`overwrite="changed"` becomes `redo_changed=True`. Mistakes raise `TaskDataError` (exit status 2).
+grid values become lists without repeats, task names become `Task`s (a task named twice is run once,
+with a note), device texts become indices, `overwrite="changed"` becomes `redo_changed=True`; a custom
+task needs both files, and two different ones. Mistakes raise `TaskDataError` (exit status 2).
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from .finetune import PRECISIONS
 from .summary import AGGREGATIONS
 from .tasks import DEFAULT_TASKS, TASKS, Task, TaskDataError, custom_task, get_task
 
-__all__ = ["EvaluationConfig", "CUSTOM_TASK"]
+__all__ = ["EvaluationConfig", "CUSTOM_TASK", "same_file"]
 
 CUSTOM_TASK = "custom task (your own files)"  # the help section of the custom task's flags
 
@@ -92,6 +94,7 @@ class EvaluationConfig:
         self.epochs = _as_list(self.epochs, float, "epochs")
         self.seeds = _as_list(self.seeds, int, "seeds")
         _check_numbers(self)
+        _check_split_files(self.train_file, self.validation_file)
         self.tasks = _as_tasks(self.tasks, custom=self.train_file is not None or self.validation_file is not None,
                                default=DEFAULT_TASKS if self.train_file is None else ())
         if self.overwrite == "changed":
@@ -137,12 +140,42 @@ def _as_list(value, kind, name) -> list:
 
 
 def _as_tasks(tasks, custom: bool, default) -> list[Task]:
-    """Task names resolved (unknown ones refused, with the known ones listed); None: `default`."""
+    """Task names resolved (unknown ones refused, with the known ones listed); None: `default`. A task named
+    more than once is kept once (the first), with a note."""
     items = default if tasks is None else [tasks] if isinstance(tasks, (str, Task)) else list(tasks)
     if not items and not custom:
         raise TaskDataError("no tasks given: name some (tasks=['sst2'], --tasks sst2) or give a custom task's "
                             "train_file and validation_file")
-    return [get_task(t) for t in items]
+    unique: dict[str, Task] = {}
+    names = [get_task(t).name for t in items]
+    for task in items:
+        unique.setdefault(get_task(task).name, get_task(task))
+    for name in unique:
+        if names.count(name) > 1:
+            print(f"note: task {name} is named {names.count(name)} times: it is run once", file=sys.stderr, flush=True)
+    return list(unique.values())
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (through links too; by their resolved paths when one does not exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_split_files(train_file, validation_file) -> None:
+    """A custom task (fine-tuned) needs a train file and another file to measure on."""
+    if train_file is None and validation_file is None:
+        return
+    for flag, given, other in (("--validation_file", validation_file, "the dev split the scores are measured on"),
+                               ("--train_file", train_file, "the rows fine-tuned on")):
+        if given is None:
+            raise TaskDataError(f"custom task: no {flag} given: pass {flag} ({other}; CSV, TSV, JSON lines or "
+                                "parquet)")
+    if same_file(train_file, validation_file):
+        raise TaskDataError(f"--train_file and --validation_file are the same file ({train_file}): the score would "
+                            "be measured on the rows it was trained on; give a separate dev file")
 
 
 def _as_devices(devices) -> list[int | str] | None:
@@ -163,6 +196,8 @@ def _check_numbers(config: EvaluationConfig) -> None:
         problems.append(f"learning_rate={config.learning_rate} must be > 0")
     if any(not e > 0 for e in config.epochs):
         problems.append(f"epochs={config.epochs} must be > 0")
+    if any(not 0 <= s < 2 ** 32 for s in config.seeds):  # numpy's range: set_seed would fail in every run
+        problems.append(f"seeds={config.seeds} must be whole numbers from 0 to {2 ** 32 - 1}")
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_seq_length"):
         v = getattr(config, key)
         if not isinstance(v, int) or v < 1:

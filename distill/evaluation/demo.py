@@ -14,22 +14,28 @@ saved to OUTPUT_DIR/table.md and OUTPUT_DIR/results/summary.csv.
 The defaults (2000 training reviews, 1000 dev reviews, 128 tokens, batches of 16 grouped by length,
 1 epoch, learning rate 2e-4, seed 42; the embedding probe 32 reviews per class x 10 draws) take
 about 7 minutes on 2 CPU cores; raise them with the flags. A re-run reuses finished runs and cached
-embeddings and redoes those of a model that changed (e.g. a new student).
+embeddings and redoes those of a model that changed (e.g. a new student). Every input (the two model
+directories, the reviews table, the folders written, every setting of both evaluations) is checked
+before any model is built, loaded or trained (`check_inputs`): a problem is one `error: ...` line, exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from ..paths import is_no_space, no_space_message, output_dir_problem
+from ..shards import atomic_write_bytes
+from .finetune import check_model, load_tokenizer, model_dir_problem
 from .grid import REPO_ROOT
 from .summary import AGGREGATIONS
 from .tasks import TaskDataError
 
-__all__ = ["main", "parse_args", "build_random_student", "build_sliced_student", "shape", "ROWS"]
+__all__ = ["main", "parse_args", "check_inputs", "build_random_student", "build_sliced_student", "shape", "ROWS"]
 
 ROWS = ("teacher", "distilled", "sliced", "random")  # results folders / table rows
 EMBEDDING_COLUMNS = {"cls-acc": "emb cls-acc", "cls-f1": "emb cls-f1", "cluster-v": "emb cluster-v"}
@@ -130,18 +136,34 @@ def shape(model_dir) -> dict:
     return {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "params (M)": round(n / 1e6, 1)}
 
 
+def grid_settings(args: argparse.Namespace, results: Path) -> dict:
+    """The fine-tuning grid's settings, the same for every row (`evaluate`'s keyword arguments)."""
+    return dict(tasks=["reviews"], learning_rate=args.learning_rate, epochs=args.epochs, seeds=args.seeds,
+                output_dir=results, data_dir=args.reviews, per_device_train_batch_size=args.per_device_train_batch_size,
+                max_seq_length=args.max_seq_length, max_train_samples=_all(args.max_train_samples),
+                max_eval_samples=_all(args.max_eval_samples), disable_tqdm=True, group_by_length=args.group_by_length,
+                overwrite="changed", devices=args.devices)
+
+
+def embedding_settings(args: argparse.Namespace) -> dict:
+    """The frozen-embedding evaluation's settings (`evaluate_embeddings`' keyword arguments past the models)."""
+    return dict(data_dir=args.reviews, max_seq_length=args.max_seq_length,
+                max_train_samples=_all(args.max_train_samples), max_eval_samples=_all(args.max_eval_samples),
+                samples_per_label=args.samples_per_label, progress_bar=False)
+
+
+def _all(cap: int):
+    """0 means all (None); anything else is passed on, and checked there (a negative cap is refused)."""
+    return None if cap == 0 else cap
+
+
 def fine_tune_all(args: argparse.Namespace, models: dict[str, str], results: Path) -> dict[str, float]:
     """Each model's reviews grid (finished runs reused); {row: the runs' own training seconds}."""
     from .grid import evaluate
 
     timings = {}
     for name, path in models.items():
-        records = evaluate(path, tasks=["reviews"], learning_rate=args.learning_rate, epochs=args.epochs,
-                           seeds=args.seeds, output_dir=results, model_name=name, data_dir=args.reviews,
-                           per_device_train_batch_size=args.per_device_train_batch_size,
-                           max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples or None,
-                           max_eval_samples=args.max_eval_samples or None, disable_tqdm=True,
-                           group_by_length=args.group_by_length, overwrite="changed", devices=args.devices)
+        records = evaluate(path, model_name=name, **grid_settings(args, results))
         if any(r["status"] == "failed" for r in records):
             raise RuntimeError(f"{name}: a fine-tuning run failed; see error.txt under {results / name}")
         timings[name] = sum(json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["train"]["runtime_s"]
@@ -155,10 +177,7 @@ def embed_all(args: argparse.Namespace, models: dict[str, str], results: Path) -
 
     start = time.perf_counter()
     evaluate_embeddings(list(models.values()), ["reviews"], results, model_names=list(models),
-                        data_dir=args.reviews, max_seq_length=args.max_seq_length,
-                        max_train_samples=args.max_train_samples or None,
-                        max_eval_samples=args.max_eval_samples or None,
-                        samples_per_label=args.samples_per_label, progress_bar=False, log=lambda line: None)
+                        log=lambda line: None, **embedding_settings(args))
     return time.perf_counter() - start
 
 
@@ -191,8 +210,40 @@ def comparison_table(args: argparse.Namespace, models: dict[str, str], results: 
     return markdown_table(table, digits=2), note
 
 
+def check_inputs(args: argparse.Namespace, models: dict[str, str], out: Path) -> None:
+    """Every input, before any model is built, loaded or trained (TaskDataError naming the problem and the fix):
+    the folders written, the two model directories (config, tokenizer, positions, one architecture), the reviews
+    table, and every setting of both evaluations, checked by the configs they are run with."""
+    from .config import EvaluationConfig
+    from .embedding_eval import EmbeddingEvaluationConfig
+    from .grid import _check_devices
+    from .tasks import _reviews_path
+
+    for folder in (out, out / "results", out / "sliced-student", out / "random-student"):
+        problem = output_dir_problem(folder, "--output_dir" if folder == out else "the demo's folder")
+        if problem is None and folder.is_dir() and not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            problem = (f"{folder} cannot be read or written (permission denied): change its permissions or choose "
+                       "another --output_dir")
+        if problem:
+            raise TaskDataError(problem)
+    configs = {}
+    for flag, path in (("--teacher", args.teacher), ("--student", args.student)):
+        problem = model_dir_problem(path, flag)
+        if problem:
+            raise TaskDataError(problem)
+        configs[flag] = check_model(path, load_tokenizer(path), args.max_seq_length)
+    teacher, student = (configs[f].model_type for f in ("--teacher", "--student"))
+    if teacher != student:
+        raise TaskDataError(f"--student {args.student} is a {student} model, the teacher a {teacher} model: give the "
+                            f"teacher it was distilled from (--teacher)")
+    _reviews_path(args.reviews)
+    _check_devices(EvaluationConfig(args.teacher, model_name="teacher", **grid_settings(args, out / "results")))
+    EmbeddingEvaluationConfig(list(models.values()), ["reviews"], out / "results", model_names=list(models),
+                              **embedding_settings(args))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The demo table; 0 done, 2 bad input or a failed run (`error: ...` on stderr)."""
+    """The demo table; 0 done, 2 bad input or a failed run (`error: ...` on stderr; bad input before any work)."""
     from transformers.utils import logging as hf_logging
 
     args = parse_args(argv)
@@ -200,22 +251,27 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     out = Path(args.output_dir)
     results = out / "results"
+    models = dict(zip(ROWS, (args.teacher, args.student, str(out / "sliced-student"), str(out / "random-student")),
+                      strict=True))
     t0 = time.time()
     try:
-        for d in (args.teacher, args.student):
-            if not (Path(d) / "config.json").is_file():
-                raise TaskDataError(f"{d} is not a model directory (no config.json)")
-        sliced_dir = build_sliced_student(args.teacher, args.student, out / "sliced-student")
-        random_dir = build_random_student(args.student, out / "random-student", args.random_init_seed)
-        models = dict(zip(ROWS, (args.teacher, args.student, str(sliced_dir), str(random_dir)), strict=True))
+        check_inputs(args, models, out)
+        build_sliced_student(args.teacher, args.student, Path(models["sliced"]))
+        build_random_student(args.student, Path(models["random"]), args.random_init_seed)
         timings = fine_tune_all(args, models, results)
         timings["embed"] = embed_all(args, models, results)
-    except (TaskDataError, RuntimeError) as e:
+        text, note = comparison_table(args, models, results, timings)
+        note += f"; total {time.time() - t0:.0f} s"
+        atomic_write_bytes(out / "table.md", [(text + "\n\n" + note + "\n").encode("utf-8")])
+    except (TaskDataError, RuntimeError, ValueError, FileNotFoundError) as e:  # TaskDataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text, note = comparison_table(args, models, results, timings)
-    note += f"; total {time.time() - t0:.0f} s"
-    (out / "table.md").write_text(text + "\n\n" + note + "\n")
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        kept = "finished runs and cached embeddings are kept; free space and run the same command again"
+        print(f"error: {no_space_message(str(out), e, kept)}", file=sys.stderr)
+        return 2
     print(text)
     print()
     print(note)

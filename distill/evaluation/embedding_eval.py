@@ -10,11 +10,13 @@ scores), and the scores go to the fine-tuning grid's results tree:
         settings.json   what was scored: the model and its fingerprint, the task, the pooling, the sampling
         metrics.json    {"kind": "embeddings", "metrics": {"cls-acc": ..., ...}, ...}, written last, atomically
         embeddings/<split>.<column>.<key>.npy   the cached embeddings (float32 [n, dim])
+    and beside settings.json and each .npy its sha256 (NAME.sha256, `sha256sum` format), written with it
 
 The cache key is a sha256 of the model's fingerprint (its config, tokenizer and weight files, and a
 sentence-transformers directory's module folders), the pooling, max_seq_length and the texts, so a
 re-run loads the embeddings (the model is not even loaded) and only scores; a changed model or
-text selection is encoded again. `EmbeddingEvaluationConfig`'s fields are the command's flags. Every
+text selection is encoded again, and so is a cache entry that does not match its checksum (damaged,
+edited, half written), with a note naming the file. `EmbeddingEvaluationConfig`'s fields are the command's flags. Every
 input is checked before anything is written: exit status 2 and `error: ...` on bad input.
 """
 from __future__ import annotations
@@ -35,8 +37,8 @@ import numpy as np
 
 from ..cli_args import add_arguments, option
 from ..paths import is_no_space, no_space_message, output_dir_problem
-from ..shards import atomic_write_bytes, atomic_write_json
-from .config import CUSTOM_TASK, _as_tasks
+from ..shards import atomic_write_json
+from .config import CUSTOM_TASK, _as_tasks, same_file
 from .embeddings import (
     MTEB_SEED,
     POOLINGS,
@@ -47,7 +49,18 @@ from .embeddings import (
     score_embeddings,
     texts_digest,
 )
-from .finetune import METRICS_NAME, SETTINGS_NAME, WEIGHT_SUFFIXES, check_model, load_tokenizer
+from .finetune import (
+    METRICS_NAME,
+    SETTINGS_NAME,
+    WEIGHT_SUFFIXES,
+    check_model,
+    checksum_path,
+    checksum_problem,
+    load_tokenizer,
+    model_dir_problem,
+    write_checked,
+    write_checked_json,
+)
 from .summary import AGGREGATIONS
 from .tasks import TASKS, Task, TaskDataError, custom_task, load_task_data
 
@@ -130,6 +143,7 @@ class EmbeddingEvaluationConfig:
         if problems:
             raise TaskDataError("; ".join(problems))
         self.model_names = _model_names(self.models, self.model_names)
+        _check_custom_files(self.train_file, self.validation_file)
 
     def task_list(self) -> list[tuple[Task, tuple[str, ...] | None]]:
         """(task, its types or None for the data's default), the custom task (read and checked) last."""
@@ -149,9 +163,6 @@ class EmbeddingEvaluationConfig:
         return list(unique.values())
 
     def _custom_task(self) -> Task:
-        if self.validation_file is None:
-            raise TaskDataError("custom task: give --validation_file (the split that is scored); --train_file is "
-                                "needed for classification only")
         sts = "sts" in (self.task_types or ())
         try:
             return custom_task(self.task_name, self.train_file or self.validation_file, self.validation_file,
@@ -160,6 +171,19 @@ class EmbeddingEvaluationConfig:
         except TaskDataError as e:
             raise TaskDataError(f"{e} (name the columns with --text_fields and --label_field; --task_types sts "
                                 f"for graded scores)") from None
+
+
+def _check_custom_files(train_file, validation_file) -> None:
+    if train_file is None and validation_file is None:
+        return
+    if validation_file is None:
+        raise TaskDataError("custom task: no --validation_file given: give --validation_file (the split that is "
+                            "scored); --train_file is needed for classification only")
+    if train_file is not None and same_file(train_file, validation_file):
+        raise TaskDataError(f"--train_file and --validation_file are the same file ({train_file}): the probe would "
+                            "be scored on the rows it learned from; give a separate file of training rows, or leave "
+                            "--train_file out (clustering, pair classification and sts score the --validation_file "
+                            "alone)")
 
 
 def _model_names(models: list[str], names: list[str] | None) -> list[str]:
@@ -173,6 +197,10 @@ def _model_names(models: list[str], names: list[str] | None) -> list[str]:
     if repeated:
         raise TaskDataError(f"two models are named {repeated[0]!r}: their results would share a folder; give "
                             f"--model_names, one per model")
+    for i, a in enumerate(models):
+        twin = next((b for b in models[i + 1:] if same_file(a, b)), None)
+        if twin is not None:
+            raise TaskDataError(f"models {a} and {twin} are the same directory: give each model once")
     return names
 
 
@@ -210,11 +238,11 @@ class _Model:
 
 def _check_model(path: str, name: str, config: EmbeddingEvaluationConfig) -> _Model:
     """The model's kind and pooling, after checking its directory, tokenizer and positions (nothing loaded)."""
-    root = Path(path)
+    root = Path(path).expanduser()
     if not root.is_dir():
-        what = "is a file" if root.exists() else "not found"
-        raise TaskDataError(f"model {path} {what}: give a model directory (save_pretrained, or a "
-                            f"sentence-transformers directory); download a hub model first")
+        problem = f"model {path} is a file" if root.exists() else f"model {path}: no such directory"
+        raise TaskDataError(f"{problem}; give a model directory (save_pretrained, or a sentence-transformers "
+                            "directory); download a hub model first")
     transformer = root
     st = (root / "modules.json").is_file()
     if st:
@@ -232,6 +260,9 @@ def _check_model(path: str, name: str, config: EmbeddingEvaluationConfig) -> _Mo
         if importlib.util.find_spec("sentence_transformers") is None:
             raise TaskDataError(f"{path} is a sentence-transformers directory but sentence-transformers is not "
                                 f"installed: pip install 'distill[embeddings]', or use --pooling mean")
+    problem = model_dir_problem(str(transformer))  # no config.json, a run's output directory: named
+    if problem:
+        raise TaskDataError(problem)
     tokenizer = load_tokenizer(str(transformer))
     check_model(str(transformer), tokenizer, config.max_seq_length)
     return _Model(str(root.resolve()), name, pooling, str(transformer.resolve()))
@@ -358,7 +389,7 @@ def _evaluate_one(model: _Model, fingerprint: str, data: EmbeddingData, encoder:
     result = {"kind": "embeddings", **settings, "metrics": metrics, "metric_keys": list(data.metric_keys),
               "main_metrics": list(data.main_keys), "examples": data.examples, "encoded_texts": encoded,
               "seconds": seconds, "device": encoder.device}
-    atomic_write_json(run_dir / SETTINGS_NAME, settings)
+    write_checked_json(run_dir / SETTINGS_NAME, settings)
     atomic_write_json(run_dir / METRICS_NAME, result)  # last: a run with metrics.json is complete
     how = f"encoded {encoded} texts" if encoded else "all embeddings cached"
     say(f"{label}: " + " ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items())
@@ -368,24 +399,46 @@ def _evaluate_one(model: _Model, fingerprint: str, data: EmbeddingData, encoder:
 
 
 def _load_cached(path: Path, rows: int) -> np.ndarray | None:
-    try:
-        emb = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    """The cached embeddings at `path`, or None: missing (a note unless simply absent), or not to be trusted (not
+    matching their checksum, not a float array of `rows` finite rows): those are encoded again, with a note."""
+    if not path.exists():
         return None
-    return emb if emb.ndim == 2 and len(emb) == rows and np.isfinite(emb).all() else None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        _note(f"{path} cannot be read ({e.strerror or e}): encoded again")
+        return None
+    problem = checksum_problem(path, data)
+    if problem:
+        _note(f"{problem}: encoded again")
+        return None
+    try:
+        emb = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        _note(f"{path} is not a .npy array ({e}): encoded again")
+        return None
+    if emb.ndim == 2 and len(emb) == rows and np.isfinite(emb).all():
+        return emb
+    _note(f"{path} holds shape {emb.shape} (or values that are not finite), not {rows} embeddings: encoded again")
+    return None
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 def _save_cached(path: Path, emb: np.ndarray) -> None:
-    """Write the embeddings atomically and drop the older ones of the same split and column (another model or
-    text selection)."""
+    """Write the embeddings and their checksum atomically (replacing a damaged entry) and drop the older ones of the
+    same split and column (another model or text selection), with their checksums."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(emb, dtype=np.float32), allow_pickle=False)
-    atomic_write_bytes(path, [buffer.getvalue()])
+    write_checked(path, buffer.getvalue())
     prefix = path.name.rsplit(".", 2)[0]
     for old in path.parent.glob(f"{prefix}.*.npy"):
         if old != path and old.name.rsplit(".", 2)[0] == prefix:
             old.unlink(missing_ok=True)
+            checksum_path(old).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the command

@@ -2,6 +2,8 @@
 
 A run lives in its own directory:
     settings.json   what the run is (written first): `RunSettings` as JSON
+    settings.json.sha256   its sha256 (`sha256sum` format), written with it (`write_checked`): a settings file
+                    that does not match it (edited, truncated, half replaced) or lacks it is never trusted
     metrics.json    written last, atomically, only when the run finished: see `run_finetune`
     error.txt       the traceback of a failed run
     log.txt         the run's output when a grid ran it in a worker process
@@ -12,6 +14,7 @@ that is how the grid puts runs on several GPUs at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import sys
@@ -19,17 +22,111 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..shards import atomic_write_json
+from ..shards import atomic_write_bytes, atomic_write_json, file_sha256
 from .metrics import compute_metrics
 from .tasks import Task, TaskDataError, load_task_data
 
 __all__ = ["RunSettings", "run_finetune", "load_tokenizer", "check_model", "model_fingerprint", "COMPARED_SETTINGS",
-           "PRECISIONS"]
+           "PRECISIONS", "write_checked", "write_checked_json", "checksum_problem", "read_checked_json",
+           "model_dir_problem", "looks_local"]
 
 SETTINGS_NAME, METRICS_NAME, ERROR_NAME = "settings.json", "metrics.json", "error.txt"
 PRECISIONS = ("fp32", "bf16", "fp16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "vocab.json",
                    "sentencepiece.bpe.model", "tokenizer.model")
+
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """Where the checksum of `path` is kept: PATH.sha256."""
+    return Path(f"{os.fspath(path)}{CHECKSUM_SUFFIX}")
+
+
+def write_checked(path: str | os.PathLike, data: bytes) -> str:
+    """Write `data` to `path` atomically, then its sha256 (computed while writing) to PATH.sha256, atomically too,
+    in `sha256sum`'s format; return the digest. Until both are in place the pair does not match: a reader
+    (`checksum_problem`) then recomputes instead of trusting a half-replaced file."""
+    digest = atomic_write_bytes(path, [data])
+    atomic_write_bytes(checksum_path(path), [f"{digest}  {Path(path).name}\n".encode()])
+    return digest
+
+
+def write_checked_json(path: str | os.PathLike, obj) -> None:
+    """`obj` as indented JSON, through `write_checked`."""
+    import json
+
+    write_checked(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def checksum_problem(path: str | os.PathLike, data: bytes | None = None) -> str | None:
+    """Why `path` (whose bytes are `data`, when already read) cannot be trusted: unreadable, no checksum file, or
+    not matching it; None when it matches. The message names the file."""
+    path = Path(path)
+    try:
+        recorded = checksum_path(path).read_text(encoding="ascii").split()[0]
+    except FileNotFoundError:
+        return f"{path} has no checksum ({checksum_path(path).name} is missing)"
+    except (OSError, UnicodeDecodeError, IndexError):
+        return f"{path}'s checksum file {checksum_path(path).name} cannot be read"
+    try:
+        digest = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    return None if digest == recorded else f"{path} does not match its checksum ({checksum_path(path).name})"
+
+
+def read_checked_json(path: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """(the JSON object in `path`, None) when it matches its checksum; (None, why not) otherwise."""
+    import json
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        return None, f"{path} cannot be read ({e.strerror or e})"
+    problem = checksum_problem(path, data)
+    if problem:
+        return None, problem
+    try:
+        value = json.loads(data)
+    except ValueError as e:
+        return None, f"{path} is not JSON ({e})"
+    return (value, None) if isinstance(value, dict) else (None, f"{path} does not hold a JSON object")
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a hub name: it holds a path separator, or starts with ".", "/" or "~"."""
+    name = os.fspath(name)
+    return name.startswith((".", "/", "~")) or os.sep in name or bool(os.altsep and os.altsep in name)
+
+
+def model_dir_problem(name: str, what: str = "model") -> str | None:
+    """Why `name` cannot be loaded as a model directory, with the fix: a local-looking path that does not exist,
+    a file, a directory without config.json (a distillation run's output directory named as such); None for a
+    model directory, or a hub name (looked up when loaded)."""
+    import json
+
+    path = Path(os.path.expanduser(os.fspath(name)))
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return None
+        if (path / "run_config.json").is_file() or (path / "checkpoints").is_dir():
+            try:
+                export = json.loads((path / "run_config.json").read_text()).get("export_dir") or path / "student"
+            except (OSError, ValueError, AttributeError):
+                export = path / "student"
+            run = f"{name} is a distillation run's output directory, not a model"
+            if (Path(export) / "config.json").is_file():
+                return f"{run}: give its exported student, {export}"
+            return f"{run}, and has no exported student: export one (distill-export {name} --out DIR), give DIR"
+        return (f"{name} has no config.json: give an exported model (a run's OUTPUT_DIR/student, or distill-export "
+                "RUN_DIR --out DIR) or a directory saved with save_pretrained")
+    if path.exists():
+        return f"{what} {name} is a file: give the model directory"
+    if looks_local(name):
+        return f"{what} {name}: no such directory"
+    return None
 
 
 @dataclass
@@ -95,8 +192,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack")
 
 def model_fingerprint(model_name_or_path: str) -> str | None:
     """sha256 of a local model directory's config.json and weight files (names and contents); None for a hub name."""
-    import hashlib
-
     directory = Path(model_name_or_path)
     if not directory.is_dir():
         return None
@@ -116,6 +211,9 @@ def load_tokenizer(model_name_or_path: str, tokenizer: str | None = None, cache_
     from transformers import AutoTokenizer
 
     source = tokenizer or model_name_or_path
+    if looks_local(source) and not os.path.exists(os.path.expanduser(source)):
+        raise TaskDataError(f"{'tokenizer' if tokenizer else 'model'} {source}: no such directory")
+    source = os.path.expanduser(source)
     if os.path.isdir(source) and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
         raise TaskDataError(f"no tokenizer in {source} (none of {', '.join(TOKENIZER_FILES)}): save one there "
                             f"(tokenizer.save_pretrained(DIR)) or pass a tokenizer directory / hub name")
@@ -132,10 +230,11 @@ def check_model(model_name_or_path: str, tokenizer, max_seq_length: int, cache_d
     """The model's config, after checking that the tokenizer and max_seq_length fit it."""
     from transformers import AutoConfig
 
-    if os.path.isfile(model_name_or_path):
-        raise TaskDataError(f"{model_name_or_path} is a file: pass the model directory")
+    problem = model_dir_problem(model_name_or_path)
+    if problem:
+        raise TaskDataError(problem)
     try:
-        config = AutoConfig.from_pretrained(model_name_or_path, cache_dir=cache_dir)
+        config = AutoConfig.from_pretrained(os.path.expanduser(model_name_or_path), cache_dir=cache_dir)
     except Exception as e:
         raise TaskDataError(f"could not load a model config from {model_name_or_path}: "
                             f"{type(e).__name__}: {e}") from None
@@ -315,8 +414,7 @@ def _length_grouping(args_cls, on: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    """Worker entry point: run the run described by RUN_DIR/settings.json."""
-    import json
+    """Worker entry point: run the run described by RUN_DIR/settings.json (checked against its checksum)."""
     import traceback
 
     argv = sys.argv[1:] if argv is None else argv
@@ -327,7 +425,12 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    settings = RunSettings.from_dict(json.loads((run_dir / SETTINGS_NAME).read_text()))
+    stored, problem = read_checked_json(run_dir / SETTINGS_NAME)
+    if problem:  # written by the grid just before: a damaged one is not guessed at
+        (run_dir / ERROR_NAME).write_text(f"{problem}: run the grid again to rewrite it\n")
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    settings = RunSettings.from_dict(stored)
     try:
         run_finetune(run_dir, settings, disable_tqdm=True)
     except Exception:

@@ -6,6 +6,8 @@ Everything that can be wrong with the input (task names, files, columns, labels,
 hyper-parameters, finished runs made with other settings) is checked before the first run
 trains. A run whose metrics.json exists is skipped; a run directory without one (an interrupted
 or failed run) is cleared and run again. One run failing is reported and the others go on.
+settings.json is written with its checksum (settings.json.sha256): a finished run whose settings
+file does not match it, or has none, counts as made with other settings (a note names the file).
 
 `evaluate` takes an `EvaluationConfig` (checked on construction) through three steps:
 prepare (the devices, model, tokenizer and every task's data, loaded and checked), plan (the
@@ -34,7 +36,6 @@ from pathlib import Path
 from typing import Callable
 
 from ..paths import is_no_space, no_space_message, output_dir_problem
-from ..shards import atomic_write_json
 from .config import EvaluationConfig
 from .finetune import (
     COMPARED_SETTINGS,
@@ -43,9 +44,13 @@ from .finetune import (
     SETTINGS_NAME,
     RunSettings,
     check_model,
+    checksum_path,
     load_tokenizer,
+    model_dir_problem,
     model_fingerprint,
+    read_checked_json,
     run_finetune,
+    write_checked_json,
 )
 from .tasks import Task, TaskDataError, load_task_data
 
@@ -143,13 +148,14 @@ def _prepare(config: EvaluationConfig) -> _Inputs:
         raise TaskDataError(problem)
     _check_devices(config)
     model = config.model_name_or_path
-    if os.path.isdir(model):
-        model = str(Path(model).resolve())
-    elif os.path.exists(model):
-        raise TaskDataError(f"{model} is a file: pass the model directory")
+    problem = model_dir_problem(model)  # a local-looking path is named as such, never looked up on the hub
+    if problem:
+        raise TaskDataError(problem)
+    if os.path.isdir(os.path.expanduser(model)):
+        model = str(Path(model).expanduser().resolve())
     tokenizer_name = config.tokenizer_name
-    if tokenizer_name is not None and os.path.isdir(tokenizer_name):
-        tokenizer_name = str(Path(tokenizer_name).resolve())  # the workers may run elsewhere
+    if tokenizer_name is not None and os.path.isdir(os.path.expanduser(tokenizer_name)):
+        tokenizer_name = str(Path(tokenizer_name).expanduser().resolve())  # the workers may run elsewhere
     tokenizer = load_tokenizer(model, tokenizer_name, config.cache_dir)
     check_model(model, tokenizer, config.max_seq_length, config.cache_dir)
     tasks = config.task_list()
@@ -212,7 +218,7 @@ def _run(runs: list[_Run], config: EvaluationConfig, inputs: _Inputs, say) -> No
         if r.run_dir.exists():
             shutil.rmtree(r.run_dir)  # an unfinished run: start it afresh
         r.run_dir.mkdir(parents=True)
-        atomic_write_json(r.run_dir / SETTINGS_NAME, r.settings.to_dict())
+        write_checked_json(r.run_dir / SETTINGS_NAME, r.settings.to_dict())
     if devices:
         _run_workers(pending, devices, say)
     else:
@@ -250,31 +256,51 @@ def _report(runs: list[_Run], name: str, say) -> list[dict]:
 
 
 def _mark_finished(runs: list[_Run], overwrite: "bool | str") -> None:
-    """Mark finished runs skipped; refuse, before any training, finished runs made with other settings."""
+    """Mark finished runs skipped; refuse, before any training, finished runs made with other settings.
+
+    A settings.json that does not match its checksum (or cannot be read) says nothing about the run's settings:
+    the run counts as made with other settings (refused, or redone with "changed"), with a note. One without a
+    checksum file, written by an earlier version, is trusted as written, with a note.
+    """
     conflicts = []
     for r in runs:
         done = read_finished(r.run_dir)
         if done is None or overwrite is True:
             continue
-        try:
-            old = _comparable(json.loads((r.run_dir / SETTINGS_NAME).read_text()))
-        except (OSError, ValueError):
-            old = None
-        if old is not None:
-            new = _comparable(r.settings.to_dict())
-            diff = [k for k in COMPARED_SETTINGS if old.get(k) != new.get(k)]
-            if diff and overwrite == "changed":
-                continue  # redone
-            if diff:
-                conflicts.append(f"{r.run_dir}: " + ", ".join(
-                    "another model (its config or weights changed)" if k == "model_fingerprint"
-                    else f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in diff[:3]))
-                continue
+        stored, problem = read_checked_json(r.run_dir / SETTINGS_NAME)
+        if problem and not checksum_path(r.run_dir / SETTINGS_NAME).exists():  # written before checksums existed
+            stored, problem = _legacy_settings(r.run_dir / SETTINGS_NAME), None
+        if problem or stored is None:
+            problem = problem or f"{r.run_dir / SETTINGS_NAME} cannot be read as JSON"
+            print(f"note: {problem}: the run's settings are unknown, so it counts as made with other settings",
+                  file=sys.stderr, flush=True)
+            diff = [problem]
+        else:
+            old, new = _comparable(stored), _comparable(r.settings.to_dict())
+            diff = ["another model (its config or weights changed)" if k == "model_fingerprint"
+                    else f"{k}={old.get(k)!r} (now {new.get(k)!r})"
+                    for k in COMPARED_SETTINGS if old.get(k) != new.get(k)]
+        if diff and overwrite == "changed":
+            continue  # redone
+        if diff:
+            conflicts.append(f"{r.run_dir}: " + ", ".join(diff[:3]))
+            continue
         r.status, r.result = "skipped", done
     if conflicts:
         raise TaskDataError(f"{len(conflicts)} finished run(s) were made with other settings, e.g. {conflicts[0]}; "
                             f"use another output_dir, overwrite='changed' (--redo_changed) to redo those, or "
                             f"overwrite=True (--overwrite) to redo every run")
+
+
+def _legacy_settings(path: Path) -> dict | None:
+    """A settings.json an older version wrote without a checksum: trusted as written, with a note (None: not JSON)."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    print(f"note: {path} has no checksum (written by an earlier version): its settings are trusted as written",
+          file=sys.stderr, flush=True)
+    return stored if isinstance(stored, dict) else None
 
 
 def _comparable(settings: dict) -> dict:

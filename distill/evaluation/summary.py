@@ -1,11 +1,12 @@
 """The summary table: models as rows, tasks as columns, an average; scores x 100.
 
-It reads RESULTS_DIR/<model>/<task>/<run>/metrics.json, the files the grid writes. A hand-written
-one needs only {"metrics": {"mcc": 0.52}} (fractions, as the metric functions return them), plus
+It reads RESULTS_DIR/<model>/<task>/<run>/metrics.json, the files the grid writes. A hand-written one
+needs only {"metrics": {"mcc": 0.52}} (fractions, as the metric functions return them), plus
 "learning_rate", "epochs", "seed" for the hyper-parameter table (else they are read from the run's
-settings.json). Every metric is checked: a known name (distill.evaluation.metrics.METRICS, with _SUFFIX
-for a split, as "accuracy_mm"), a number, within its range (METRIC_RANGES: [0, 1] for accuracy, f1,
-f1_macro; [-1, 1] for mcc, pearson, spearman); a file that fails is refused (TaskDataError, naming it).
+settings.json, unless it does not match the checksum beside it: settings.json.sha256). Every metric is
+checked: a known name (distill.evaluation.metrics.METRICS, with _SUFFIX for a split, as "accuracy_mm"), a
+number, within its range (METRIC_RANGES: [0, 1] for accuracy, f1, f1_macro; [-1, 1] for mcc, pearson,
+spearman); a file that fails is refused (TaskDataError, naming it).
 
 A task's score is the mean of its metrics, the GLUE benchmark's per-task score: CoLA MCC; STS-B
 (Pearson + Spearman) / 2; MRPC and QQP (F1 + accuracy) / 2; MNLI (matched + mismatched accuracy) / 2;
@@ -28,13 +29,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..paths import is_no_space, no_space_message, output_dir_problem
 from ..shards import atomic_write_bytes
-from .finetune import METRICS_NAME, SETTINGS_NAME
+from .finetune import METRICS_NAME, SETTINGS_NAME, checksum_path, read_checked_json
 from .metrics import EMBEDDING_MAIN_METRICS, metric_value_problem
 from .tasks import GLUE_TASKS, TASKS, TaskDataError
 
@@ -92,10 +94,7 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict]:
             raise TaskDataError(f"{path}: task {task!r} needs metric(s) {missing}; found {sorted(metrics)}")
         hp = dict(result)
         if not all(k in hp for k in ("learning_rate", "epochs", "seed")):
-            try:
-                hp = {**json.loads((run_dir / SETTINGS_NAME).read_text()), **hp}
-            except (OSError, ValueError):
-                pass
+            hp = {**_settings(run_dir / SETTINGS_NAME), **hp}
         records.append({
             "model": model, "task": task, "run": run_dir.name, "kind": FINETUNE,
             "learning_rate": hp.get("learning_rate"), "epochs": hp.get("epochs"), "seed": hp.get("seed"),
@@ -103,6 +102,21 @@ def collect_runs(results_dir: str | os.PathLike) -> list[dict]:
             "metrics": {k: metrics[k] for k in keys},
         })
     return records
+
+
+def _settings(path: Path) -> dict:
+    """A hand-written run's settings.json (for its hyper-parameters); one the grid wrote must match its checksum,
+    else it is left out with a note; {} when there is none."""
+    if checksum_path(path).exists():
+        settings, problem = read_checked_json(path)
+        if problem:
+            print(f"note: {problem}: its hyper-parameters are left out of the table", file=sys.stderr, flush=True)
+        return settings or {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def _embedding_record(path: Path, result: dict, metrics: dict[str, float]) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -153,8 +154,10 @@ def custom_task(name: str, train_file: str | os.PathLike, validation_file: str |
         raise TaskDataError("labels are class names; a regression task (pearson/spearman) takes none")
     files = []
     for split, path in (("train", train_file), ("validation", validation_file)):
-        if path is None or not Path(path).is_file():
-            raise TaskDataError(f"custom task {name!r}: {split} file {path!r} not found")
+        if path is None:
+            raise TaskDataError(f"custom task {name!r}: no {split} file given: pass one (--{split}_file)")
+        if not Path(path).is_file():
+            raise TaskDataError(f"custom task {name!r}: {split} file {path} not found")
         files.append((split, str(Path(path).resolve())))
     train_columns, _ = _read_table(Path(files[0][1]), text_fields + (label_field,), label_field)  # columns checked
     if regression:
@@ -213,12 +216,17 @@ def _to_datasetdict(task: Task, splits):
 
 
 def _texts(values, where: str, field_name: str) -> list[str]:
+    """The column as texts; rows without one read as empty (a warning); a column with no text at all refused."""
     out, empty = [], 0
     for v in values:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             empty += 1
             v = ""
         out.append(str(v))
+    blank = sum(1 for t in out if not t.strip())
+    if out and blank == len(out):
+        raise TaskDataError(f"{where}: all {len(out)} rows of column {field_name!r} are empty: name the text "
+                            "column(s) with --text_fields (text_fields=...), or fill it")
     if empty:
         print(f"warning: {where}: {empty} row(s) with no {field_name!r} text, read as empty", file=sys.stderr)
     return out
@@ -237,8 +245,8 @@ def _labels(task: Task, values, where: str) -> np.ndarray:
             raise TaskDataError(f"task {task.name!r}, {where}: label of row {bad} is {values[bad]!r}, not a number")
         return arr
     names = task.label_names
-    index = {n: i for i, n in enumerate(names)}
-    by_position = not any(_as_int(n) is not None for n in names)  # "0"/"1" mean ids when names are words
+    index = {_label_key(n): i for i, n in enumerate(names)}  # names compared as labels are ("1.0" is "1")
+    by_position = not any(_as_int(n) is not None for n in index)  # "0"/"1" mean ids when names are words
     ids = np.empty(len(values), dtype=np.int64)
     for row, v in enumerate(values):
         key = _label_key(v)
@@ -253,12 +261,26 @@ def _labels(task: Task, values, where: str) -> np.ndarray:
     return ids
 
 
+_WHOLE_FLOAT = re.compile(r"^[+-]?\d+\.0*$")  # "1.0", "2.00": a whole number written as a float
+
+
 def _label_key(v) -> str:
+    """A label as the text it is compared by: whole numbers as ints (1.0 and "1.0" are "1")."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         v = int(v)
     if isinstance(v, bytes):
         v = v.decode()
-    return str(v).strip()
+    text = str(v).strip()
+    return str(int(float(text))) if _WHOLE_FLOAT.match(text) else text
+
+
+def _fraction(key: str) -> bool:
+    """A finite number with a fractional part (0.5): a score, not a class."""
+    try:
+        x = float(key)
+    except ValueError:
+        return False
+    return math.isfinite(x) and not x.is_integer()
 
 
 def _as_int(s: str) -> int | None:
@@ -270,6 +292,13 @@ def _as_int(s: str) -> int | None:
 
 def _infer_labels(values, where: str, label_field: str) -> list[str]:
     keys = sorted({_label_key(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))})
+    fractions = [k for k in keys if _fraction(k)]
+    if fractions:
+        shown = ", ".join(sorted(fractions, key=float)[:3]) + (", ..." if len(fractions) > 3 else "")
+        raise TaskDataError(f"{where}: label column {label_field!r} holds numbers with fractions ({shown}), not class "
+                            f"labels: for graded scores make it a regression task (metrics pearson / spearman; the "
+                            f"embedding evaluation: --task_types sts), else give whole-number or named classes, or "
+                            f"name the classes with --labels")
     if len(keys) < 2:
         raise TaskDataError(f"{where}: label column {label_field!r} has {len(keys)} distinct value(s) {keys}; "
                             f"a classification task needs at least two")
@@ -422,8 +451,13 @@ def default_reviews_path() -> Path:
 
 
 def _reviews_path(data_dir) -> Path:
+    """The reviews table: in `data_dir` (the file, or a folder holding reviews.parquet or reviews/reviews.parquet),
+    else the default; a `data_dir` that does not exist is refused, not replaced by the default."""
     if data_dir is not None:
         p = Path(data_dir)
+        if not p.exists():
+            raise TaskDataError(f"reviews data {data_dir}: no such file or directory; give the reviews parquet (or "
+                                "its folder), or leave the data dir out to use the offline assets")
         for candidate in (p, p / "reviews.parquet", p / "reviews" / "reviews.parquet"):
             if candidate.is_file():
                 return candidate
