@@ -63,8 +63,9 @@ import torch
 import torch.distributed as dist
 
 from .config import ConfigError
-from .paths import is_no_space, output_dir_problem
-from .shards import MANIFEST_NAME, atomic_write_bytes, atomic_write_json, fsync_dir
+from .io import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree
+from .paths import EXPORT_MARKER, is_no_space, output_dir_problem
+from .shards import MANIFEST_NAME
 
 if TYPE_CHECKING:
     from .config import DistillConfig
@@ -111,7 +112,7 @@ def save_checkpoint(engine, cfg: DistillConfig, state: TrainState, rank: int) ->
     try:
         engine.save_checkpoint(str(root), tag=tmp.name, client_state=client, save_latest=False)
         torch.save(rng_state(), rng_file(tmp, rank))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError("... unexpected pos ...")
         failure = _save_error(e, tag, cfg.output_dir)
     failure = _first_failure(failure)  # every rank learns of any rank's failure
@@ -241,18 +242,6 @@ def _first_failure(failure: str | None) -> str | None:
     every: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(every, failure)
     return next((f for f in every if f is not None), None)
-
-
-def _fsync_tree(directory: Path) -> None:
-    """Flush the files in `directory` (and it) to disk: a power loss after the rename keeps them."""
-    for p in directory.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(directory)
 
 
 def weights_finite(engine) -> bool:
@@ -577,8 +566,6 @@ def clear_run_files(output_dir: str | Path, export_dir: str | Path) -> list[Path
     """Rank 0, for --overwrite_output_dir after every check passed: delete this package's files in
     `output_dir` (RUN_FILES, `export_dir` when it is an export of this package, and the hidden temporary
     directories of an export or skeleton write that was killed halfway), nothing else."""
-    from .export import EXPORT_MARKER
-
     out = Path(output_dir)
     removed = []
     candidates = [out / name for name in RUN_FILES]

@@ -226,7 +226,7 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from .shards import atomic_write_json
+        from .io import atomic_write_json
 
         atomic_write_json(path, self.to_dict())
 

@@ -39,10 +39,9 @@ import torch
 from . import checkpoint as ckpt
 from . import sentence_transformers_io as st_io
 from .embedding_loss import PROJECTION_ATTRIBUTE
-from .paths import apply_umask, is_no_space, nearest_existing, output_dir_problem
-from .shards import atomic_write_json, fsync_dir
+from .io import atomic_write_json, fsync_dir, fsync_tree
+from .paths import EXPORT_MARKER, apply_umask, is_no_space, nearest_existing, output_dir_problem
 
-EXPORT_MARKER = ".distill-export.json"
 EXPORT_FORMAT = "distill-export"
 
 
@@ -62,7 +61,7 @@ def save_student_skeleton(student, tokenizer_source, directory: str | Path,
         tok.save_pretrained(tmp)
         if modules is not None:
             modules.save(tmp / st_io.SKELETON_DIR)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         apply_umask(tmp)
         _move_into_place(tmp, directory)
     except BaseException:
@@ -236,20 +235,6 @@ def _unlisted(directory: Path, listed: set[str], prefix: str = "") -> list[str]:
     return found
 
 
-def _fsync_tree(root: Path) -> list[str]:
-    """fsync every file and folder under `root`; return the files' paths relative to it, sorted."""
-    files = []
-    for p in sorted(root.rglob("*")):
-        if p.is_dir():
-            fsync_dir(p)
-        elif p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-            files.append(p.relative_to(root).as_posix())
-    fsync_dir(root)
-    return files
-
-
 def checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
     """fp32 student weights of a DeepSpeed checkpoint directory (a `step-...` tag dir)."""
     checkpoint_dir = Path(checkpoint_dir)
@@ -290,7 +275,7 @@ def _write_export(model, skeleton: Path, checkpoint_dir: Path, out_dir: Path, fl
             for name, data in layout.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(data)
-        files = _fsync_tree(tmp)
+        files = fsync_tree(tmp)
         atomic_write_json(tmp / EXPORT_MARKER, {
             "format": EXPORT_FORMAT, "checkpoint": str(checkpoint_dir.resolve()),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+EXPORT_MARKER = ".distill-export.json"  # in every exported student: the files that export wrote (distill.export)
 
 
 def nearest_existing(path: Path) -> Path:

@@ -29,12 +29,13 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from bisect import bisect_right
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from .io import atomic_write_bytes, atomic_write_json, create_temporary, file_sha256, fsync_dir  # noqa: F401
 
 FORMAT_NAME = "distill-shards"
 FORMAT_VERSION = 1
@@ -132,76 +133,6 @@ def tokenizer_signature(tokenizer_json: str | dict) -> dict:
     return {"sha256": _sha256_json(parts), **parts}
 
 
-# --------------------------------------------------------------------------- atomic I/O
-def fsync_dir(directory: Path) -> None:
-    """Make renames and unlinks in `directory` durable (where the platform allows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported on this platform / filesystem
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _create_temporary(path: Path) -> tuple[int, str]:
-    """A new, empty `.NAME.<random>.tmp` next to `path`: (fd, its path).
-
-    Unlike tempfile.mkstemp (always 0600), it gets the permissions of any new file (0666 less
-    the umask), so the renamed shard or manifest is readable by whoever reads the directory.
-    """
-    for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file next to {path}")
-
-
-def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> str:
-    """Write `chunks` to `path` atomically; return the sha256 hex digest of the bytes.
-
-    The data go to a temporary file in the same directory, are fsynced, then renamed over
-    `path`, so `path` holds either its old content or all of the new one.
-    """
-    path = Path(path)
-    digest = hashlib.sha256()
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
-    return digest.hexdigest()
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
-    atomic_write_bytes(path, [data])
-
-
-def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- writer
 class ShardWriter:
     """Cuts a token stream into shards at the first document boundary at or past `shard_tokens`.
@@ -224,7 +155,7 @@ class ShardWriter:
 
     def _open(self) -> None:
         self.name = shard_name(self.index)
-        fd, self._tmp = _create_temporary(self.directory / self.name)
+        fd, self._tmp = create_temporary(self.directory / self.name)
         self._file = os.fdopen(fd, "wb")
         self._sha = hashlib.sha256()
         self.tokens = self.documents = 0

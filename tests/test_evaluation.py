@@ -522,7 +522,7 @@ def test_a_full_disk_stops_the_grid_and_keeps_the_finished_runs(tmp_path, tiny_m
     import errno
 
     from distill.evaluation import grid
-    from distill.shards import atomic_write_json
+    from distill.io import atomic_write_json
 
     train, dev = tiny_task_files
     calls = []
@@ -664,7 +664,7 @@ def test_grid_in_worker_processes(tmp_path, tiny_model_dir, tiny_task_files, cap
 
 # --------------------------------------------------------------------------- damaged state, degenerate input
 def _fake_finetune(calls):
-    from distill.shards import atomic_write_json
+    from distill.io import atomic_write_json
 
     def fake(run_dir, settings, **kw):
         calls.append(run_dir)

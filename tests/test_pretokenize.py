@@ -21,8 +21,9 @@ from conftest import REPO, WORDS, cpu_env
 from unwritable import assert_unwritable_outputs_refused
 
 import distill.pretokenize as P
+from distill.io import file_sha256
 from distill.pretokenize import inputs as P_inputs
-from distill.shards import MANIFEST_NAME, ShardError, ShardSet, file_sha256, tokenizer_signature
+from distill.shards import MANIFEST_NAME, ShardError, ShardSet, tokenizer_signature
 
 ENV = cpu_env(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 

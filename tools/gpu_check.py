@@ -596,7 +596,7 @@ def main(argv=None) -> int:
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)
-    from distill.shards import atomic_write_bytes
+    from distill.io import atomic_write_bytes
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "gpu_check.md", [text.encode("utf-8")])

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .. import shards as S
+from ..io import atomic_write_json, fsync_dir
 from ..locks import DirectoryLock, LockedError
 from ..paths import is_no_space, no_space_message, output_dir_problem
 from .encoding import TokenizerSpec, default_num_workers, encode_stream, load_tokenizer
@@ -145,7 +146,7 @@ class Tokenization:
         progress["documents_without_tokens"] += self.writer.documents_without_tokens
         self.writer.documents_without_tokens = 0
         progress["elapsed_seconds"] = self.prior_seconds + self.elapsed()
-        S.atomic_write_json(self.progress_path, progress)
+        atomic_write_json(self.progress_path, progress)
 
     def batches(self) -> Iterator[tuple[list[str], np.ndarray]]:
         """(texts, their positions in the document stream): about batch_chars characters each."""
@@ -232,7 +233,7 @@ def finalize(run: Tokenization, command: list[str]) -> dict:
     )
     S.write_manifest(out, manifest)
     run.progress_path.unlink()
-    S.fsync_dir(out)
+    fsync_dir(out)
     return manifest
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import shards as S
+from ..io import atomic_write_json
 from .errors import PretokenizeError
 from .inputs import DEFAULT_MAX_DOC_CHARS
 
@@ -141,7 +142,7 @@ def prepare_output(out: Path, record: dict, overwrite: bool) -> OutputState:
     for p in own_files(out):
         if _OWN_TEMPORARY.match(p.name):
             p.unlink()  # half-written files of a killed run
-    S.atomic_write_json(progress_path, progress)
+    atomic_write_json(progress_path, progress)
     state.progress = progress
     return state
 

@@ -389,7 +389,7 @@ def main(argv=None) -> int:
     text = report(args, loss, steps, shards, time.perf_counter() - start, (load, load_average()))
     print(text)
     if args.out:
-        from distill.shards import atomic_write_bytes
+        from distill.io import atomic_write_bytes
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(args.out, [text.encode()])
