@@ -15,9 +15,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Program or module names (argv[0], the script, or `-m MODULE`) of the launchers whose death stops a run.
 LAUNCHERS = frozenset({"deepspeed", "ds", "torchrun", "deepspeed.launcher.runner", "deepspeed.launcher.launch",
@@ -106,3 +108,40 @@ def watch_launchers() -> LauncherWatch:
 def launcher_watch() -> LauncherWatch:
     """The watch `watch_launchers` recorded (an empty one before it ran)."""
     return _watch
+
+
+# --------------------------------------------------------------------------- the process group
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int, Any]:
+    """Join (or create, for a plain `python` run) the process group; return rank, world, local rank, device."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:  # a plain single-process run: be rank 0 of 1
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available() and _accelerator_is_cuda():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    watch_launchers()  # now, while the chain of launchers above this rank is whole
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
+    return dist.get_rank(), dist.get_world_size(), local_rank, device
+
+
+def _accelerator_is_cuda() -> bool:
+    """DeepSpeed's accelerator is CUDA. Under DS_ACCELERATOR=cpu its launcher still sets CUDA_VISIBLE_DEVICES=0,1,...
+    for the ranks, so on a GPU node CPU ranks see GPUs: they train on the CPU with gloo all the same."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cuda"

@@ -282,7 +282,7 @@ def test_data_is_checked_up_front(tmp_path, make, message):
 def test_training_without_data_or_a_dataset_is_refused():
     from transformers import BertConfig
 
-    from distill.trainer import build_dataset
+    from distill.preflight import build_dataset
 
     with pytest.raises(ConfigError, match=re.escape("--data is required: give a shard directory")):
         build_dataset(DistillConfig(), BertConfig())

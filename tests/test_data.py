@@ -407,7 +407,7 @@ def test_verify_data_checks_checksums_and_ids_before_training(tmp_path, docs):
     from transformers import BertConfig
 
     from distill.config import DistillConfig
-    from distill.trainer import build_dataset
+    from distill.preflight import build_dataset
 
     teacher = BertConfig(vocab_size=301, pad_token_id=PAD)  # a row for id 300: only the data check can tell
     directory = write_shard_dir(tmp_path / "s", docs + [[12, 300, 13]], shard_tokens=64)  # 300: past the vocabulary

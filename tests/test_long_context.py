@@ -272,7 +272,7 @@ def test_the_same_settings_one_step_inside_the_limits_pass_the_checks(teachers, 
     from transformers import AutoConfig
 
     from distill.config import DistillConfig
-    from distill.trainer import check_teacher_fit
+    from distill.preflight import check_teacher_fit
 
     data = write_shard_dir(tmp_path / "shards", [[11, 12, 13]] * 4)
     common = dict(data=str(data), output_dir=str(tmp_path / "out"), student_layer=1, student_hidden_size=16,

@@ -293,7 +293,7 @@ def test_a_real_bf16_run_on_cpu(tiny_run, tmp_path):
 # finite in float32, so the step runs, but their gradients times the 2^16 scale overflow float16.
 FP16_PATCH = """
 import json
-import distill.objective as o, distill.trainer as t
+import distill.objective as o, distill.preflight as t
 from deepspeed.accelerator import get_accelerator
 get_accelerator().is_fp16_supported = lambda: True
 resolve = t.resolve_deepspeed_config

@@ -248,7 +248,7 @@ def test_a_run_asking_for_sentence_transformers_needs_it_installed(teachers, mon
     from transformers import AutoConfig
 
     from distill.config import ConfigError, DistillConfig
-    from distill.trainer import teacher_modules
+    from distill.preflight import teacher_modules
 
     cfg = DistillConfig(teacher=str(teachers["plain"]), export_format="sentence-transformers",
                         student_hidden_size=16, student_attention_heads=2, num_relation_heads=4)
@@ -319,7 +319,7 @@ def test_the_embedding_loss_takes_the_teachers_pooling_whatever_the_export_forma
     from transformers import AutoConfig
 
     from distill.config import ConfigError, DistillConfig
-    from distill.trainer import _own_modules, embedding_spec
+    from distill.preflight import _own_modules, embedding_spec
 
     for export_format in ("auto", "hf"):
         cfg = DistillConfig(teacher=str(teachers["st"]), export_format=export_format, embedding_loss="cosine")

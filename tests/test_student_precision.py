@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from conftest import save_tiny_teacher, write_shard_dir
 
-from distill import trainer
+from distill import preflight
 from distill.config import DistillConfig
 
 
@@ -21,7 +21,7 @@ def test_a_float16_teacher_gives_the_student_the_float32_slices(tiny_tokenizer_d
     cfg = DistillConfig(teacher=str(teacher_dir), data=str(shards), output_dir=str(tmp_path / "run"),
                         teacher_dtype="float16", student_layer=2, student_hidden_size=16, student_attention_heads=2,
                         num_relation_heads=4, max_seq_len=32)
-    frozen, student = trainer.build_models(cfg, torch.device("cpu"))
+    frozen, student = preflight.build_models(cfg, torch.device("cpu"))
     assert frozen.dtype == torch.float16 and next(frozen.model.parameters()).dtype == torch.float16
     reference = AutoModel.from_pretrained(teacher_dir, dtype=torch.float32)
     word = reference.embeddings.word_embeddings.weight[:, :16]

@@ -166,7 +166,7 @@ def test_the_trainer_refuses_shards_of_a_teacher_that_does_not_lower_case(tmp_pa
     from transformers import AutoConfig
 
     from distill.config import DistillConfig
-    from distill.trainer import build_dataset
+    from distill.preflight import build_dataset
 
     for name in ("lower", "cased"):
         save_tiny_teacher(tmp_path / f"teacher-{name}", tokenizers / name)
