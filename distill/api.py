@@ -95,7 +95,7 @@ def create_student(teacher_model_name_or_path, args: MiniLMTrainingArguments, us
     if isinstance(teacher, str):
         from transformers import AutoModel
 
-        from .teacher import resolve_model_source
+        from .paths import resolve_model_source
 
         teacher = AutoModel.from_pretrained(resolve_model_source(teacher, "teacher"), cache_dir=cache_dir)
     return _student.create_student(teacher, args.student_layer, args.student_hidden_size, args.student_attention_heads,

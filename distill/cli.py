@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 
 from .config import config_from_args
-from .shards import ShardError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         from .trainer import train
 
         train(cfg)
-    except (ValueError, ShardError, FileNotFoundError, FloatingPointError) as e:  # ConfigError is a ValueError
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:  # ConfigError, ShardError: ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside the training loop, whose Ctrl-C saves a checkpoint and exits 0

@@ -4,8 +4,10 @@ Precedence: dataclass defaults < `--config FILE.json` < command-line flags. Unkn
 the JSON file are refused. Every field has a one-line docstring (shown by `--help`), and
 `__post_init__` checks say how to fix a mistake: every value has its field's type (a JSON value
 must already be one: no text for numbers, no 3.0 for an integer, null only for optional fields),
-every number is finite and in range, the teacher path (when it is one) and the shard directory
-exist. All of it before any model is loaded or any file written.
+every number is finite and in range. Making a config touches no file and imports no heavy library
+(`--help` does not import torch); `check_paths` (the run's first check, in `distill.preflight`)
+then checks that the teacher path (when it is one) and the shard directory exist. All of it before
+any model is loaded or any file written.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from .cli_args import add_arguments, field_value, option
-from .embedding_loss import EMBEDDING_LOSSES, POOLING_MODES
-from .relations import RelationSpec, checked_relations, divisors
+from .paths import resolve_model_source
+from .relation_spec import RelationSpec, checked_relations, divisors
 from .sentence_transformers_io import EXPORT_FORMATS
-from .shards import ShardError, ShardSet
-from .teacher import resolve_model_source
+
+EMBEDDING_LOSSES = ("none", "mse", "cosine")  # --embedding_loss (distill.embedding_loss)
+POOLING_MODES = ("mean", "cls", "max")  # --pooling (distill.embedding_loss)
 
 
 class ConfigError(ValueError):
@@ -174,7 +177,6 @@ class DistillConfig:
              f"--pooling {self.pooling!r}: choose {', '.join(POOLING_MODES)} (or leave it unset: the teacher's)")
         need(self.embedding_projection in ("export", "drop"),
              f"--embedding_projection {self.embedding_projection!r}: choose export or drop")
-        self._check_paths()
 
     def _check_numbers(self) -> None:
         """Every float finite and in range, every integer in range (see _FLOAT_RANGES and _INT_MINIMA)."""
@@ -189,13 +191,17 @@ class DistillConfig:
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed {self.seed} must be between 0 and {2**32 - 1}")
 
-    def _check_paths(self) -> None:
-        """A teacher meant as a local path exists; the shard directory (when given) is one, sizes checked."""
+    def check_paths(self) -> None:
+        """A teacher meant as a local path exists; the shard directory (when given) is one, sizes checked.
+
+        The first check of a run (`distill.preflight.prepare`), not made when the config is: parsing
+        flags touches no file."""
+        from .shards import ShardError, ShardSet
+
         try:
+            source = resolve_model_source(self.teacher, "--teacher")
             if self.teacher.startswith("~"):
-                self.teacher = resolve_model_source(self.teacher, "--teacher")
-            else:
-                resolve_model_source(self.teacher, "--teacher")
+                self.teacher = source  # expanded: the run's files name the real directory
         except ValueError as e:
             raise ConfigError(str(e)) from e
         if self.data:

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import EMBEDDING_LOSSES, POOLING_MODES  # noqa: F401 (re-exported)
+
 __all__ = ["POOLING_MODES", "EMBEDDING_LOSSES", "PROJECTION_ATTRIBUTE", "pool", "embedding_loss",
            "EmbeddingProjection", "EmbeddingSpec"]
 
-POOLING_MODES = ("mean", "cls", "max")
-EMBEDDING_LOSSES = ("none", "mse", "cosine")
 PROJECTION_ATTRIBUTE = "distill_embedding_projection"
 """The student attribute that holds the projection during training (its weights: `distill_embedding_projection.*`)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -69,3 +70,35 @@ def apply_umask(root: str | os.PathLike) -> None:
         if path.is_symlink():
             continue
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+HUB_EXAMPLE = "google-bert/bert-base-uncased"
+_HUB_PART = r"\w(?:[\w.-]*\w)?"
+_HUB_NAME = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")  # what the hub accepts as a repo id (no '--' nor '..')
+
+
+def resolve_model_source(name_or_path: str | os.PathLike, label: str = "teacher") -> str:
+    """What to load a model from: an existing local directory (`~` expanded) or a hub name.
+
+    A name meant as a local path that is not a directory raises ValueError naming `label`, the
+    path and the fix, instead of the hub client's "Repo id must be in the form ...". A name is
+    meant as a path when it is a PathLike, starts with '.', '~' or a separator, has a separator
+    other than a hub name's one '/', its first part exists here as a directory
+    ("models/bert" beside a "models/" folder), or it is no valid hub name.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(os.path.expanduser(text))
+    if path.is_dir():
+        return os.path.expanduser(text)
+    if path.exists():
+        raise ValueError(f"{label} {text}: a file, not a model directory; give the directory holding config.json "
+                         f"and the weights, or a hub name like {HUB_EXAMPLE}")
+    other_separators = {os.sep, os.altsep} - {None, "/"}  # "\\" on Windows
+    meant_as_path = (not isinstance(name_or_path, str) or text.startswith((".", "~", "/", *other_separators))
+                     or any(sep in text for sep in other_separators)
+                     or ("/" in text and Path(text.split("/", 1)[0]).is_dir())
+                     or not _HUB_NAME.match(text) or "--" in text or ".." in text)
+    if meant_as_path:
+        raise ValueError(f"{label} {text}: no such directory; give a model directory or a hub name like "
+                         f"{HUB_EXAMPLE}")
+    return text

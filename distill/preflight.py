@@ -243,6 +243,7 @@ def prepare(cfg: DistillConfig, rank: int, world: int, device: torch.device, *, 
     from .export import check_export_target, check_student_exportable
     from .objective import MiniLMv2Objective
 
+    cfg.check_paths()
     ckpt.check_output_dir(cfg)
     check_export_target(export_dir_of(cfg), "--export_dir", output_dir=cfg.output_dir)
     if student is not None:

@@ -145,7 +145,7 @@ def _resolve_teacher(teacher, need_weights: bool):
         from transformers import AutoConfig, AutoModel
 
         from .encoders import check_supported
-        from .teacher import resolve_model_source
+        from .paths import resolve_model_source
 
         source = resolve_model_source(teacher, "teacher")
         config = AutoConfig.from_pretrained(source)

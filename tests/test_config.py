@@ -1,9 +1,12 @@
 """The run config: CLI flags, --config files, validation, DeepSpeed JSON reconciliation."""
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import cpu_env
 
 from distill.config import (
     ConfigError,
@@ -245,17 +248,17 @@ def test_a_teacher_path_that_does_not_exist_is_named(tmp_path, teacher, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=re.escape(f"--teacher {teacher}: no such directory; give a model directory "
                                                     "or a hub name like google-bert/bert-base-uncased")):
-        DistillConfig(teacher=teacher)
+        DistillConfig(teacher=teacher).check_paths()
 
 
 def test_a_teacher_path_whose_first_part_exists_is_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     with pytest.raises(ConfigError, match="--teacher models/bert: no such directory"):
-        DistillConfig(teacher="models/bert")
+        DistillConfig(teacher="models/bert").check_paths()
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="--teacher ./config.json: a file, not a model directory"):
-        DistillConfig(teacher="./config.json")
+        DistillConfig(teacher="./config.json").check_paths()
     # hub names are left to the hub
     assert DistillConfig(teacher="google-bert/bert-base-uncased").teacher == "google-bert/bert-base-uncased"
     assert DistillConfig(teacher="bert-base-uncased").teacher == "bert-base-uncased"
@@ -276,7 +279,7 @@ def test_data_is_checked_up_front(tmp_path, make, message):
     path = tmp_path / "data"
     make(path)
     with pytest.raises(ConfigError, match=re.escape(message.format(p=str(path)))):
-        DistillConfig(data=str(path))
+        DistillConfig(data=str(path)).check_paths()
 
 
 def test_training_without_data_or_a_dataset_is_refused():
@@ -286,3 +289,16 @@ def test_training_without_data_or_a_dataset_is_refused():
 
     with pytest.raises(ConfigError, match=re.escape("--data is required: give a shard directory")):
         build_dataset(DistillConfig(), BertConfig())
+
+
+def test_making_a_config_touches_no_file_and_help_imports_no_torch(tmp_path):
+    """Parsing flags is cheap: no torch, transformers or numpy for --help, no file read for a config."""
+    code = ("import sys\nfrom distill.config import DistillConfig, config_from_args\n"
+            "cfg = DistillConfig(teacher='./missing-teacher', data='/no/such/shards')\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'transformers', 'deepspeed') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n"
+            "config_from_args(['--help'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=cpu_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout and "--teacher" in proc.stdout
