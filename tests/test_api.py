@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO, WORDS, cpu_env
+from helpers import REPO, WORDS, cpu_env
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ print("CHANGED", changed, len(before))
 
 def test_bertdistiller_quick_start_runs_on_the_deepspeed_loop(tmp_path, tiny_tokenizer_dir):
     import torch
-    from conftest import save_tiny_teacher
+    from helpers import save_tiny_teacher
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(save_tiny_teacher(tmp_path / "teacher", tiny_tokenizer_dir))

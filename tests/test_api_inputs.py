@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import save_tiny_teacher
+from helpers import save_tiny_teacher
 
 from distill import MiniLMTrainer, MiniLMTrainingArguments
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, WORDS
-from test_distill_run import ENV, _free_port, run_deepspeed
+from helpers import REPO, WORDS, free_port
+from helpers import RUN_ENV as ENV
+from test_distill_run import run_deepspeed
 
 # multi-process DeepSpeed runs of two families, about 1.5 minutes in all: `make test-extended` (CI)
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
@@ -127,7 +128,7 @@ def distill_args(teachers: Path, family: str, out: Path, **overrides) -> list[st
 
 def run_by_hand(args: list[str], ranks: int = 2, timeout: int = 300) -> None:
     """`ranks` processes started with RANK/WORLD_SIZE/MASTER_* (as torchrun does): no launcher in between."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "launch/distill.py", *args], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(ranks),

@@ -1,7 +1,7 @@
 """Ctrl-C outside the training loop: one line, exit 130, no traceback."""
 from __future__ import annotations
 
-from conftest import write_shard_dir
+from helpers import write_shard_dir
 
 from distill import cli, trainer
 

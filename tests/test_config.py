@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cpu_env
+from helpers import cpu_env
 
 from distill.config import (
     ConfigError,
@@ -121,7 +121,7 @@ def test_every_shipped_deepspeed_config_resolves():
 def test_readme_documents_every_flag_and_every_deepspeed_config():
     from dataclasses import fields
 
-    from conftest import REPO
+    from helpers import REPO
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     missing = [f.name for f in fields(DistillConfig) if f"`--{f.name}`" not in readme]
@@ -231,7 +231,7 @@ def run_cli(tmp_path, *flags):
     import subprocess
     import sys
 
-    from conftest import cpu_env, write_shard_dir
+    from helpers import cpu_env, write_shard_dir
 
     data = tmp_path / "shards"
     if not data.exists():

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cpu_env
+from helpers import REPO, cpu_env
 
 TESTS = REPO / "tests"
 LAUNCHES = {"run", "Popen", "call", "check_call", "check_output"}  # subprocess.<these>
@@ -116,9 +116,9 @@ def test_every_launch_in_the_tests_runs_on_cpu():
 def test_the_check_sees_a_launch_that_is_not_hidden(tmp_path):
     """The checker itself: a bare launch, one with os.environ, one putting CUDA back are found; cpu_env passes,
     also through a name, an import and a module alias."""
-    (tmp_path / "helper_env.py").write_text("from conftest import cpu_env\nENV = cpu_env(A='1')\n")
+    (tmp_path / "helper_env.py").write_text("from helpers import cpu_env\nENV = cpu_env(A='1')\n")
     (tmp_path / "test_x.py").write_text(
-        "import os, subprocess, sys\nimport helper_env as h\nfrom helper_env import ENV\nfrom conftest import cpu_env\n"
+        "import os, subprocess, sys\nimport helper_env as h\nfrom helper_env import ENV\nfrom helpers import cpu_env\n"
         "subprocess.run([sys.executable, 'x.py'])\n"
         "subprocess.run([sys.executable, 'x.py'], env=os.environ)\n"
         "subprocess.Popen(['deepspeed', '--num_gpus', '2'], env={**ENV, 'CUDA_VISIBLE_DEVICES': '0,1'})\n"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import write_shard_dir
+from helpers import write_shard_dir
 from torch.utils.data import DataLoader
 
 from distill.data import DataError, WindowDataset, WindowSampler, check_compatible

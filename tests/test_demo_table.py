@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_teacher
+from helpers import save_tiny_teacher
 
 from distill.evaluation import demo
 

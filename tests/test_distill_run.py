@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, WORDS, cpu_env
+from helpers import REPO, RUN_ENV, WORDS, free_port
 
 pytestmark = pytest.mark.slow
 
-ENV = cpu_env(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-              TRANSFORMERS_OFFLINE="1")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ENV = RUN_ENV
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +23,7 @@ def tiny(tmp_path_factory, tiny_tokenizer_dir):
     """A tiny BERT teacher (3 layers, hidden 32) with the tiny tokenizer, and shards of a random-word corpus."""
     import random
 
-    from conftest import save_tiny_teacher
+    from helpers import save_tiny_teacher
 
     root = tmp_path_factory.mktemp("tiny_run")
     save_tiny_teacher(root / "teacher", tiny_tokenizer_dir)
@@ -56,7 +48,7 @@ def distill_args(tiny: Path, out: Path, **overrides) -> list[str]:
 
 def run_deepspeed(args: list[str], ranks: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-           "--master_port", str(_free_port()), "launch/distill.py", *args]
+           "--master_port", str(free_port()), "launch/distill.py", *args]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -138,7 +130,7 @@ def test_torchrun_style_environment_gives_the_same_run(tiny, two_rank_run, tmp_p
     """Two processes started by hand with RANK/WORLD_SIZE/MASTER_* (as torchrun does)."""
     out, _ = two_rank_run
     other = tmp_path / "torchrun"
-    port = str(_free_port())
+    port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "launch/distill.py",
                                *distill_args(tiny, other, max_steps=24, save_steps=8, save_total_limit=2,
                                              logging_steps=4)],
@@ -215,7 +207,7 @@ def test_bad_input_is_refused_before_any_work(tiny, tmp_path, overrides, message
 
 
 def test_shards_of_another_tokenizer_are_refused(tiny, tmp_path):
-    from conftest import write_shard_dir
+    from helpers import write_shard_dir
 
     shards = write_shard_dir(tmp_path / "other", [[5, 6, 7]] * 50, vocab_size=30522, sep=102, cls=101)
     proc = run_python(distill_args(tiny, tmp_path / "bad", data=shards))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ASSETS, WORDS, save_tiny_teacher
+from helpers import ASSETS, WORDS, save_tiny_teacher
 from unwritable import assert_unwritable_outputs_refused
 
 from distill.evaluation import embedding_eval as E

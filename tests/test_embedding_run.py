@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS
+from helpers import WORDS
 from test_distill_run import ENV, distill_args, run_deepspeed, run_python, scalars
 from test_distill_run import tiny as tiny_fixture  # noqa: F401 (the `tiny` fixture, shared)
 

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import transformers
+from helpers import padded_batch
 from torch import nn
 from transformers import AutoConfig
 
@@ -71,11 +72,7 @@ def cases():
 
 
 def batch():
-    torch.manual_seed(1)
-    ids = torch.randint(5, VOCAB, (2, 9))
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0  # a padded row
-    return ids, mask
+    return padded_batch(VOCAB, 2, 9, {1: 6})  # a padded row
 
 
 def test_every_supported_type_is_tested():

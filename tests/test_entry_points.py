@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cpu_env
+from helpers import REPO, cpu_env
 
 SCRIPTS = {
     "launch/distill.py": "--teacher",

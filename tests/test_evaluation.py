@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, WORDS
+from helpers import REPO, WORDS
 from unwritable import assert_unwritable_outputs_refused
 
 from distill.evaluation import cli

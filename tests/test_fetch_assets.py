@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "tools" / "fetch_offline_assets.sh"
 

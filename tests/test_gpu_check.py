@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ASSETS, REPO, cpu_env
+from helpers import ASSETS, REPO, cpu_env
 
 SCRIPT = str(REPO / "tools" / "gpu_check.py")
 ENV = cpu_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

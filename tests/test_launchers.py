@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import test_distill_run as runs
-from conftest import REPO, cpu_env
+from helpers import REPO, RUN_ENV, cpu_env, free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="launcher watching needs /proc")
 
@@ -40,7 +40,7 @@ runpy.run_path({script!r}, run_name="__main__")
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`cmd` in its own session (its process group id is its pid), output to `log`; `env` adds variables."""
     with open(log, "w") as f:
-        return subprocess.Popen(cmd, cwd=REPO, env={**runs.ENV, **(env or {})}, stdout=f, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=REPO, env={**RUN_ENV, **(env or {})}, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -102,12 +102,12 @@ def complete_checkpoints(out: Path) -> list[Path]:
 
 def deepspeed_cmd(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
-            str(runs._free_port()), "launch/distill.py", *args]
+            str(free_port()), "launch/distill.py", *args]
 
 
 def torchrun_cmds(script: str, args_per_node: list[list[str]]) -> list[list[str]]:
     """Two torchrun agents, nodes 0 and 1 with one rank each, meeting on 127.0.0.1 (static rendezvous)."""
-    port = str(runs._free_port())
+    port = str(free_port())
     return [[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
              "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, script, *args]
             for node, args in enumerate(args_per_node)]

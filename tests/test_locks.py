@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import test_distill_run as runs
-from conftest import REPO, cpu_env
+from helpers import REPO, cpu_env
 
 from distill.locks import LOCK_NAME, DirectoryLock, LockedError
 

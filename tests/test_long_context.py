@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cpu_env, save_tiny_teacher, write_shard_dir
+from helpers import REPO, cpu_env, save_tiny_teacher, write_shard_dir
 
 from distill.relations import UNCHUNKED_BUDGET_BYTES, RelationSpec, relation_loss
 

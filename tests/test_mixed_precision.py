@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import test_distill_run
 import torch
-from conftest import REPO, cpu_env
+from helpers import REPO, RUN_ENV, padded_batch
 from transformers import BertConfig, BertModel
 
 from distill import monitor, trainer
@@ -43,11 +43,7 @@ TOLERANCE = {  # (teacher dtype, student dtype): (loss and each relation's loss,
 
 
 def batch():
-    torch.manual_seed(1)
-    ids = torch.randint(5, VOCAB, (4, 12))
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    mask[3, 5:] = 0
+    ids, mask = padded_batch(VOCAB, 4, 12, {1: 8, 3: 5})
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -236,8 +232,7 @@ def test_the_loss_scale_is_logged_only_under_fp16(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- real DeepSpeed runs on CPU
-ENV = cpu_env(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-              TRANSFORMERS_OFFLINE="1")
+ENV = RUN_ENV
 tiny_run = test_distill_run.tiny  # the fixture: a tiny BERT teacher and its shards
 
 

@@ -11,6 +11,7 @@ import weakref
 import pytest
 import torch
 import transformers
+from helpers import padded_batch
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, DebertaV2Config, ModernBertConfig
 
@@ -72,12 +73,7 @@ FAMILIES = {
 
 
 def batch(seq: int = SEQ, pad_from: int = PAD_FROM):
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, VOCAB, (2, seq), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[1, pad_from:] = 0
-    ids[1, pad_from:] = 0
-    return ids, mask
+    return padded_batch(VOCAB, 2, seq, {1: pad_from}, zero_padding=True)
 
 
 def projections(model: nn.Module, layer_index0: int, layer_input: torch.Tensor) -> list[torch.Tensor]:

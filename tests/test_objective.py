@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import cpu_env
+from helpers import cpu_env
 from torch import nn
 from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
@@ -336,7 +336,7 @@ def test_triton_impl_through_the_objective_matches_chunked_in_the_interpreter(tm
         torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-4, atol=1e-7)
         print("MATCH", float(out[0][0]))
     """)
-    from conftest import REPO
+    from helpers import REPO
 
     env = cpu_env(TRITON_INTERPRET="1")
     # run in tests/: `python -c` puts its working directory first on the path, so test_objective imports

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from distill import config as C
 from distill.config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, WORDS, cpu_env
+from helpers import REPO, WORDS, cpu_env
 from unwritable import assert_unwritable_outputs_refused
 
 import distill.pretokenize as P

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, WORDS, cpu_env
+from helpers import REPO, WORDS, cpu_env
 
 import distill.pretokenize as P
 

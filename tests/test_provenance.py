@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_teacher, write_shard_dir
+from helpers import save_tiny_teacher, write_shard_dir
 
 from distill import checkpoint as ckpt
 from distill.checkpoint import TrainState
@@ -145,7 +145,7 @@ def test_the_command_line_exits_2_naming_every_difference(saved, tmp_path, sourc
     import subprocess
     import sys
 
-    from conftest import REPO, cpu_env
+    from helpers import REPO, cpu_env
 
     args = {"teacher": sources["other_teacher"], "data": sources["other_data"], "max_seq_len": 16,
             "output_dir": tmp_path, "resume": "auto"}

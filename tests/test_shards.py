@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, cpu_env
+from helpers import REPO, cpu_env
 
 from distill import shards as S
 from distill.inspect_shards import main as inspect_main

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, cpu_env, save_tiny_teacher, write_shard_dir
+from helpers import REPO, cpu_env, save_tiny_teacher, write_shard_dir
 
 from distill import checkpoint as ckpt
 from distill import sentence_transformers_io as st_io
@@ -292,7 +292,7 @@ def test_the_offline_teacher_all_minilm_layout_is_reproduced(teacher_dir, tmp_pa
 def test_a_run_from_a_sentence_transformers_teacher_ends_with_one(teachers, tmp_path):
     import random
 
-    from conftest import WORDS
+    from helpers import WORDS
 
     rng = random.Random(0)
     (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30))

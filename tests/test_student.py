@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from helpers import padded_batch
 from transformers import AutoConfig, AutoModel, BertConfig, BertForMaskedLM, BertModel
 
 from distill.encoders import UnsupportedEncoder, get_adapter
@@ -22,9 +23,7 @@ def tiny_bert(layers: int = 4, hidden: int = 64, heads: int = 4, ffn: int = 256,
 
 
 def batch():
-    torch.manual_seed(1)
-    ids = torch.randint(5, VOCAB, (2, 7))
-    return ids, torch.ones_like(ids)
+    return padded_batch(VOCAB, 2, 7)
 
 
 # ----------------------------------------------------------------------------- shape and config

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import save_tiny_teacher, write_shard_dir
+from helpers import save_tiny_teacher, write_shard_dir
 
 from distill import preflight
 from distill.config import DistillConfig

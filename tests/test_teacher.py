@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 import torch
+from helpers import padded_batch
 from transformers import (
     AlbertConfig,
     AutoModel,
@@ -34,11 +35,7 @@ def tiny_bert(layers: int = 4, attn: str = "eager", head: bool = False):
 
 
 def batch(seq: int = 9):
-    torch.manual_seed(1)
-    ids = torch.randint(5, VOCAB, (2, seq))
-    mask = torch.ones_like(ids)
-    mask[1, seq - 3:] = 0
-    return ids, mask
+    return padded_batch(VOCAB, 2, seq, {1: seq - 3})
 
 
 def reference_qkv(model, layer_index0, ids, mask, **kwargs):

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ASSETS, build_tiny_tokenizer, save_tiny_teacher
+from helpers import ASSETS, build_tiny_tokenizer, save_tiny_teacher
 
 import distill.pretokenize as P
 from distill.data import DataError, check_compatible

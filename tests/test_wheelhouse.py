@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 INSTALL = REPO / "tools" / "install.sh"
 WHEELHOUSE = REPO / "tools" / "wheelhouse.sh"

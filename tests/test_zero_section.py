@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import write_shard_dir
+from helpers import write_shard_dir
 
 from distill.config import ConfigError, DistillConfig, resolve_deepspeed_config
 
