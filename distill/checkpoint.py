@@ -30,7 +30,7 @@ a note.
 
 Provenance: the client state (and COMPLETE) records the teacher's fingerprint (`teacher_fingerprint`:
 its config and weights by content, or a hub name and its cached snapshot), the sha256 of `--data`'s
-manifest and `--max_seq_len`. Resuming with another teacher, other data or another window length is
+manifest and `--max_seq_length`. Resuming with another teacher, other data or another window length is
 a ConfigError naming each difference (checked with the model shape, by rank 0); a checkpoint saved
 before provenance was recorded resumes with a note.
 
@@ -62,7 +62,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
+from .errors import CheckpointError, ConfigError
 from .io import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree
 from .paths import EXPORT_MARKER, is_no_space, output_dir_problem
 from .shards import MANIFEST_NAME
@@ -75,10 +75,6 @@ SHARED_FS_WAIT_ENV = "DISTILL_SHARED_FS_WAIT_S"  # how long rank 0 waits for oth
 RUN_FILES = ("run_config.json", "student_config", "checkpoints", "tensorboard")  # what a run writes in output_dir
 CHUNK = 1 << 20  # bytes read at a time when hashing
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # a local teacher's files that its fingerprint reads, with config.json
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be written or read; the message names the file and the last good checkpoint."""
 
 
 @dataclass
@@ -316,7 +312,7 @@ def resume_differences(saved: dict[str, Any], cfg: DistillConfig, teacher_config
     window = had.get("max_seq_len", saved["config"].get("max_seq_len"))
     if window is not None and window != cfg.max_seq_len:
         diffs.append(f"max_seq_len: checkpoint {window}, this run {cfg.max_seq_len}")
-        flags.append(f"--max_seq_len {window}")
+        flags.append(f"--max_seq_length {window}")
     return diffs, flags
 
 
@@ -431,11 +427,11 @@ def _resolve(resume: str | None, output_dir: str | Path) -> tuple[Path | None, d
         if newest[0] is not None:
             return newest
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint directory; use --resume auto to take the "
-                                f"newest complete one in --output_dir")
+        raise ConfigError(f"--resume {resume}: no such checkpoint directory; use --resume auto to take the "
+                          f"newest complete one in --output_dir")
     if not is_complete(path):
-        raise ValueError(f"--resume {resume}: this checkpoint is incomplete (no {COMPLETE} marker: the run died while "
-                         f"writing it); resume from an earlier one or use --resume auto")
+        raise CheckpointError(f"--resume {resume}: this checkpoint is incomplete (no {COMPLETE} marker: the run died "
+                              f"while writing it); resume from an earlier one or use --resume auto")
     return path, verify_checkpoint(path)
 
 
@@ -639,7 +635,7 @@ def _differing_shape_fields(saved: dict[str, Any], current: dict[str, Any]) -> l
 # --------------------------------------------------------------------------- provenance and checksums
 def run_provenance(cfg: DistillConfig, teacher: bool = True) -> dict[str, Any]:
     """What a checkpoint records of where its state came from: the teacher (`teacher_fingerprint`; None with
-    teacher=False, or when its files cannot be read), --data and the sha256 of its manifest, --max_seq_len."""
+    teacher=False, or when its files cannot be read), --data and the sha256 of its manifest, --max_seq_length."""
     return {"teacher": cfg.teacher, "teacher_fingerprint": teacher_fingerprint(cfg.teacher) if teacher else None,
             "data": cfg.data, "data_manifest_sha256": data_fingerprint(cfg.data), "max_seq_len": cfg.max_seq_len}
 

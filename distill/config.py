@@ -22,17 +22,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .cli_args import add_arguments, field_value, option
+from .cli_args import add_arguments, field_value, flag, option
+from .errors import ConfigError
 from .paths import resolve_model_source
 from .relation_spec import RelationSpec, checked_relations, divisors
 from .sentence_transformers_io import EXPORT_FORMATS
 
 EMBEDDING_LOSSES = ("none", "mse", "cosine")  # --embedding_loss (distill.embedding_loss)
 POOLING_MODES = ("mean", "cls", "max")  # --pooling (distill.embedding_loss)
-
-
-class ConfigError(ValueError):
-    """A run setting is invalid; the message says how to fix it."""
 
 
 @dataclass
@@ -147,7 +144,8 @@ class DistillConfig:
 
         for f in fields(self):  # the type first: the checks below compare numbers
             try:
-                setattr(self, f.name, field_value(DistillConfig, f.name, getattr(self, f.name), label=f"--{f.name} "))
+                value = field_value(DistillConfig, f.name, getattr(self, f.name), label=f"{flag(f.name)} ")
+                setattr(self, f.name, value)
             except TypeError as e:
                 raise ConfigError(str(e)) from e
         self._check_numbers()
@@ -187,7 +185,7 @@ class DistillConfig:
         for name, low, note in _INT_MINIMA:
             value = getattr(self, name)
             if value is not None and value < low:
-                raise ConfigError(f"--{name} {value} must be >= {low}{note}")
+                raise ConfigError(f"{flag(name)} {value} must be >= {low}{note}")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"--seed {self.seed} must be between 0 and {2**32 - 1}")
 
@@ -198,12 +196,9 @@ class DistillConfig:
         flags touches no file."""
         from .shards import ShardError, ShardSet
 
-        try:
-            source = resolve_model_source(self.teacher, "--teacher")
-            if self.teacher.startswith("~"):
-                self.teacher = source  # expanded: the run's files name the real directory
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+        source = resolve_model_source(self.teacher, "--teacher")  # ConfigError naming a path that is not a model
+        if self.teacher.startswith("~"):
+            self.teacher = source  # expanded: the run's files name the real directory
         if self.data:
             try:
                 ShardSet(self.data)
@@ -221,11 +216,11 @@ class DistillConfig:
         """RelationSpec checks the settings; its messages name the fields, which are the flags."""
         try:
             checked_relations(self.relations)
-        except ValueError as e:
+        except ConfigError as e:
             raise ConfigError(f"--relations: {e}") from e
         try:
             self.relation_spec.check_widths({"--student_hidden_size": self.student_hidden_size})
-        except ValueError as e:
+        except ConfigError as e:
             raise ConfigError(f"--{e}") from e
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,7 +271,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--config", help="JSON file of field values; flags given on the command line override it")
     add_arguments(parser, DistillConfig, suppress_defaults=True)
     # Set by the deepspeed launcher (and torchrun-style runs); the environment carries the rank.
-    parser.add_argument("--local_rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -298,8 +293,10 @@ def _read_json_object(path: str | Path, flag: str, missing_hint: str, object_hin
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"{flag} {path}: no such file{missing_hint}") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{flag} {path} is not valid JSON: {e}") from e
+    except OSError as e:  # a directory, no permission
+        raise ConfigError(f"{flag} {path} cannot be read ({e.strerror or e}): give a readable JSON file") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{flag} {path} must hold a JSON object{object_hint}")
     return data

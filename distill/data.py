@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .errors import DataError
 from .shards import MANIFEST_NAME, ShardError, ShardSet, tokenizer_signature, tokenizer_vocabulary
 
 # Tokenizers without a length limit report a huge sentinel (transformers: int(1e30));
@@ -57,10 +58,6 @@ def _say(line: str, stream=None) -> None:
     """Print a note or warning once per job (rank 0), not once per rank."""
     if _default_world()[1] == 0:
         print(line, file=stream or sys.stdout, flush=True)
-
-
-class DataError(ValueError):
-    """The data cannot serve this run: the message says what is wrong and how to fix it."""
 
 
 def max_length_limit(tokenizer_info: Mapping[str, Any]) -> int | None:
@@ -183,13 +180,13 @@ def _check_seq_len(max_seq_len: Any, tokenizer_info: Mapping[str, Any], director
     if max_seq_len < 3:
         raise DataError(
             f"max_seq_len {max_seq_len} is too small: a window holds [CLS], at least one token and [SEP]; "
-            "use --max_seq_len 3 or more (128 or 512 are usual)"
+            "use --max_seq_length 3 or more (128 or 512 are usual)"
         )
     limit = max_length_limit(tokenizer_info)
     if limit is not None and max_seq_len > limit:
         raise DataError(
             f"max_seq_len {max_seq_len} exceeds the tokenizer's maximum {limit} (model_max_length in "
-            f"{os.path.join(str(directory), MANIFEST_NAME)}); use --max_seq_len {limit} or less"
+            f"{os.path.join(str(directory), MANIFEST_NAME)}); use --max_seq_length {limit} or less"
         )
     return max_seq_len
 

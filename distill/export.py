@@ -31,6 +31,7 @@ import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,9 +39,11 @@ import torch
 
 from . import checkpoint as ckpt
 from . import sentence_transformers_io as st_io
+from .cli_args import add_arguments, option
 from .embedding_loss import PROJECTION_ATTRIBUTE
+from .errors import DistillError, ExportError
 from .io import atomic_write_json, fsync_dir, fsync_tree
-from .paths import EXPORT_MARKER, apply_umask, is_no_space, nearest_existing, output_dir_problem
+from .paths import EXPORT_MARKER, apply_umask, is_no_space, model_load_error, nearest_existing, output_dir_problem
 
 EXPORT_FORMAT = "distill-export"
 
@@ -56,8 +59,11 @@ def save_student_skeleton(student, tokenizer_source, directory: str | Path,
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         student.config.save_pretrained(tmp)
-        tok = tokenizer_source if isinstance(tokenizer_source, PreTrainedTokenizerBase) \
-            else AutoTokenizer.from_pretrained(tokenizer_source)
+        try:
+            tok = tokenizer_source if isinstance(tokenizer_source, PreTrainedTokenizerBase) \
+                else AutoTokenizer.from_pretrained(tokenizer_source)
+        except OSError as e:  # a teacher without a tokenizer, a hub name not reachable
+            raise model_load_error("the tokenizer of", tokenizer_source, e) from e
         tok.save_pretrained(tmp)
         if modules is not None:
             modules.save(tmp / st_io.SKELETON_DIR)
@@ -101,21 +107,21 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 
 def check_export_target(out_dir: str | Path, flag: str = "--export_dir", output_dir: str | Path | None = None) -> None:
-    """ValueError (naming what is there and the fix) unless an export may be written to `out_dir`:
+    """ExportError (naming what is there and the fix) unless an export may be written to `out_dir`:
     missing, an empty directory, or an earlier export holding only the files it wrote; and not inside a
     run's checkpoints (which rotation and --overwrite_output_dir delete) or, given the run's `output_dir`,
     inside the files the run writes there (`run_files_problem`)."""
     out = Path(out_dir)
     problem = run_files_problem(out, flag, output_dir) or checkpoints_problem(out, flag)
     if problem:
-        raise ValueError(problem)
+        raise ExportError(problem)
     if out.is_symlink():
-        raise ValueError(f"{flag} {out} is a symbolic link; give the directory it points to, or another {flag}")
+        raise ExportError(f"{flag} {out} is a symbolic link; give the directory it points to, or another {flag}")
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{flag} {out} is a file; choose another {flag} (or move the file away)")
+        raise ExportError(f"{flag} {out} is a file; choose another {flag} (or move the file away)")
     problem = output_dir_problem(out.parent, f"{flag}'s parent")
     if problem:
-        raise ValueError(problem)
+        raise ExportError(problem)
     if not out.is_dir():
         return
     try:
@@ -126,8 +132,8 @@ def check_export_target(out_dir: str | Path, flag: str = "--export_dir", output_
     others = _unlisted(out, ours)
     if others:
         listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ValueError(f"{flag} {out} holds files this export did not write ({listed}); nothing was changed: "
-                         f"choose another {flag}, or move those files (or the directory) away")
+        raise ExportError(f"{flag} {out} holds files this export did not write ({listed}); nothing was changed: "
+                          f"choose another {flag}, or move those files (or the directory) away")
 
 
 _CHECKPOINT_DIR = re.compile(r"^\.?step-\d{8}($|\.tmp-)")  # checkpoint.tag_for_step's names, and saves under way
@@ -191,29 +197,29 @@ def _run_of(folder: Path) -> Path:
 
 
 def check_student_exportable(student) -> None:
-    """ValueError (naming the problem and the fix) unless the export can rebuild `student` from its saved config:
+    """ExportError (naming the problem and the fix) unless the export can rebuild `student` from its saved config:
     a Hugging Face model whose config AutoModel turns into a model with the student's weights (same names)."""
     name = type(student).__name__
     config = getattr(student, "config", None)
     if not callable(getattr(config, "save_pretrained", None)) or not callable(getattr(student, "state_dict", None)):
-        raise ValueError(f"the student ({name}) cannot be exported: it is not a Hugging Face model (no config with "
-                         "save_pretrained); give a transformers PreTrainedModel, e.g. distill.create_student(...)")
+        raise ExportError(f"the student ({name}) cannot be exported: it is not a Hugging Face model (no config with "
+                          "save_pretrained); give a transformers PreTrainedModel, e.g. distill.create_student(...)")
     from transformers import AutoModel
 
     try:
         with torch.device("meta"):
             rebuilt = AutoModel.from_config(config)
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise ValueError(f"the student ({name}) cannot be exported: AutoModel.from_config cannot build a model of "
-                         f"its config {type(config).__name__} ({e}); give a model of an architecture transformers "
-                         "knows") from None
+        raise ExportError(f"the student ({name}) cannot be exported: AutoModel.from_config cannot build a model of "
+                          f"its config {type(config).__name__} ({e}); give a model of an architecture transformers "
+                          "knows") from None
     want, have = _weight_names(rebuilt), _weight_names(student)
     if want != have:
         hint = ("; give its base encoder (student.base_model)" if getattr(student, "base_model", student) is not student
                 else "; give the model AutoModel.from_config(student.config) builds")
-        raise ValueError(f"the student ({name}) cannot be exported: the export rebuilds it with "
-                         f"AutoModel.from_config as {type(rebuilt).__name__}, whose weights are named otherwise "
-                         f"(missing {sorted(want - have)[:3]}, unexpected {sorted(have - want)[:3]}){hint}")
+        raise ExportError(f"the student ({name}) cannot be exported: the export rebuilds it with "
+                          f"AutoModel.from_config as {type(rebuilt).__name__}, whose weights are named otherwise "
+                          f"(missing {sorted(want - have)[:3]}, unexpected {sorted(have - want)[:3]}){hint}")
 
 
 def _weight_names(model) -> set[str]:
@@ -245,8 +251,8 @@ def checkpoint_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir.parent), tag=checkpoint_dir.name)
     model_files = sorted(checkpoint_dir.glob("mp_rank_*_model_states.pt"))
     if not model_files:
-        raise FileNotFoundError(f"{checkpoint_dir} holds no DeepSpeed model states; give a checkpoint directory "
-                                "such as OUTPUT_DIR/checkpoints/step-00001000")
+        raise ExportError(f"{checkpoint_dir} holds no DeepSpeed model states; give a checkpoint directory "
+                          "such as OUTPUT_DIR/checkpoints/step-00001000")
     states = torch.load(model_files[0], map_location="cpu", weights_only=False)
     return {k: v.float() for k, v in states["module"].items()}
 
@@ -338,20 +344,20 @@ def _no_space_error(checkpoint_dir: Path, out_dir: Path, flag: str, model, exist
 
 
 def _skeleton_of(checkpoint_dir: Path, skeleton_dir: str | Path | None) -> Path:
-    """The run's student_config (given, or next to the checkpoint), checked: FileNotFoundError naming the fix."""
+    """The run's student_config (given, or next to the checkpoint), checked: ExportError naming the fix."""
     if skeleton_dir is None:
         skeleton = checkpoint_dir.parent.parent / "student_config"
         if not (skeleton / "config.json").is_file():
-            raise FileNotFoundError(f"{skeleton} has no config.json: give the run's output directory (it holds "
-                                    "student_config/), or pass its student_config with --student_config")
+            raise ExportError(f"{skeleton} has no config.json: give the run's output directory (it holds "
+                              "student_config/), or pass its student_config with --student_config")
         return skeleton
     skeleton = Path(skeleton_dir)
     if not skeleton.exists():
-        raise FileNotFoundError(f"--student_config {skeleton_dir}: no such directory")
+        raise ExportError(f"--student_config {skeleton_dir}: no such directory")
     if not (skeleton / "config.json").is_file():
-        raise FileNotFoundError(f"--student_config {skeleton_dir} has no config.json: give the run's "
-                                "OUTPUT_DIR/student_config (or leave --student_config out: the one next to the "
-                                "checkpoint is taken)")
+        raise ExportError(f"--student_config {skeleton_dir} has no config.json: give the run's "
+                          "OUTPUT_DIR/student_config (or leave --student_config out: the one next to the "
+                          "checkpoint is taken)")
     return skeleton
 
 
@@ -368,7 +374,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
     `distill_embedding_projection.*`): "export" writes it as that Dense module (in a sentence-transformers
     export; a plain one has no place for it and leaves it out, with a note), "drop" leaves it out.
 
-    ValueError before any work when `out_dir` holds anything but an earlier export, or lies in the run's
+    ExportError before any work when `out_dir` holds anything but an earlier export, or lies in the run's
     checkpoints or own files (see `check_export_target`; `flag` names it in messages); and on a full disk
     (`out_dir` then left as it was, the message naming the free space).
     """
@@ -378,8 +384,8 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     if not ckpt.is_complete(checkpoint_dir):
-        raise ValueError(f"{checkpoint_dir} is not a complete checkpoint (no {ckpt.COMPLETE} marker); "
-                         "export an earlier one")
+        raise ExportError(f"{checkpoint_dir} is not a complete checkpoint (no {ckpt.COMPLETE} marker); "
+                          "export an earlier one")
     ckpt.verify_checkpoint(checkpoint_dir)  # a damaged marker or a truncated file: named, with the previous one
     run = checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else None
     check_export_target(out_dir, flag, run)
@@ -398,15 +404,15 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"{checkpoint_dir} does not match the student config in {skeleton}: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ExportError(f"{checkpoint_dir} does not match the student config in {skeleton}: "
+                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     existed = out_dir.exists()
     try:
         notes = _write_export(model, skeleton, checkpoint_dir, out_dir, flag, modules, projection, run)
     except Exception as e:
         if not _full_disk(e, out_dir.parent):
             raise
-        raise ValueError(_no_space_error(checkpoint_dir, out_dir, flag, model, existed)) from e
+        raise ExportError(_no_space_error(checkpoint_dir, out_dir, flag, model, existed)) from e
     for note in notes:
         print(f"note: {note}", flush=True)
     return out_dir
@@ -414,24 +420,25 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, skeleton_
 
 CLI_DESCRIPTION = """Export a distillation checkpoint as a Hugging Face model directory.
 
-    %(prog)s runs/minilm/checkpoints/step-00010000 --out my-student
-    %(prog)s runs/minilm --out my-student      # the newest complete checkpoint
+    %(prog)s runs/minilm/checkpoints/step-00010000 --output_dir my-student
+    %(prog)s runs/minilm --output_dir my-student      # the newest complete checkpoint
 
 Works for every ZeRO stage (the fp32 weights are rebuilt from the checkpoint files) on CPU.
 The result loads with AutoModel.from_pretrained and AutoTokenizer.from_pretrained; when the
 teacher was a sentence-transformers model (or with --export_format sentence-transformers) it is
 one too, and loads with SentenceTransformer(DIR).
 
---out must be missing, an empty directory, or an earlier export (which is replaced): a directory
+--output_dir must be missing, an empty directory, or an earlier export (which is replaced): a directory
 holding anything else, or a file, is refused and left as it is; so is a place inside the run's
 checkpoints (rotation deletes them). The export is written beside
---out and moved in when complete; it lists its files in --out/""" + EXPORT_MARKER + "."
+--output_dir and moved in when complete; it lists its files in --output_dir/""" + EXPORT_MARKER + """.
+Every flag is a field of ExportConfig, spelled --flag_name or --flag-name."""
 
 
 def resolve_source(path: Path) -> Path:
     """The checkpoint to export: `path` itself, or a run directory's newest complete checkpoint."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
+        raise ExportError(f"{path}: no such checkpoint or run directory")
     if (path / "checkpoints").is_dir():
         newest = ckpt.newest_checkpoint(path)  # verified: a damaged one is named, with the previous one
         if newest is not None:
@@ -439,38 +446,51 @@ def resolve_source(path: Path) -> Path:
         unfinished = [p.name for p in ckpt.list_checkpoints(path, complete_only=False)]
         found = (f"{', '.join(unfinished)} {'is' if len(unfinished) == 1 else 'are'} unfinished (no "
                  f"{ckpt.COMPLETE} marker: the run died while writing)" if unfinished else "it holds none")
-        raise ValueError(f"{path} has no complete checkpoint in {path / 'checkpoints'} ({found}); "
-                         "resume the run to save one, or export another run")
+        raise ExportError(f"{path} has no complete checkpoint in {path / 'checkpoints'} ({found}); "
+                          "resume the run to save one, or export another run")
     if path.is_dir() and (path.parent.name == "checkpoints" or ckpt.is_complete(path)
                           or any(path.glob("*model_states.pt"))):
         return path
-    raise ValueError(f"{path} is neither a checkpoint directory (OUTPUT_DIR/checkpoints/step-N) nor a run "
-                     "directory (an OUTPUT_DIR holding checkpoints/); give one of those")
+    raise ExportError(f"{path} is neither a checkpoint directory (OUTPUT_DIR/checkpoints/step-N) nor a run "
+                      "directory (an OUTPUT_DIR holding checkpoints/); give one of those")
+
+
+@dataclass
+class ExportConfig:
+    """What `distill-export` exports, and where to (`export_checkpoint`'s settings)."""
+
+    checkpoint: str = option("a checkpoint directory (OUTPUT_DIR/checkpoints/step-N) or a run's OUTPUT_DIR",
+                             positional=True)
+    output_dir: str = option("the Hugging Face model directory to write: missing, empty, or an earlier export",
+                             metavar="DIR", deprecated=("out",))
+    student_config: str | None = option("the run's OUTPUT_DIR/student_config (found next to the checkpoint by "
+                                        "default)", default=None)
+    export_format: str = option("auto: a sentence-transformers model too when the teacher was one; hf: the encoder "
+                                "only; sentence-transformers: also for a plain teacher (mean pooling); default: auto",
+                                default="auto", choices=st_io.EXPORT_FORMATS)
+    embedding_projection: str = option("a run with --embedding_loss and a student narrower than the teacher trained "
+                                       "a projection to the teacher's width: export it as a Dense module after the "
+                                       "pooling, or drop it; default: export", default="export",
+                                       choices=("export", "drop"))
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser, generated from ExportConfig."""
+    p = argparse.ArgumentParser(prog=prog or os.path.basename(sys.argv[0]), description=CLI_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_arguments(p, ExportConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`distill-export CHECKPOINT_OR_RUN_DIR --out DIR`; 0 done, 2 bad input (`error: ...` on stderr)."""
-    p = argparse.ArgumentParser(description=CLI_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint directory (OUTPUT_DIR/checkpoints/step-N) or a run's OUTPUT_DIR")
-    p.add_argument("--out", required=True,
-                   help="the Hugging Face model directory to write: missing, empty, or an earlier export")
-    p.add_argument("--student_config",
-                   help="the run's OUTPUT_DIR/student_config (found next to the checkpoint by default)")
-    p.add_argument("--export_format", default="auto", choices=st_io.EXPORT_FORMATS,
-                   help="auto: a sentence-transformers model too when the teacher was one; hf: the encoder only; "
-                        "sentence-transformers: also for a plain teacher (mean pooling); default: auto")
-    p.add_argument("--embedding_projection", default="export", choices=("export", "drop"),
-                   help="a run with --embedding_loss and a student narrower than the teacher trained a projection to "
-                        "the teacher's width: export it as a Dense module after the pooling, or drop it; "
-                        "default: export")
-    args = p.parse_args(argv)
+    """`distill-export CHECKPOINT_OR_RUN_DIR --output_dir DIR`; 0 done, 2 bad input (`error: ...` on stderr)."""
+    args = ExportConfig(**vars(parser().parse_args(argv)))
     try:
         path = resolve_source(Path(args.checkpoint))
-        out = export_checkpoint(path, args.out, skeleton_dir=args.student_config, flag="--out",
+        out = export_checkpoint(path, args.output_dir, skeleton_dir=args.student_config, flag="--output_dir",
                                 export_format=args.export_format, embedding_projection=args.embedding_projection)
-    except (ValueError, FileNotFoundError) as e:
+    except DistillError as e:  # a bug is not caught: its traceback, exit 1
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     print(f"exported {path} -> {out}")
     return 0
 

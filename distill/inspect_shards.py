@@ -1,21 +1,26 @@
 """Check a shard directory and print its statistics: `distill-inspect` (tools/inspect_shards.py).
 
-    distill-inspect DIR [--verify] [--decode N] [--seq-len 128 512]
+    distill-inspect DIR [--verify] [--decode N] [--max_seq_length 128 512]
 
 Sizes are always checked against the manifest (a manifest that lists no shard is refused);
 --verify also checks every sha256 and each shard's recorded largest id; every id is checked
 against the vocabulary size (the first one outside it is named with its shard and offset).
 --decode N prints the first N training windows as text (needs the tokenizer named in the
-manifest to be loadable).
+manifest to be loadable). The flags are InspectConfig's fields, spelled --flag_name or --flag-name.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
-from .shards import ShardError, ShardSet, first_id_out_of_range
+from .cli_args import add_arguments, option
+from .errors import DistillError
+from .paths import model_load_error
+from .shards import ShardSet, first_id_out_of_range
 
 MIN_SEQ_LEN = 3  # a window is CLS + at least one token + SEP
 
@@ -73,36 +78,54 @@ def print_windows(shards: ShardSet, seq_len: int, count: int) -> None:
 
     from .data import WindowDataset
 
-    tokenizer = AutoTokenizer.from_pretrained(shards.tokenizer["name_or_path"])
+    name = shards.tokenizer["name_or_path"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as e:  # moved or deleted since the build, a hub name not reachable
+        raise model_load_error("--decode: the manifest's tokenizer", name, e) from e
     ds = WindowDataset(shards, seq_len, verify=False)  # checked already: sizes, ids, and with --verify checksums
     for i in range(min(count, len(ds))):
         ids = ds[i]["input_ids"][ds[i]["attention_mask"].bool()].tolist()
         print(f"  window {i}: {tokenizer.decode(ids)[:300]!r}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("directory", help="a shard directory written by tools/pretokenize.py")
-    p.add_argument("--verify", action="store_true", help="check every shard's sha256 too")
-    p.add_argument("--seq-len", type=int, nargs="+", default=[128, 512], help="window lengths to count")
-    p.add_argument("--decode", type=int, default=0, metavar="N", help="print the first N windows as text")
-    return p.parse_args(argv)
+@dataclass
+class InspectConfig:
+    """What `distill-inspect` checks and prints."""
+
+    directory: str = option("a shard directory written by tools/pretokenize.py", positional=True)
+    verify: bool = option("check every shard's sha256 too", default=False)
+    max_seq_length: list[int] = option("training window lengths (tokens, [CLS] and [SEP] included) to count the "
+                                       "windows of", default_factory=lambda: [128, 512], metavar="N",
+                                       deprecated=("seq_len",))
+    decode: int = option("print the first N windows (of the first length) as text", default=0, metavar="N")
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser, generated from InspectConfig."""
+    p = argparse.ArgumentParser(prog=prog or os.path.basename(sys.argv[0]), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_arguments(p, InspectConfig)
+
+
+def parse_args(argv: list[str] | None = None) -> InspectConfig:
+    return InspectConfig(**vars(parser().parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    too_short = [L for L in args.seq_len if L < MIN_SEQ_LEN]
+    too_short = [L for L in args.max_seq_length if L < MIN_SEQ_LEN]
     if too_short:
-        print(f"error: --seq-len {too_short[0]} is too small: a window holds CLS, at least one token and SEP; "
-              f"pass --seq-len {MIN_SEQ_LEN} or more", file=sys.stderr)
+        print(f"error: --max_seq_length {too_short[0]} is too small: a window holds CLS, at least one token and "
+              f"SEP; pass --max_seq_length {MIN_SEQ_LEN} or more", file=sys.stderr)
         return 2
     try:
         shards = ShardSet(args.directory, verify=args.verify)
-        statistics = shard_statistics(shards, args.seq_len)
-    except ShardError as e:
+        statistics = shard_statistics(shards, args.max_seq_length)
+        print(report(args.directory, shards, statistics, args.verify))
+        if args.decode:
+            print_windows(shards, args.max_seq_length[0], args.decode)
+    except DistillError as e:  # ShardError, a tokenizer that cannot be loaded; a bug is not caught (exit 1)
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report(args.directory, shards, statistics, args.verify))
-    if args.decode:
-        print_windows(shards, args.seq_len[0], args.decode)
+        return e.exit_code
     return 0

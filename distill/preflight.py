@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from .config import ConfigError, DistillConfig, load_deepspeed_json, resolve_deepspeed_config
+from .config import DistillConfig, load_deepspeed_json, resolve_deepspeed_config
 from .embedding_loss import POOLING_MODES, PROJECTION_ATTRIBUTE, EmbeddingProjection, EmbeddingSpec
 from .encoders import UnsupportedEncoder, check_supported, get_adapter
+from .errors import ConfigError
 from .monitor import encoder_forward_flops, mfu_unknown_line, peak_flops, step_flops
+from .paths import model_load_error
 from .relations import resolve_relation_impl
 
 __all__ = ["PreparedRun", "prepare", "build_models", "build_dataset", "check_teacher_fit", "check_data_size",
@@ -108,30 +110,27 @@ def _load_tokenizer(source):
 
 
 def check_teacher_fit(cfg: DistillConfig, teacher_config, device: torch.device | None = None) -> None:
-    """ConfigError, before any model is built, unless the teacher's family is supported, --max_seq_len fits
+    """ConfigError, before any model is built, unless the teacher's family is supported, --max_seq_length fits
     its positions (and a ModernBERT's local window), and an unchunked relation loss fits its memory budget."""
-    try:
-        adapter = check_supported(teacher_config, "--teacher")
-    except UnsupportedEncoder as e:
-        raise ConfigError(str(e)) from None
+    adapter = check_supported(teacher_config, "--teacher")  # UnsupportedEncoder, a ConfigError
     limit = adapter.max_positions(teacher_config)
     if limit is not None and cfg.max_seq_len > limit:
-        raise ConfigError(f"--max_seq_len {cfg.max_seq_len} exceeds the teacher's {limit} positions "
-                          f"({teacher_config.model_type}); use --max_seq_len {limit} or less")
+        raise ConfigError(f"--max_seq_length {cfg.max_seq_len} exceeds the teacher's {limit} positions "
+                          f"({teacher_config.model_type}); use --max_seq_length {limit} or less")
     window = adapter.local_window(teacher_config)
     if window is not None and window > cfg.max_seq_len:
-        raise ConfigError(f"--max_seq_len {cfg.max_seq_len} is shorter than the local attention window of "
+        raise ConfigError(f"--max_seq_length {cfg.max_seq_len} is shorter than the local attention window of "
                           f"{window} tokens that the {teacher_config.model_type} teacher and its student use in "
                           f"their local layers: those layers would attend to every token, unlike the teacher at "
-                          f"its length; use --max_seq_len {window} or more")
+                          f"its length; use --max_seq_length {window} or more")
     try:
         spec = cfg.relation_spec
         if device is not None and spec.impl == "auto":  # the fused kernel, where it runs, is linear in S
             spec = dataclasses.replace(spec, impl=resolve_relation_impl("auto", device))
         spec.check_memory(cfg.per_device_train_batch_size, cfg.max_seq_len)
-    except ValueError as e:
+    except ConfigError as e:
         raise ConfigError(f"--relation_impl {cfg.relation_impl}: {e} (--per_device_train_batch_size, "
-                          f"--max_seq_len, --relation_chunk_size)") from None
+                          f"--max_seq_length, --relation_chunk_size)") from None
 
 
 def teacher_modules(cfg: DistillConfig, teacher, teacher_config, export_format: str | None = None):
@@ -142,11 +141,8 @@ def teacher_modules(cfg: DistillConfig, teacher, teacher_config, export_format: 
 
     # a teacher given as a model is read from its directory only (a hub name may not be the model given)
     source = cfg.teacher if teacher is None or Path(os.path.expanduser(cfg.teacher)).is_dir() else None
-    try:
-        return read_teacher_modules(source, export_format or cfg.export_format,
-                                    get_adapter(teacher_config).hidden_size(teacher_config))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    return read_teacher_modules(source, export_format or cfg.export_format,  # ConfigError when they cannot be
+                                get_adapter(teacher_config).hidden_size(teacher_config))
 
 
 def _own_modules(cfg: DistillConfig, teacher, teacher_config):
@@ -167,13 +163,15 @@ def teacher_config_of(cfg: DistillConfig, teacher=None):
 
 
 def _load_config(name_or_path: str):
+    """The teacher's config; ConfigError naming --teacher when transformers cannot load it (a hub name that does
+    not exist or cannot be reached, a directory without a config, remote code)."""
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(name_or_path)
-    except ValueError as e:
+    except (OSError, ValueError) as e:
         if "trust_remote_code" not in str(e):
-            raise
+            raise model_load_error("--teacher", name_or_path, e) from e
         # remote code (NomicBERT, gte 'new', JinaBERT): name the model type without running its code
         raise ConfigError(_remote_code_message(name_or_path)) from None
 
@@ -259,7 +257,10 @@ def prepare(cfg: DistillConfig, rank: int, world: int, device: torch.device, *, 
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
         bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported(), notes=notes)
-    peak = peak_flops(device)  # a bad DISTILL_PEAK_TFLOPS is refused here
+    try:
+        peak = peak_flops(device)  # a bad DISTILL_PEAK_TFLOPS is refused here
+    except ValueError as e:  # the one ValueError peak_flops raises: the variable's value
+        raise ConfigError(str(e)) from None
     if rank == 0:
         for line in (*notes, mfu_unknown_line(device)):
             if line is not None:
@@ -292,7 +293,11 @@ def embedding_probe(cfg: DistillConfig, modules, tokenizer=None):
     modes = pooling_modes(modules) if modules is not None else ()
     pooling = cfg.pooling or (modes[0] if len(modes) == 1 else "mean")
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer or cfg.teacher)
+        source = tokenizer or cfg.teacher
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except OSError as e:
+            raise model_load_error("--teacher" if source == cfg.teacher else "tokenizer", source, e) from e
     return EmbeddingProbe(cfg.eval_task, tokenizer, pooling=pooling, samples=cfg.eval_samples,
                           max_seq_len=cfg.max_seq_len)
 

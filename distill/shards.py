@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .errors import ShardError
 from .io import atomic_write_bytes, atomic_write_json, create_temporary, file_sha256, fsync_dir  # noqa: F401
 
 FORMAT_NAME = "distill-shards"
@@ -43,10 +44,6 @@ MANIFEST_NAME = "manifest.json"
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 SHARD_FILE_PATTERN = r"shard-(\d{5,})\.bin"  # shard_name's files; group 1: the index
 SHARD_FILE = re.compile(rf"^{SHARD_FILE_PATTERN}$")
-
-
-class ShardError(ValueError):
-    """A shard directory is missing, malformed, or does not match its manifest."""
 
 
 def shard_name(index: int) -> str:
@@ -278,7 +275,7 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     path = directory / MANIFEST_NAME
     if not directory.is_dir():
         what = "a file, not a shard directory" if directory.exists() else "no such directory"
-        raise ShardError(f"{directory}: {what}; build one with tools/pretokenize.py --output DIR and give DIR")
+        raise ShardError(f"{directory}: {what}; build one with tools/pretokenize.py --output_dir DIR and give DIR")
     if not path.is_file():
         raise ShardError(
             f"{directory}: no {MANIFEST_NAME}: it is not a finished shard directory "

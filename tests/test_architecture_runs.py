@@ -15,6 +15,8 @@ from helpers import REPO, WORDS, free_port
 from helpers import RUN_ENV as ENV
 from test_distill_run import run_deepspeed
 
+from distill.cli_args import flag
+
 # multi-process DeepSpeed runs of two families, about 1.5 minutes in all: `make test-extended` (CI)
 pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
@@ -87,8 +89,8 @@ def save_teacher(family: str, directory: Path) -> None:
 
 
 def pretokenize(tokenizer_dir: Path, corpus: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "tools/pretokenize.py", "--tokenizer", str(tokenizer_dir), "--input",
-                             str(corpus), "--output", str(out), "--num-workers", "1", "--shard-tokens", "2000"],
+    return subprocess.Popen([sys.executable, "tools/pretokenize.py", "--tokenizer_name", str(tokenizer_dir), "--input",
+                             str(corpus), "--output_dir", str(out), "--num-workers", "1", "--shard-tokens", "2000"],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -123,7 +125,7 @@ def distill_args(teachers: Path, family: str, out: Path, **overrides) -> list[st
             "per_device_train_batch_size": 4, "learning_rate": 2e-3, "warmup_steps": 2, "max_steps": MAX_STEPS,
             "logging_steps": 3, "save_steps": SAVE_STEPS, "output_dir": out, "dataloader_num_workers": 0, "seed": 7}
     args.update(overrides)
-    return [f"--{k}={v}" for k, v in args.items() if v is not None]
+    return [f"{flag(k)}={v}" for k, v in args.items() if v is not None]
 
 
 def run_by_hand(args: list[str], ranks: int = 2, timeout: int = 300) -> None:
@@ -294,10 +296,10 @@ def test_bad_input_for_a_modernbert_teacher_is_refused_before_any_run_file(teach
     # the model's embedding table (505 rows) has a row for each of the 239 ids: the special ids tell them apart
     assert ShardSet(teachers / "bert-shards").tokenizer["vocab_size"] < config.vocab_size
     assert "vocab_size" not in err and "re-run tools/pretokenize.py" in err
-    assert (f"error: --max_seq_len {LOCAL_WINDOW - 1} is shorter than the local attention window of "
+    assert (f"error: --max_seq_length {LOCAL_WINDOW - 1} is shorter than the local attention window of "
             f"{LOCAL_WINDOW} tokens") in found["shorter-than-window"][1]
-    assert (f"error: --max_seq_len {POSITIONS + 8} exceeds the teacher's {POSITIONS} positions (modernbert); "
-            f"use --max_seq_len {POSITIONS} or less") in found["beyond-positions"][1]
+    assert (f"error: --max_seq_length {POSITIONS + 8} exceeds the teacher's {POSITIONS} positions (modernbert); "
+            f"use --max_seq_length {POSITIONS} or less") in found["beyond-positions"][1]
 
 
 def test_a_deberta_v3_teacher_with_a_padded_embedding_table_takes_its_own_shards(teachers):

@@ -263,14 +263,14 @@ def test_export_refuses_a_checkpoint_with_a_flipped_byte(tmp_path, tiny_tokenize
     flip_a_byte(model_file, largest_tensor_exponent_byte(model_file))
     weights = torch.load(model_file, weights_only=False)["module"]  # loads: only the checksum tells
     assert max(w.abs().max().item() for w in weights.values() if w.is_floating_point()) > 1e30
-    assert main([str(second), "--out", str(tmp_path / "student")]) == 2
+    assert main([str(second), "--output_dir", str(tmp_path / "student")]) == 2
     err = capsys.readouterr().err
     assert f"error: {model_file} does not match the sha256" in err and f"checkpoint {second} is damaged" in err
     assert f"the previous complete checkpoint is {first}" in err
     assert not (tmp_path / "student").exists()
-    assert main([str(tmp_path), "--out", str(tmp_path / "student")]) == 2  # the run's newest: the same refusal
+    assert main([str(tmp_path), "--output_dir", str(tmp_path / "student")]) == 2  # the run's newest: the same refusal
     assert f"checkpoint {second} is damaged" in capsys.readouterr().err
-    assert main([str(first), "--out", str(tmp_path / "student")]) == 0
+    assert main([str(first), "--output_dir", str(tmp_path / "student")]) == 0
 
 
 # --------------------------------------------------------------------------- shapes

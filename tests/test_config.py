@@ -57,7 +57,7 @@ def test_unknown_config_keys_are_refused(tmp_path):
     ({"relation_impl": "fast"}, "--relation_impl='fast': choose one of auto, chunked, reference, triton"),
     ({"relations": "qx:1"}, "--relations"),
     ({"warmup_steps": 20, "max_steps": 10}, "--warmup_steps 20 must be between 0 and --max_steps 10"),
-    ({"max_seq_len": 2}, "--max_seq_len 2 must be >= 3"),
+    ({"max_seq_len": 2}, "--max_seq_length 2 must be >= 3"),
     ({"student_init": "copy"}, "choose teacher or random"),
     ({"precision": "fp8"}, "choose auto, bf16, fp16 or fp32"),
 ])

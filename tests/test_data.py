@@ -292,7 +292,7 @@ def test_sampler_refuses_bad_arguments(kwargs, message):
 # --------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("L", [0, 2])
 def test_too_short_windows_are_refused(shard_dir, L):
-    with pytest.raises(DataError, match=f"max_seq_len {L} is too small.*--max_seq_len 3 or more"):
+    with pytest.raises(DataError, match=f"max_seq_len {L} is too small.*--max_seq_length 3 or more"):
         WindowDataset(shard_dir, L)
 
 
@@ -302,7 +302,7 @@ def test_windows_longer_than_the_tokenizer_allows_are_refused(tmp_path):
     with pytest.raises(DataError) as e:
         WindowDataset(directory, 1024)
     assert "max_seq_len 1024 exceeds the tokenizer's maximum 512 (model_max_length in" in str(e.value)
-    assert "manifest.json" in str(e.value) and "use --max_seq_len 512 or less" in str(e.value)
+    assert "manifest.json" in str(e.value) and "use --max_seq_length 512 or less" in str(e.value)
 
 
 @pytest.mark.parametrize("sentinel", [int(1e30), 1e30, None])

@@ -13,6 +13,8 @@ import pytest
 import torch
 from helpers import REPO, RUN_ENV, WORDS, free_port
 
+from distill.cli_args import flag
+
 pytestmark = pytest.mark.slow
 
 ENV = RUN_ENV
@@ -30,8 +32,8 @@ def tiny(tmp_path_factory, tiny_tokenizer_dir):
     rng = random.Random(0)
     docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 60))) for _ in range(300)]
     (root / "corpus.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
-    subprocess.run([sys.executable, "tools/pretokenize.py", "--tokenizer", str(root / "teacher"), "--input",
-                    str(root / "corpus.txt"), "--output", str(root / "shards"), "--num-workers", "1",
+    subprocess.run([sys.executable, "tools/pretokenize.py", "--tokenizer_name", str(root / "teacher"), "--input",
+                    str(root / "corpus.txt"), "--output_dir", str(root / "shards"), "--num-workers", "1",
                     "--shard-tokens", "2000"], cwd=REPO, env=ENV, check=True, capture_output=True)
     return root
 
@@ -43,7 +45,7 @@ def distill_args(tiny: Path, out: Path, **overrides) -> list[str]:
             "max_steps": 8, "logging_steps": 2, "save_steps": 4, "output_dir": out, "dataloader_num_workers": 0,
             "seed": 7}
     args.update(overrides)
-    return [f"--{k}={v}" for k, v in args.items() if v is not None]
+    return [f"{flag(k)}={v}" for k, v in args.items() if v is not None]  # flag: --max_seq_length for max_seq_len
 
 
 def run_deepspeed(args: list[str], ranks: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -179,12 +181,12 @@ def test_export_tool_rebuilds_the_student_from_a_zero2_checkpoint(tiny, tmp_path
     run_deepspeed(distill_args(tiny, out, deepspeed_config=ds, max_steps=4, save_steps=2))
     exported = tmp_path / "exported"
     proc = subprocess.run([sys.executable, "tools/export_student.py", str(out / "checkpoints" / "step-00000004"),
-                           "--out", str(exported)], cwd=REPO, env=ENV, capture_output=True, text=True)
+                           "--output_dir", str(exported)], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_weights(exported, out / "student", atol=0)
     early = tmp_path / "early"
     subprocess.run([sys.executable, "tools/export_student.py", str(out / "checkpoints" / "step-00000002"),
-                    "--out", str(early)], cwd=REPO, env=ENV, check=True, capture_output=True)
+                    "--output_dir", str(early)], cwd=REPO, env=ENV, check=True, capture_output=True)
     assert AutoModel.from_pretrained(early).config.hidden_size == 16
 
 

@@ -382,7 +382,7 @@ RUN_FLAGS = {
     "labels": ("+", None, None),
 }
 SUMMARY_FLAGS = {"aggregation": (None, "best", ["best", "mean", "median"]), "metrics": (None, "main", ["main", "all"]),
-                 "models": ("+", None, None), "tasks": ("+", None, None), "output": (None, None, None),
+                 "models": ("+", None, None), "tasks": ("+", None, None), "output_file": (None, None, None),
                  "hyperparameters": (0, False, None)}
 
 
@@ -511,9 +511,9 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_any_work(tmp_pat
     # the summary's CSV
     root = tmp_path / "results"
     _write_result(root, "student", "cola", 1e-5, 3, 42, {"mcc": 0.5})
-    assert cli.main(["summary", str(root), "--output", str(tmp_path / "file" / "summary.csv")]) == 2
+    assert cli.main(["summary", str(root), "--output_file", str(tmp_path / "file" / "summary.csv")]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
-    assert cli.main(["summary", str(root), "--output", str(locked / "summary.csv")]) == 2
+    assert cli.main(["summary", str(root), "--output_file", str(locked / "summary.csv")]) == 2
     assert "is not writable (permission denied)" in capsys.readouterr().err
 
 

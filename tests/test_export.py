@@ -14,7 +14,7 @@ from distill.export import EXPORT_MARKER, main
 
 
 @pytest.mark.parametrize("script, words", [
-    ("tools/export_student.py", ["--out", "--student_config", "newest complete checkpoint"]),
+    ("tools/export_student.py", ["--output_dir", "--student_config", "newest complete checkpoint"]),
     ("tools/demo_table.py", ["--student", "--teacher", "--random_init_seed"]),
 ])
 def test_thin_scripts_run_the_package_command(script, words):
@@ -26,9 +26,9 @@ def test_thin_scripts_run_the_package_command(script, words):
 def test_export_refuses_what_is_not_a_complete_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints" / "step-00000002").mkdir(parents=True)  # no COMPLETE marker
-    assert main([str(run_dir), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(run_dir), "--output_dir", str(tmp_path / "out")]) == 2
     assert f"error: {run_dir} has no complete checkpoint" in capsys.readouterr().err
-    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--output_dir", str(tmp_path / "out")]) == 2
     assert "is not a complete checkpoint (no COMPLETE marker); export an earlier one" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as exit_info:
@@ -84,7 +84,7 @@ def test_export_writes_a_student_and_its_marker(run_dir, tmp_path, capsys):
     import torch
 
     out = tmp_path / "student"
-    assert main([str(run_dir), "--out", str(out)]) == 0
+    assert main([str(run_dir), "--output_dir", str(out)]) == 0
     marker = json.loads((out / EXPORT_MARKER).read_text())
     assert marker["checkpoint"] == str((run_dir / "checkpoints" / "step-00000004").resolve())
     saved = torch.load(run_dir / "checkpoints" / "step-00000004" / "mp_rank_00_model_states.pt")["module"]
@@ -101,10 +101,10 @@ def test_export_refuses_a_directory_holding_other_files_before_any_work(run_dir,
     (out / "sub").mkdir()
     before = _tree(out)
     monkeypatch.setattr(export, "checkpoint_state_dict", lambda *a: pytest.fail("weights rebuilt before the check"))
-    assert main([str(run_dir), "--out", str(out)]) == 2
+    assert main([str(run_dir), "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --out {out} holds files this export did not write (notes.txt, sub)")
-    assert "choose another --out" in err
+    assert err.startswith(f"error: --output_dir {out} holds files this export did not write (notes.txt, sub)")
+    assert "choose another --output_dir" in err
     assert _tree(out) == before and sorted(p.name for p in out.iterdir()) == ["notes.txt", "sub"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "run"]
 
@@ -112,8 +112,8 @@ def test_export_refuses_a_directory_holding_other_files_before_any_work(run_dir,
 def test_export_refuses_a_file_at_the_target(run_dir, tmp_path, capsys):
     out = tmp_path / "student"
     out.write_text("not a directory")
-    assert main([str(run_dir), "--out", str(out)]) == 2
-    assert f"error: --out {out} is a file" in capsys.readouterr().err
+    assert main([str(run_dir), "--output_dir", str(out)]) == 2
+    assert f"error: --output_dir {out} is a file" in capsys.readouterr().err
     assert out.read_text() == "not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "student"]  # no .student.old
 
@@ -130,13 +130,13 @@ def test_export_replaces_an_earlier_export_and_fills_an_empty_directory(run_dir,
 
     out = tmp_path / "student"
     out.mkdir()  # empty: taken
-    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--out", str(out)]) == 0
-    assert main([str(run_dir), "--out", str(out)]) == 0  # an earlier export: replaced by step 4's
+    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--output_dir", str(out)]) == 0
+    assert main([str(run_dir), "--output_dir", str(out)]) == 0  # an earlier export: replaced by step 4's
     saved = torch.load(run_dir / "checkpoints" / "step-00000004" / "mp_rank_00_model_states.pt")["module"]
     assert all(torch.equal(v, saved[k]) for k, v in _weights(out).items() if k in saved)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "student"]
     (out / "README.md").write_text("my model card")  # the user's file in an earlier export: kept, refused
-    assert main([str(run_dir), "--out", str(out)]) == 2
+    assert main([str(run_dir), "--output_dir", str(out)]) == 2
     assert "holds files this export did not write (README.md)" in capsys.readouterr().err
     assert (out / "README.md").read_text() == "my model card"
 
@@ -148,7 +148,7 @@ def test_export_follows_the_umask(run_dir, tmp_path):
     out = tmp_path / "student"
     old = os.umask(0o022)
     try:
-        assert main([str(run_dir), "--out", str(out)]) == 0
+        assert main([str(run_dir), "--output_dir", str(out)]) == 0
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
@@ -163,7 +163,7 @@ def test_a_full_disk_leaves_the_earlier_export(run_dir, tmp_path, capsys, monkey
     from transformers import PreTrainedModel
 
     out = tmp_path / "student"
-    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--out", str(out)]) == 0
+    assert main([str(run_dir / "checkpoints" / "step-00000002"), "--output_dir", str(out)]) == 0
     before = _tree(out)
 
     def full(self, directory, *args, **kwargs):
@@ -171,7 +171,7 @@ def test_a_full_disk_leaves_the_earlier_export(run_dir, tmp_path, capsys, monkey
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
     capsys.readouterr()
-    assert main([str(run_dir), "--out", str(out)]) == 2
+    assert main([str(run_dir), "--output_dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no space left on device writing the export of")
     assert f"{out} was left as it was" in err
@@ -181,14 +181,14 @@ def test_a_full_disk_leaves_the_earlier_export(run_dir, tmp_path, capsys, monkey
 
 def test_export_names_a_missing_path_and_an_unfinished_run(tmp_path, capsys):
     missing = tmp_path / "nowhere"
-    assert main([str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(missing), "--output_dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == f"error: {missing}: no such checkpoint or run directory\n"
     (tmp_path / "run" / "checkpoints" / "step-00000002").mkdir(parents=True)
-    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(tmp_path / "run"), "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"error: {tmp_path / 'run'} has no complete checkpoint" in err and "step-00000002" in err
     (tmp_path / "other").mkdir()
-    assert main([str(tmp_path / "other"), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(tmp_path / "other"), "--output_dir", str(tmp_path / "out")]) == 2
     assert "is neither a checkpoint directory" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -208,12 +208,12 @@ def test_export_names_a_damaged_checkpoint_and_the_previous_one(run_dir, tmp_pat
     model.write_bytes(model.read_bytes()[:100])  # truncated under its marker
     for source in (run_dir, newest):
         out = tmp_path / f"out-{source.name}"
-        assert main([str(source), "--out", str(out)]) == 2
+        assert main([str(source), "--output_dir", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and model.name in err and "step-00000002" in err, err
         assert not out.exists()
     (newest / ckpt.COMPLETE).write_text("")  # an empty marker
-    assert main([str(newest), "--out", str(tmp_path / "o")]) == 2
+    assert main([str(newest), "--output_dir", str(tmp_path / "o")]) == 2
     assert "is empty" in capsys.readouterr().err
 
 
@@ -239,9 +239,10 @@ def test_export_refuses_a_target_inside_checkpoints_before_any_work(run_dir, tmp
         (run_dir, other / "student", other),
     ]:
         before = _tree(run_dir)
-        assert main([str(source), "--out", str(out)]) == 2, out
+        assert main([str(source), "--output_dir", str(out)]) == 2, out
         err = capsys.readouterr().err
-        assert err.startswith(f"error: --out {out} ") and f"{inside}" in err and "choose an --out outside" in err, err
+        assert err.startswith(f"error: --output_dir {out} ") and f"{inside}" in err, err
+        assert "choose an --output_dir outside" in err, err
         assert "\n" == err[-1] and err.count("\n") == 1
         assert _tree(run_dir) == before and not (checkpoints / "student").exists()
         assert not (checkpoints / "abandoned-x").exists() and not (other / "student").exists()
@@ -285,21 +286,21 @@ def test_a_full_disk_names_the_directory_and_its_free_space(run_dir, tmp_path, c
         monkeypatch.setattr(mu, "safe_save_file", full)
     out = tmp_path / "new" / "deeper" / "student"
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert main([str(run_dir), "--out", str(out)]) == 2
+    assert main([str(run_dir), "--output_dir", str(out)]) == 2
     (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]  # one line
     assert err.startswith(f"error: no space left on device writing the export of {run_dir / 'checkpoints'}"), err
     assert f"{out} was not written" in err and f"{tmp_path} has " in err and " free" in err, err
-    assert "choose another --out" in err and ".tmp" not in err, err
+    assert "choose another --output_dir" in err and ".tmp" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial export, no folder made for it
 
 
 def test_a_missing_student_config_is_named_not_looked_up_on_the_hub(run_dir, tmp_path, capsys):
     missing = tmp_path / "nowhere" / "student_config"
-    assert main([str(run_dir), "--out", str(tmp_path / "o"), "--student_config", str(missing)]) == 2
+    assert main([str(run_dir), "--output_dir", str(tmp_path / "o"), "--student_config", str(missing)]) == 2
     assert capsys.readouterr().err == f"error: --student_config {missing}: no such directory\n"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(run_dir), "--out", str(tmp_path / "o"), "--student_config", str(empty)]) == 2
+    assert main([str(run_dir), "--output_dir", str(tmp_path / "o"), "--student_config", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --student_config {empty} has no config.json: give the run's") and "repo" not in err
     assert not (tmp_path / "o").exists()

@@ -89,7 +89,7 @@ def test_a_pretokenize_build_into_a_directory_in_use_is_refused_before_reading_a
     import distill.pretokenize as P
 
     (tmp_path / "a.txt").write_text("the water is long\n\nmake it so\n", encoding="utf-8")
-    args = ["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output",
+    args = ["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output_dir",
             str(tmp_path / "out"), "--num-workers", "1", "--no-progress"]
     child = hold(tmp_path / "out")
     try:
@@ -109,6 +109,6 @@ def test_a_failed_pretokenize_build_leaves_no_directory_and_no_lock(tmp_path, ti
     import distill.pretokenize as P
 
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
-    assert P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "empty.txt"), "--output",
+    assert P.main(["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "empty.txt"), "--output_dir",
                    str(tmp_path / "out"), "--num-workers", "1", "--no-progress"]) == 2
     assert not (tmp_path / "out").exists()

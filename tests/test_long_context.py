@@ -198,25 +198,25 @@ def teachers(tmp_path_factory, tiny_tokenizer_dir):
 
 CASES = {  # name: (teacher, flags, the error's text)
     "reference over budget": (
-        "bert4096", ["--relation_impl", "reference", "--max_seq_len", "4096", "--per_device_train_batch_size", "8"],
+        "bert4096", ["--relation_impl", "reference", "--max_seq_length", "4096", "--per_device_train_batch_size", "8"],
         "error: --relation_impl reference: relation_impl=reference at seq_len 4096 would hold 18.0 GiB of "
         "[B, A_r, S, S] matrices per micro-batch of 8, over its budget of 16 GiB: use relation_impl chunked"),
     "chunked without a chunk size over budget": (
-        "bert4096", ["--relation_impl", "chunked", "--relation_chunk_size", "0", "--max_seq_len", "4096",
+        "bert4096", ["--relation_impl", "chunked", "--relation_chunk_size", "0", "--max_seq_length", "4096",
                      "--per_device_train_batch_size", "8"],
         "error: --relation_impl chunked: an unchunked relation loss at seq_len 4096 would hold 18.0 GiB"),
     "auto without a chunk size over budget": (
-        "bert4096", ["--relation_chunk_size", "0", "--max_seq_len", "4096", "--per_device_train_batch_size", "8"],
+        "bert4096", ["--relation_chunk_size", "0", "--max_seq_length", "4096", "--per_device_train_batch_size", "8"],
         "error: --relation_impl auto: an unchunked relation loss at seq_len 4096 would hold 18.0 GiB"),
     "bert positions": (
-        "bert", ["--max_seq_len", "65"],
-        "error: --max_seq_len 65 exceeds the teacher's 64 positions (bert); use --max_seq_len 64 or less"),
+        "bert", ["--max_seq_length", "65"],
+        "error: --max_seq_length 65 exceeds the teacher's 64 positions (bert); use --max_seq_length 64 or less"),
     "roberta positions": (
-        "roberta", ["--max_seq_len", "65"],
-        "error: --max_seq_len 65 exceeds the teacher's 64 positions (roberta); use --max_seq_len 64 or less"),
+        "roberta", ["--max_seq_length", "65"],
+        "error: --max_seq_length 65 exceeds the teacher's 64 positions (roberta); use --max_seq_length 64 or less"),
     "modernbert local window": (
-        "modernbert", ["--max_seq_len", "64"],
-        "error: --max_seq_len 64 is shorter than the local attention window of 128 tokens that the modernbert "
+        "modernbert", ["--max_seq_length", "64"],
+        "error: --max_seq_length 64 is shorter than the local attention window of 128 tokens that the modernbert "
         "teacher and its student use in their local layers"),
 }
 

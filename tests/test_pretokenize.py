@@ -278,7 +278,7 @@ def test_sigkill_then_resume_gives_identical_bytes(tmp_path, tiny_tokenizer_dir)
     rng = random.Random(5)
     docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 400))) for _ in range(12000)]
     (tmp_path / "c.txt").write_text("\n\n".join(docs), encoding="utf-8")
-    args = ["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "c.txt"), "--shard-tokens", "40000",
+    args = ["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "c.txt"), "--shard-tokens", "40000",
             "--num-workers", "2", "--batch-chars", "65536"]
     out = tmp_path / "killed"
     reference = build(tiny_tokenizer_dir, [tmp_path / "c.txt"], tmp_path / "whole", num_workers=2, shard_tokens=40000,
@@ -286,7 +286,7 @@ def test_sigkill_then_resume_gives_identical_bytes(tmp_path, tiny_tokenizer_dir)
     total = len(reference["shards"])
     assert total > 40
 
-    _kill_when(_cli([*args, "--output", str(out)]), out, 3)
+    _kill_when(_cli([*args, "--output_dir", str(out)]), out, 3)
     progress = json.loads((out / P.PROGRESS_NAME).read_text())
     # killed at 3+ shard files; the last may be renamed but not yet recorded: resume rewrites it
     assert not (out / MANIFEST_NAME).exists() and 2 <= len(progress["shards"]) < total
@@ -295,8 +295,8 @@ def test_sigkill_then_resume_gives_identical_bytes(tmp_path, tiny_tokenizer_dir)
         ShardSet(out)
 
     resumed_from = len(progress["shards"])
-    _kill_when(_cli([*args, "--output", str(out)]), out, resumed_from + 3)  # killed again while resuming
-    proc = _cli([*args, "--output", str(out)])
+    _kill_when(_cli([*args, "--output_dir", str(out)]), out, resumed_from + 3)  # killed again while resuming
+    proc = _cli([*args, "--output_dir", str(out)])
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     assert "resuming" in stderr + stdout
@@ -309,7 +309,7 @@ def test_sigkill_then_resume_gives_identical_bytes(tmp_path, tiny_tokenizer_dir)
     ShardSet(out, verify=True)
 
     before = snapshot(out)
-    proc = _cli([*args, "--output", str(out)])
+    proc = _cli([*args, "--output_dir", str(out)])
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "already complete" in stdout, stderr
     assert snapshot(out) == before  # nothing rewritten
@@ -328,8 +328,8 @@ def finished(tmp_path, tiny_tokenizer_dir) -> Path:
 
 def test_rerun_of_a_finished_directory_is_a_noop(finished, tiny_tokenizer_dir, capsys):
     before = snapshot(finished)
-    rc = P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(finished.parent / "good.txt"), "--output",
-                 str(finished), "--shard-tokens", "500", "--num-workers", "1"])
+    rc = P.main(["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(finished.parent / "good.txt"),
+                 "--output_dir", str(finished), "--shard-tokens", "500", "--num-workers", "1"])
     assert rc == 0 and "already complete" in capsys.readouterr().out
     assert snapshot(finished) == before
 
@@ -437,7 +437,7 @@ def test_bad_inputs_say_what_to_do_and_lose_nothing(finished, tiny_tokenizer_dir
                 build(tiny_tokenizer_dir, [good, tmp_path / name], finished, overwrite=True)
         assert snapshot(finished) == before, name
     # the CLI: the same message on stderr, exit status 2, no traceback
-    rc = P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "body.jsonl"), "--output",
+    rc = P.main(["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "body.jsonl"), "--output_dir",
                  str(tmp_path / "cli")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "--text-field body" in err and "Traceback" not in err
@@ -450,8 +450,8 @@ def test_undecodable_bytes_are_replaced_and_counted_per_input(tmp_path, tiny_tok
                                          b'{"text": "\\u0002"}\n')  # the last batch: only a document without tokens
     out = tmp_path / "out"
     # --shard-tokens 1: a shard per document; the last batch opens one that gets no tokens
-    rc = P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "bad.txt"),
-                 str(tmp_path / "bad.jsonl"), "--output", str(out), "--num-workers", "1", "--no-progress",
+    rc = P.main(["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "bad.txt"),
+                 str(tmp_path / "bad.jsonl"), "--output_dir", str(out), "--num-workers", "1", "--no-progress",
                  "--batch-chars", "1", "--shard-tokens", "1"])
     stdout = capsys.readouterr().out
     assert rc == 0
@@ -516,8 +516,8 @@ def test_real_teacher_tokenizer_on_the_real_corpus(tmp_path, teacher_dir, corpus
     with open(corpus_dir / "reviews.jsonl", encoding="utf-8") as f:
         reviews.write_text("".join(next(f) for _ in range(400)), encoding="utf-8")
     out = tmp_path / "shards"
-    rc = P.main(["--tokenizer", str(teacher_dir), "--input", *map(str, sotu + brown), str(reviews),
-                 "--output", str(out), "--shard-tokens", "20000", "--num-workers", "2", "--no-progress"])
+    rc = P.main(["--tokenizer_name", str(teacher_dir), "--input", *map(str, sotu + brown), str(reviews),
+                 "--output_dir", str(out), "--shard-tokens", "20000", "--num-workers", "2", "--no-progress"])
     assert rc == 0
     docs = [d for p in sotu + brown for d in txt_reference(p.read_text(encoding="utf-8"))]
     docs += [json.loads(line)["text"] for line in reviews.read_text(encoding="utf-8").splitlines()]
@@ -536,8 +536,9 @@ def test_cli_help_names_every_flag():
     proc = subprocess.run([sys.executable, "tools/pretokenize.py", "--help"], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0
-    for flag in ("--tokenizer", "--input", "--output", "--text-field", "--num-workers", "--shard-tokens", "--dtype",
-                 "--overwrite", "--dataset", "--dataset-config", "--split", ".jsonl.gz", ".parquet", ".arrow"):
+    for flag in ("--tokenizer_name", "--input", "--output_dir", "--text-field", "--num-workers", "--shard-tokens",
+                 "--dtype", "--overwrite", "--dataset", "--dataset-config", "--split", ".jsonl.gz", ".parquet",
+                 ".arrow"):
         assert flag in proc.stdout, flag
 
 
@@ -548,8 +549,8 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, t
 
     (tmp_path / "a.txt").write_text("\n\n".join(random_docs(20)), encoding="utf-8")
     monkeypatch.setattr(P_build, "load_tokenizer", lambda *a: pytest.fail("work done before the output check"))
-    args = ["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output"]
-    assert_unwritable_outputs_refused(P.main, args, "--output", tmp_path, capsys, monkeypatch)
+    args = ["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output_dir"]
+    assert_unwritable_outputs_refused(P.main, args, "--output_dir", tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a 0500 directory: the monkeypatched test above covers it")
@@ -558,7 +559,7 @@ def test_a_read_only_output_directory_is_refused(tmp_path, tiny_tokenizer_dir, c
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     try:
-        assert P.main(["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output",
+        assert P.main(["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output_dir",
                        str(locked)]) == 2
         assert "is not writable (permission denied)" in capsys.readouterr().err
     finally:
@@ -581,7 +582,7 @@ def test_a_full_disk_keeps_the_finished_shards_and_resumes(tmp_path, tiny_tokeni
         real_write(self, ids)
 
     monkeypatch.setattr(S.ShardWriter, "_write", write)
-    args = ["--tokenizer", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output", str(out),
+    args = ["--tokenizer_name", str(tiny_tokenizer_dir), "--input", str(tmp_path / "a.txt"), "--output_dir", str(out),
             "--shard-tokens", "500", "--num-workers", "1", "--no-progress"]
     assert P.main(args) == 2
     err = capsys.readouterr().err
@@ -637,8 +638,8 @@ def test_memory_stays_flat_on_a_10_MB_single_line_document(tmp_path, tiny_tokeni
     (tmp_path / "small.txt").write_text(words[:10_000] + "\n", encoding="utf-8")
     peaks = {}
     for name in ("small", "big"):
-        proc = subprocess.run([sys.executable, "-c", MEASURE, "--tokenizer", str(tiny_tokenizer_dir), "--input",
-                               str(tmp_path / f"{name}.txt"), "--output", str(tmp_path / f"out-{name}"),
+        proc = subprocess.run([sys.executable, "-c", MEASURE, "--tokenizer_name", str(tiny_tokenizer_dir), "--input",
+                               str(tmp_path / f"{name}.txt"), "--output_dir", str(tmp_path / f"out-{name}"),
                                "--num-workers", "1", "--no-progress"], env=ENV, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -32,8 +32,8 @@ def corpus(path: Path, docs: int, seed: int = 0, words: int = 60) -> Path:
 
 
 def cli(tok_dir, inputs, out, *extra) -> list[str]:
-    return ["--tokenizer", str(tok_dir), "--input", *map(str, inputs), "--output", str(out), "--num-workers", "1",
-            "--no-progress", *extra]
+    return ["--tokenizer_name", str(tok_dir), "--input", *map(str, inputs), "--output_dir", str(out),
+            "--num-workers", "1", "--no-progress", *extra]
 
 
 def build(tok_dir, inputs, out, **kw):
@@ -87,7 +87,7 @@ def test_an_empty_output_is_refused(tmp_path, tiny_tokenizer_dir, capsys, monkey
     monkeypatch.chdir(tmp_path)
     a = corpus(tmp_path / "a.txt", 5)
     assert P.main(cli(tiny_tokenizer_dir, [a], output)) == 2
-    assert capsys.readouterr().err.startswith("error: --output is empty: give the directory to write the shards in")
+    assert capsys.readouterr().err.startswith("error: --output_dir is empty: give the directory to write the shards in")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # nothing written in the working directory
 
 

@@ -12,6 +12,7 @@ from helpers import save_tiny_teacher, write_shard_dir
 
 from distill import checkpoint as ckpt
 from distill.checkpoint import TrainState
+from distill.cli_args import flag
 from distill.config import ConfigError, DistillConfig
 
 
@@ -149,10 +150,10 @@ def test_the_command_line_exits_2_naming_every_difference(saved, tmp_path, sourc
 
     args = {"teacher": sources["other_teacher"], "data": sources["other_data"], "max_seq_len": 16,
             "output_dir": tmp_path, "resume": "auto"}
-    proc = subprocess.run([sys.executable, "launch/distill.py", *[f"--{k}={v}" for k, v in args.items()]],
+    proc = subprocess.run([sys.executable, "launch/distill.py", *[f"{flag(k)}={v}" for k, v in args.items()]],
                           cwd=REPO, env=cpu_env(HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"error: cannot resume {saved}" in proc.stderr
     assert all(f"\n  - {field}:" in proc.stderr for field in ("teacher", "data", "max_seq_len")), proc.stderr
-    assert f"--teacher {sources['teacher']} --data {sources['data']} --max_seq_len 32" in proc.stderr
+    assert f"--teacher {sources['teacher']} --data {sources['data']} --max_seq_length 32" in proc.stderr
     assert not (tmp_path / "run_config.json").exists()

@@ -18,6 +18,7 @@ from helpers import REPO, cpu_env, save_tiny_teacher, write_shard_dir
 
 from distill import checkpoint as ckpt
 from distill import sentence_transformers_io as st_io
+from distill.cli_args import flag
 from distill.export import EXPORT_MARKER, export_checkpoint, main, save_student_skeleton
 
 pytest.importorskip("sentence_transformers")
@@ -86,7 +87,7 @@ def test_a_sentence_transformers_teacher_gives_a_sentence_transformers_student(t
     run = make_run(tmp_path / "run", teacher)
     shutil.rmtree(teacher)  # read at the start of the run: the export needs no teacher
     out = tmp_path / "student"
-    assert main([str(run), "--out", str(out)]) == 0
+    assert main([str(run), "--output_dir", str(out)]) == 0
     assert "note:" not in capsys.readouterr().out
 
     model = load_st(out)
@@ -115,15 +116,15 @@ def test_a_sentence_transformers_teacher_gives_a_sentence_transformers_student(t
 def test_an_export_with_module_folders_is_recognised_and_guarded(teachers, tmp_path, capsys):
     run = make_run(tmp_path / "run", teachers["st"])
     out = tmp_path / "student"
-    assert main([str(run), "--out", str(out)]) == 0
-    assert main([str(run), "--out", str(out)]) == 0  # its own directory, folders included: replaced
+    assert main([str(run), "--output_dir", str(out)]) == 0
+    assert main([str(run), "--output_dir", str(out)]) == 0  # its own directory, folders included: replaced
     (out / "1_Pooling" / "notes.txt").write_text("mine")
-    assert main([str(run), "--out", str(out)]) == 2
+    assert main([str(run), "--output_dir", str(out)]) == 2
     assert "holds files this export did not write (1_Pooling/notes.txt)" in capsys.readouterr().err
     assert (out / "1_Pooling" / "notes.txt").read_text() == "mine"
     (out / "1_Pooling" / "notes.txt").unlink()
     (out / "extra").mkdir()
-    assert main([str(run), "--out", str(out)]) == 2
+    assert main([str(run), "--output_dir", str(out)]) == 2
     assert "holds files this export did not write (extra)" in capsys.readouterr().err
 
 
@@ -132,7 +133,7 @@ def test_a_dense_module_is_carried_where_the_widths_allow_and_dropped_otherwise(
     from safetensors.torch import load_file
 
     wide = make_run(tmp_path / "wide", teachers["dense"], width=32)  # the teacher's width: the Dense fits
-    assert main([str(wide), "--out", str(tmp_path / "wide-student")]) == 0
+    assert main([str(wide), "--output_dir", str(tmp_path / "wide-student")]) == 0
     assert "note:" not in capsys.readouterr().out
     assert module_kinds(tmp_path / "wide-student") == ["Transformer", "Pooling", "Dense", "Normalize"]
     assert load_st(tmp_path / "wide-student").encode(SENTENCES).shape == (2, 8)
@@ -141,7 +142,7 @@ def test_a_dense_module_is_carried_where_the_widths_allow_and_dropped_otherwise(
     assert all(torch.equal(teacher_dense[k], student_dense[k]) for k in teacher_dense)
 
     narrow = make_run(tmp_path / "narrow", teachers["dense"], width=16)
-    assert main([str(narrow), "--out", str(tmp_path / "narrow-student")]) == 0
+    assert main([str(narrow), "--output_dir", str(tmp_path / "narrow-student")]) == 0
     out = capsys.readouterr().out
     assert "note: the teacher's Dense module 2_Dense (32 -> 8) is left out of the student: it takes 32 inputs, " \
            "the student's embedding before it has 16" in out
@@ -169,7 +170,7 @@ def test_a_plain_teacher_gets_mean_pooling_only_when_asked(teachers, tmp_path):
 
     assert st_io.read_teacher_modules(str(teachers["plain"]), "auto", 32) is None
     run = make_run(tmp_path / "run", teachers["plain"], export_format="sentence-transformers")
-    assert main([str(run), "--out", str(tmp_path / "st")]) == 0  # auto follows what the run kept
+    assert main([str(run), "--output_dir", str(tmp_path / "st")]) == 0  # auto follows what the run kept
     assert module_kinds(tmp_path / "st") == ["Transformer", "Pooling"]
     pooling = json.loads((tmp_path / "st" / "1_Pooling" / "config.json").read_text())
     assert pooling["word_embedding_dimension"] == 16 and pooling["pooling_mode_mean_tokens"] is True
@@ -178,16 +179,17 @@ def test_a_plain_teacher_gets_mean_pooling_only_when_asked(teachers, tmp_path):
     assert model.max_seq_length == min(64, AutoTokenizer.from_pretrained(teachers["plain"]).model_max_length)
 
     plain_run = make_run(tmp_path / "plain-run", teachers["plain"])
-    assert main([str(plain_run), "--out", str(tmp_path / "hf")]) == 0
+    assert main([str(plain_run), "--output_dir", str(tmp_path / "hf")]) == 0
     assert not (tmp_path / "hf" / "modules.json").exists()
-    assert main([str(plain_run), "--out", str(tmp_path / "asked"), "--export_format", "sentence-transformers"]) == 0
+    assert main([str(plain_run), "--output_dir", str(tmp_path / "asked"),
+                 "--export_format", "sentence-transformers"]) == 0
     assert module_kinds(tmp_path / "asked") == ["Transformer", "Pooling"]
 
 
 def test_hf_gives_a_plain_export_of_a_sentence_transformers_teacher(teachers, tmp_path):
     assert st_io.read_teacher_modules(str(teachers["st"]), "hf", 32) is None
     run = make_run(tmp_path / "run", teachers["st"])
-    assert main([str(run), "--out", str(tmp_path / "student"), "--export_format", "hf"]) == 0
+    assert main([str(run), "--output_dir", str(tmp_path / "student"), "--export_format", "hf"]) == 0
     assert files_under(tmp_path / "student") == sorted(
         [EXPORT_MARKER, "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
 
@@ -195,10 +197,10 @@ def test_hf_gives_a_plain_export_of_a_sentence_transformers_teacher(teachers, tm
 def test_without_sentence_transformers_import_and_plain_exports_work(teachers, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
     run = make_run(tmp_path / "run", teachers["st"])  # auto: the teacher's files are read and kept without it
-    assert main([str(run), "--out", str(tmp_path / "st")]) == 0
+    assert main([str(run), "--output_dir", str(tmp_path / "st")]) == 0
     assert module_kinds(tmp_path / "st") == ["Transformer", "Pooling", "Normalize"]
-    assert main([str(run), "--out", str(tmp_path / "hf"), "--export_format", "hf"]) == 0
-    assert main([str(run), "--out", str(tmp_path / "asked"), "--export_format", "sentence-transformers"]) == 2
+    assert main([str(run), "--output_dir", str(tmp_path / "hf"), "--export_format", "hf"]) == 0
+    assert main([str(run), "--output_dir", str(tmp_path / "asked"), "--export_format", "sentence-transformers"]) == 2
     assert "needs the sentence-transformers package, which is not installed: pip install 'distill[embeddings]'" \
         in capsys.readouterr().err
     assert not (tmp_path / "asked").exists()
@@ -233,7 +235,7 @@ def test_a_run_refuses_a_teacher_module_it_cannot_export_before_writing(teachers
     data = write_shard_dir(tmp_path / "shards", [[11, 12, 13]] * 4)
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "--teacher", str(teacher), "--data", str(data),
                            "--output_dir", str(tmp_path / "out"), "--deepspeed_config", "ds_configs/cpu.json",
-                           "--max_seq_len", "32", "--student_hidden_size", "16", "--student_attention_heads", "2",
+                           "--max_seq_length", "32", "--student_hidden_size", "16", "--student_attention_heads", "2",
                            "--num_relation_heads", "4"],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=cpu_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
@@ -276,7 +278,7 @@ def test_the_export_format_is_a_checked_flag():
 def test_the_offline_teacher_all_minilm_layout_is_reproduced(teacher_dir, tmp_path):
     run = make_run(tmp_path / "run", teacher_dir, width=32)
     out = tmp_path / "student"
-    assert main([str(run), "--out", str(out)]) == 0
+    assert main([str(run), "--output_dir", str(out)]) == 0
     assert module_kinds(out) == ["Transformer", "Pooling", "Normalize"]
     assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
     pooling = json.loads((out / "1_Pooling" / "config.json").read_text())
@@ -298,15 +300,15 @@ def test_a_run_from_a_sentence_transformers_teacher_ends_with_one(teachers, tmp_
     (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30))
                                                      for _ in range(40)) + "\n", encoding="utf-8")
     env = cpu_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    subprocess.run([sys.executable, "tools/pretokenize.py", "--tokenizer", str(teachers["dense"]), "--input",
-                    str(tmp_path / "corpus.txt"), "--output", str(tmp_path / "shards"), "--num-workers", "1"],
+    subprocess.run([sys.executable, "tools/pretokenize.py", "--tokenizer_name", str(teachers["dense"]), "--input",
+                    str(tmp_path / "corpus.txt"), "--output_dir", str(tmp_path / "shards"), "--num-workers", "1"],
                    cwd=REPO, env=env, check=True, capture_output=True)
     out = tmp_path / "run"
     flags = {"teacher": teachers["dense"], "data": tmp_path / "shards", "deepspeed_config": "ds_configs/cpu.json",
              "student_layer": 1, "student_hidden_size": 16, "student_attention_heads": 2, "num_relation_heads": 4,
              "max_seq_len": 32, "per_device_train_batch_size": 4, "max_steps": 2, "save_steps": 0,
              "dataloader_num_workers": 0, "output_dir": out}
-    proc = subprocess.run([sys.executable, "launch/distill.py", *(f"--{k}={v}" for k, v in flags.items())],
+    proc = subprocess.run([sys.executable, "launch/distill.py", *(f"{flag(k)}={v}" for k, v in flags.items())],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "note: the teacher's Dense module 2_Dense (32 -> 8) is left out of the student" in proc.stdout

@@ -21,7 +21,7 @@ for d in "$ASSETS/corpus/sotu" "$ASSETS/corpus/brown"; do [ -d "$d" ] && corpus+
 [ ${#corpus[@]} -gt 0 ] || corpus=("$ASSETS/corpus/reviews.jsonl")
 
 echo "== 1/3 pretokenize: ${corpus[*]} -> $OUT/shards"
-"$PY" tools/pretokenize.py --tokenizer "$ASSETS/teacher" --input "${corpus[@]}" --output "$OUT/shards"
+"$PY" tools/pretokenize.py --tokenizer_name "$ASSETS/teacher" --input "${corpus[@]}" --output_dir "$OUT/shards"
 "$PY" tools/inspect_shards.py "$OUT/shards" --verify --decode 2
 
 # All GPUs when there are some; one process on CPU (2 gloo ranks on 2 cores are slower than 1).
@@ -35,7 +35,7 @@ echo "== 2/3 distil $ASSETS/teacher (6 x 384) into a 3 x 384 student, $STEPS ste
 "${launcher[@]}" --master_port "${MASTER_PORT:-29533}" launch/distill.py \
   --teacher "$ASSETS/teacher" --data "$OUT/shards" --output_dir "$OUT/run" --resume auto \
   --student_layer 3 --student_hidden_size 384 --student_attention_heads 12 --num_relation_heads 48 \
-  --max_seq_len 128 --per_device_train_batch_size "$batch" --learning_rate 2e-4 \
+  --max_seq_length 128 --per_device_train_batch_size "$batch" --learning_rate 2e-4 \
   --warmup_steps $((STEPS / 10)) --max_steps "$STEPS" --logging_steps 10 --save_steps 100 --save_total_limit 2 \
   --dataloader_num_workers 1 --eval_steps 100 --eval_task reviews --eval_samples 500
 echo "TensorBoard: $BIN/tensorboard --logdir $OUT/run/tensorboard"

@@ -379,8 +379,8 @@ def check_real_run(check: Check) -> None:
     plan, work = check.plan, check.work
     lines = check.sections.setdefault("run", [])
     pre = check.step("pretokenize the offline corpus", [
-        sys.executable, "tools/pretokenize.py", "--tokenizer", str(check.assets / "teacher"), "--input",
-        *plan.corpus, "--output", str(work / "shards"), "--no-progress", *plan.pretokenize], 300)
+        sys.executable, "tools/pretokenize.py", "--tokenizer_name", str(check.assets / "teacher"), "--input",
+        *plan.corpus, "--output_dir", str(work / "shards"), "--no-progress", *plan.pretokenize], 300)
     if pre.status != "passed":
         check.target(RESUME_TARGET, None, "", None)
         return

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Tokenize raw text into distill token shards: `distill-pretokenize` from a checkout.
 
-    python tools/pretokenize.py --tokenizer assets/teacher --input corpus/ --output shards/
+    python tools/pretokenize.py --tokenizer_name assets/teacher --input corpus/ --output_dir shards/
 
-The flags and the logic live in distill.pretokenize (`--help` lists them).
+The flags (PretokenizeConfig) and the logic live in distill.pretokenize (`--help` lists them).
 """
 import sys
 

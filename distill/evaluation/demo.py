@@ -26,8 +26,11 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..cli_args import add_arguments, option
+from ..errors import DistillError
 from ..paths import is_no_space, no_space_message, output_dir_problem
 from ..shards import atomic_write_bytes
 from .finetune import check_model, load_tokenizer, model_dir_problem
@@ -35,34 +38,46 @@ from .grid import REPO_ROOT
 from .summary import AGGREGATIONS
 from .tasks import TaskDataError
 
-__all__ = ["main", "parse_args", "check_inputs", "build_random_student", "build_sliced_student", "shape", "ROWS"]
+__all__ = ["main", "DemoConfig", "parser", "parse_args", "check_inputs", "build_random_student", "build_sliced_student",
+           "shape", "ROWS"]
 
 ROWS = ("teacher", "distilled", "sliced", "random")  # results folders / table rows
 EMBEDDING_COLUMNS = {"cls-acc": "emb cls-acc", "cls-f1": "emb cls-f1", "cluster-v": "emb cluster-v"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--student", required=True, help="the distilled student's model directory (with tokenizer)")
-    p.add_argument("--teacher", default=str(REPO_ROOT / "assets" / "teacher"), help="the teacher's model directory")
-    p.add_argument("--reviews", default=None, help="reviews.parquet (or its folder); default the offline assets")
-    p.add_argument("--output_dir", default="demo/eval", help="random student, results, table")
-    p.add_argument("--max_train_samples", type=int, default=2000, help="training reviews (0: all 17837)")
-    p.add_argument("--max_eval_samples", type=int, default=1000, help="dev reviews (0: all 1981)")
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--epochs", nargs="+", type=float, default=[1])
-    p.add_argument("--learning_rate", nargs="+", type=float, default=[2e-4])
-    p.add_argument("--seeds", nargs="+", type=int, default=[42])
-    p.add_argument("--per_device_train_batch_size", type=int, default=16)
-    p.add_argument("--group_by_length", action=argparse.BooleanOptionalAction, default=True,
-                   help="batch reviews of similar length together (less padding; on by default)")
-    p.add_argument("--aggregation", choices=list(AGGREGATIONS), default="best")
-    p.add_argument("--random_init_seed", type=int, default=0, help="seed of the random student's weights")
-    p.add_argument("--samples_per_label", type=int, default=32,
-                   help="the embedding probe's train reviews per class in each of 10 draws (0: one probe on every "
-                        "train review)")
-    p.add_argument("--devices", nargs="+", default=None, help="as evaluate_glue.py --devices")
-    return p.parse_args(argv)
+@dataclass
+class DemoConfig:
+    """The demo table's settings: the two models, the reviews, and both evaluations' settings (the same for every
+    row)."""
+
+    student: str = option("the distilled student's model directory (with tokenizer)")
+    teacher: str = option("the teacher's model directory", default=str(REPO_ROOT / "assets" / "teacher"))
+    reviews: str | None = option("reviews.parquet (or its folder); default the offline assets", default=None)
+    output_dir: str = option("random student, results, table", default="demo/eval")
+    max_train_samples: int = option("training reviews (0: all 17837)", default=2000)
+    max_eval_samples: int = option("dev reviews (0: all 1981)", default=1000)
+    max_seq_length: int = option("reviews are truncated to this many tokens", default=128)
+    epochs: list[float] = option("grid: training epochs", default_factory=lambda: [1])
+    learning_rate: list[float] = option("grid: peak learning rates", default_factory=lambda: [2e-4])
+    seeds: list[int] = option("grid: seeds", default_factory=lambda: [42])
+    per_device_train_batch_size: int = option("training batch", default=16)
+    group_by_length: bool = option("batch reviews of similar length together (less padding)", default=True)
+    aggregation: str = option("over each model's runs, for the table", default="best", choices=AGGREGATIONS)
+    random_init_seed: int = option("seed of the random student's weights", default=0)
+    samples_per_label: int = option("the embedding probe's train reviews per class in each of 10 draws (0: one "
+                                    "probe on every train review)", default=32)
+    devices: list[str] | None = option("as evaluate_glue.py --devices", default=None)
+
+
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser, generated from DemoConfig (both spellings of every flag)."""
+    p = argparse.ArgumentParser(prog=prog or os.path.basename(sys.argv[0]), description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return add_arguments(p, DemoConfig)
+
+
+def parse_args(argv: list[str] | None = None) -> DemoConfig:
+    return DemoConfig(**vars(parser().parse_args(argv)))
 
 
 def build_random_student(student_dir: str, out_dir: Path, seed: int) -> Path:
@@ -136,7 +151,7 @@ def shape(model_dir) -> dict:
     return {"layers": config.num_hidden_layers, "hidden": config.hidden_size, "params (M)": round(n / 1e6, 1)}
 
 
-def grid_settings(args: argparse.Namespace, results: Path) -> dict:
+def grid_settings(args: DemoConfig, results: Path) -> dict:
     """The fine-tuning grid's settings, the same for every row (`evaluate`'s keyword arguments)."""
     return dict(tasks=["reviews"], learning_rate=args.learning_rate, epochs=args.epochs, seeds=args.seeds,
                 output_dir=results, data_dir=args.reviews, per_device_train_batch_size=args.per_device_train_batch_size,
@@ -145,7 +160,7 @@ def grid_settings(args: argparse.Namespace, results: Path) -> dict:
                 overwrite="changed", devices=args.devices)
 
 
-def embedding_settings(args: argparse.Namespace) -> dict:
+def embedding_settings(args: DemoConfig) -> dict:
     """The frozen-embedding evaluation's settings (`evaluate_embeddings`' keyword arguments past the models)."""
     return dict(data_dir=args.reviews, max_seq_length=args.max_seq_length,
                 max_train_samples=_all(args.max_train_samples), max_eval_samples=_all(args.max_eval_samples),
@@ -157,7 +172,7 @@ def _all(cap: int):
     return None if cap == 0 else cap
 
 
-def fine_tune_all(args: argparse.Namespace, models: dict[str, str], results: Path) -> dict[str, float]:
+def fine_tune_all(args: DemoConfig, models: dict[str, str], results: Path) -> dict[str, float]:
     """Each model's reviews grid (finished runs reused); {row: the runs' own training seconds}."""
     from .grid import evaluate
 
@@ -165,13 +180,13 @@ def fine_tune_all(args: argparse.Namespace, models: dict[str, str], results: Pat
     for name, path in models.items():
         records = evaluate(path, model_name=name, **grid_settings(args, results))
         if any(r["status"] == "failed" for r in records):
-            raise RuntimeError(f"{name}: a fine-tuning run failed; see error.txt under {results / name}")
+            raise DistillError(f"{name}: a fine-tuning run failed; see error.txt under {results / name}")
         timings[name] = sum(json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["train"]["runtime_s"]
                             for r in records)  # finished earlier or now: the runs' own time
     return timings
 
 
-def embed_all(args: argparse.Namespace, models: dict[str, str], results: Path) -> float:
+def embed_all(args: DemoConfig, models: dict[str, str], results: Path) -> float:
     """Each model's frozen-embedding scores on reviews (cached embeddings reused); the seconds it took."""
     from .embedding_eval import evaluate_embeddings
 
@@ -181,7 +196,7 @@ def embed_all(args: argparse.Namespace, models: dict[str, str], results: Path) -
     return time.perf_counter() - start
 
 
-def comparison_table(args: argparse.Namespace, models: dict[str, str], results: Path,
+def comparison_table(args: DemoConfig, models: dict[str, str], results: Path,
                      timings: dict[str, float]) -> tuple[str, str]:
     """(the Markdown table: shape, every metric, score, fine-tuning time per row; the note on the settings)."""
     import pandas as pd
@@ -210,7 +225,7 @@ def comparison_table(args: argparse.Namespace, models: dict[str, str], results: 
     return markdown_table(table, digits=2), note
 
 
-def check_inputs(args: argparse.Namespace, models: dict[str, str], out: Path) -> None:
+def check_inputs(args: DemoConfig, models: dict[str, str], out: Path) -> None:
     """Every input, before any model is built, loaded or trained (TaskDataError naming the problem and the fix):
     the folders written, the two model directories (config, tokenizer, positions, one architecture), the reviews
     table, and every setting of both evaluations, checked by the configs they are run with."""
@@ -242,18 +257,11 @@ def check_inputs(args: argparse.Namespace, models: dict[str, str], out: Path) ->
                               **embedding_settings(args))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The demo table; 0 done, 2 bad input or a failed run (`error: ...` on stderr; bad input before any work)."""
-    from transformers.utils import logging as hf_logging
-
-    args = parse_args(argv)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    out = Path(args.output_dir)
-    results = out / "results"
-    models = dict(zip(ROWS, (args.teacher, args.student, str(out / "sliced-student"), str(out / "random-student")),
-                      strict=True))
+def make_table(args: DemoConfig, models: dict[str, str], out: Path) -> tuple[str, str]:
+    """Check the inputs, build the two students, fine-tune and embed the four models, write OUTPUT_DIR/table.md;
+    (the table, its note). DistillError on bad input (before any work), a failed run or a full disk."""
     t0 = time.time()
+    results = out / "results"
     try:
         check_inputs(args, models, out)
         build_sliced_student(args.teacher, args.student, Path(models["sliced"]))
@@ -263,15 +271,29 @@ def main(argv: list[str] | None = None) -> int:
         text, note = comparison_table(args, models, results, timings)
         note += f"; total {time.time() - t0:.0f} s"
         atomic_write_bytes(out / "table.md", [(text + "\n\n" + note + "\n").encode("utf-8")])
-    except (TaskDataError, RuntimeError, ValueError, FileNotFoundError) as e:  # TaskDataError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
         if not is_no_space(e):
             raise
         kept = "finished runs and cached embeddings are kept; free space and run the same command again"
-        print(f"error: {no_space_message(str(out), e, kept)}", file=sys.stderr)
-        return 2
+        raise DistillError(no_space_message(str(out), e, kept)) from e
+    return text, note
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The demo table; 0 done, 2 bad input or a failed run (`error: ...` on stderr; bad input before any work)."""
+    from transformers.utils import logging as hf_logging
+
+    args = parse_args(argv)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    out = Path(args.output_dir)
+    models = dict(zip(ROWS, (args.teacher, args.student, str(out / "sliced-student"), str(out / "random-student")),
+                      strict=True))
+    try:
+        text, note = make_table(args, models, out)
+    except DistillError as e:  # bad input (TaskDataError, ...), a failed run, a full disk; a bug: traceback, exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     print(text)
     print()
     print(note)

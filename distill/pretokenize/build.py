@@ -249,8 +249,9 @@ def build(*, tokenizer: str, output: str, inputs: list[str] | None = None, datas
     progress file, and the directory if it made it, are removed); finished shards stay, to resume.
     """
     if not str(output).strip():
-        raise PretokenizeError("--output is empty: give the directory to write the shards in (e.g. --output shards/)")
-    problem = output_dir_problem(output, "--output")  # first: before the inputs or the tokenizer are read
+        raise PretokenizeError("--output_dir is empty: give the directory to write the shards in "
+                               "(e.g. --output_dir shards/)")
+    problem = output_dir_problem(output, "--output_dir")  # first: before the inputs or the tokenizer are read
     if problem:
         raise PretokenizeError(problem)
     lock = DirectoryLock(output, "pretokenize build")

@@ -1,5 +1,5 @@
-"""The one exception type of distill.pretokenize: a problem the user fixes, with its fix."""
+"""The one exception type of distill.pretokenize: a problem the user fixes, with its fix (a `DistillError`, defined
+with the others in distill.errors)."""
+from ..errors import PretokenizeError
 
-
-class PretokenizeError(Exception):
-    """A problem with the inputs, the tokenizer or the output directory, with its fix."""
+__all__ = ["PretokenizeError"]

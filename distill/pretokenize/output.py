@@ -86,7 +86,7 @@ def _refuse(directory: Path, what: str, diffs: list[str]) -> PretokenizeError:
         f"output directory {str(directory)!r} already holds {what} built from other settings:\n  - "
         + "\n  - ".join(diffs)
         + f"\npass --overwrite to replace them (it deletes only manifest.json, {PROGRESS_NAME}, shard-*.bin and "
-          "their temporaries there), or choose another --output"
+          "their temporaries there), or choose another --output_dir"
     )
 
 
@@ -126,7 +126,7 @@ def prepare_output(out: Path, record: dict, overwrite: bool) -> OutputState:
     if progress is not None:
         if progress.get("format") != PROGRESS_FORMAT or progress.get("version") != S.FORMAT_VERSION:
             raise PretokenizeError(f"{progress_path} was not written by this version of pretokenize; "
-                                   "pass --overwrite or choose another --output")
+                                   "pass --overwrite or choose another --output_dir")
         diffs = identity_differences(identity_of(progress), identity, progress.get("tokenizer"), record["tokenizer"])
         if diffs:
             raise _refuse(out, "an unfinished build", diffs)
