@@ -3,7 +3,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-EMBEDDINGS = ["sentence-transformers>=5.0"]  # the releases that accept transformers 5
+EMBEDDINGS = ["sentence-transformers>=5.0",  # the releases that accept transformers 5
+              "mteb>=2.12"]  # the embedding scores: mteb.evaluate, ModelMeta.create_empty (2.12; tested 2.12, 2.26)
 
 setup(
     name="distill",
@@ -35,6 +36,7 @@ setup(
         "pandas>=2.0",
     ],
     entry_points={"console_scripts": [
+        "distill = distill.commands:main",
         "distill-train = distill.cli:main",
         "distill-pretokenize = distill.pretokenize:main",
         "distill-inspect = distill.inspect_shards:main",
@@ -44,7 +46,8 @@ setup(
         "distill-demo-table = distill.evaluation.demo:main",
     ]},
     extras_require={
-        # sentence-transformers in and out (export, embedding evaluation): pip install distill[embeddings]
+        # sentence-transformers in and out (export, embedding evaluation), MTEB (the embedding scores, --eval_steps):
+        # pip install distill[embeddings]
         "embeddings": EMBEDDINGS,
         "test": ["pytest>=7.4", "pytest-timeout>=2.2", "ruff==0.17.6", *EMBEDDINGS,
                  # the Triton kernels run in its CPU interpreter in the tests
