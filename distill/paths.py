@@ -1,12 +1,16 @@
 """Output paths: checked before any work (a file where a directory goes, no write permission), new
 directories given the user's umask, and a full disk reported as such. Each command (export,
-pretokenize, evaluation) calls these once, up front, and turns the problem into its own error."""
+pretokenize, evaluation) calls these once, up front, and turns the problem into its own error. A model named by
+the user is checked here too (`resolve_model_source`), and transformers' errors loading one are named as the input
+they are (`model_load_error`)."""
 from __future__ import annotations
 
 import errno
 import os
 import re
 from pathlib import Path
+
+from .errors import ConfigError
 
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 EXPORT_MARKER = ".distill-export.json"  # in every exported student: the files that export wrote (distill.export)
@@ -80,7 +84,7 @@ _HUB_NAME = re.compile(rf"^(?:{_HUB_PART}/)?{_HUB_PART}$")  # what the hub accep
 def resolve_model_source(name_or_path: str | os.PathLike, label: str = "teacher") -> str:
     """What to load a model from: an existing local directory (`~` expanded) or a hub name.
 
-    A name meant as a local path that is not a directory raises ValueError naming `label`, the
+    A name meant as a local path that is not a directory raises ConfigError naming `label`, the
     path and the fix, instead of the hub client's "Repo id must be in the form ...". A name is
     meant as a path when it is a PathLike, starts with '.', '~' or a separator, has a separator
     other than a hub name's one '/', its first part exists here as a directory
@@ -91,14 +95,47 @@ def resolve_model_source(name_or_path: str | os.PathLike, label: str = "teacher"
     if path.is_dir():
         return os.path.expanduser(text)
     if path.exists():
-        raise ValueError(f"{label} {text}: a file, not a model directory; give the directory holding config.json "
-                         f"and the weights, or a hub name like {HUB_EXAMPLE}")
+        raise ConfigError(f"{label} {text}: a file, not a model directory; give the directory holding config.json "
+                          f"and the weights, or a hub name like {HUB_EXAMPLE}")
     other_separators = {os.sep, os.altsep} - {None, "/"}  # "\\" on Windows
     meant_as_path = (not isinstance(name_or_path, str) or text.startswith((".", "~", "/", *other_separators))
                      or any(sep in text for sep in other_separators)
                      or ("/" in text and Path(text.split("/", 1)[0]).is_dir())
                      or not _HUB_NAME.match(text) or "--" in text or ".." in text)
     if meant_as_path:
-        raise ValueError(f"{label} {text}: no such directory; give a model directory or a hub name like "
-                         f"{HUB_EXAMPLE}")
+        raise ConfigError(f"{label} {text}: no such directory; give a model directory or a hub name like "
+                          f"{HUB_EXAMPLE}")
     return text
+
+
+def model_load_error(label: str, source: str | os.PathLike, error: BaseException) -> ConfigError:
+    """transformers' error loading the model (config, weights, tokenizer) at `source`, which the user named with
+    `label`: a hub name that does not exist or cannot be reached (no internet, nothing cached: an OSError), a
+    directory without the files (OSError), a config it cannot read (ValueError); as the ConfigError naming the input
+    and the fix. Raise it `from` the error, so that the original stays in a traceback."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    why = " ".join(lines[:2]) if lines else type(error).__name__
+    return ConfigError(f"{label} {os.fspath(source)} cannot be loaded ({why}); give a model directory holding "
+                       f"config.json, the weights and the tokenizer, or a hub name like {HUB_EXAMPLE} (downloaded "
+                       f"once with internet access, then read from the cache)")
+
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]  # the folder holding `distill`: site-packages or a checkout
+
+
+def assets_dir() -> Path:
+    """The offline assets (teacher, corpora, reviews): $DISTILL_ASSETS, else `assets/` of the checkout this package
+    runs from. An installed package (`pip install .`) has no checkout: it needs DISTILL_ASSETS, and `assets_problem`
+    says so."""
+    root = os.environ.get("DISTILL_ASSETS")
+    return Path(root) if root else PACKAGE_PARENT / "assets"
+
+
+def assets_problem(what: str, path: Path) -> str | None:
+    """Why an offline asset `path` (under `assets_dir()`) is missing, with the fix; None when it is there."""
+    if path.exists():
+        return None
+    where = ("$DISTILL_ASSETS" if os.environ.get("DISTILL_ASSETS") else
+             "the checkout's assets/" if (PACKAGE_PARENT / "setup.py").is_file() else "$DISTILL_ASSETS (unset)")
+    return (f"{what} not found at {path} ({where}): fetch the offline assets with "
+            "`bash tools/fetch_offline_assets.sh DIR` and set DISTILL_ASSETS=DIR, or give the path explicitly")

@@ -7,9 +7,10 @@ teacher exactly as the distillation started (`create_student`: its embeddings an
 layers, leading rows and columns) but never distilled; and a random student of that shape (the
 architecture's own initialisation, seeded). Each is fine-tuned the same way on the reviews task
 (the same grid, data subset and settings, through distill.evaluation.evaluate), and scored from
-frozen embeddings without fine-tuning (distill.evaluation.evaluate_embeddings: logistic-regression
-accuracy and k-means V-measure of the pooled embeddings; a sentence-transformers model uses its own
-pooling, the sliced student is one too when the teacher is). The Markdown table is printed and
+frozen embeddings without fine-tuning (distill.evaluation.evaluate_embeddings: MTEB's scores of the
+pooled embeddings, its logistic-regression probe accuracy and its clustering V-measure; a
+sentence-transformers model uses its own pooling, the sliced student is one too when the teacher
+is). It needs the mteb package (distill[embeddings]). The Markdown table is printed and
 saved to OUTPUT_DIR/table.md and OUTPUT_DIR/results/summary.csv.
 The defaults (2000 training reviews, 1000 dev reviews, 128 tokens, batches of 16 grouped by length,
 1 epoch, learning rate 2e-4, seed 42; the embedding probe 32 reviews per class x 10 draws) take
@@ -31,10 +32,9 @@ from pathlib import Path
 
 from ..cli_args import add_arguments, option
 from ..errors import DistillError
-from ..paths import is_no_space, no_space_message, output_dir_problem
+from ..paths import assets_dir, assets_problem, is_no_space, no_space_message, output_dir_problem
 from ..shards import atomic_write_bytes
 from .finetune import check_model, load_tokenizer, model_dir_problem
-from .grid import REPO_ROOT
 from .summary import AGGREGATIONS
 from .tasks import TaskDataError
 
@@ -51,7 +51,8 @@ class DemoConfig:
     row)."""
 
     student: str = option("the distilled student's model directory (with tokenizer)")
-    teacher: str = option("the teacher's model directory", default=str(REPO_ROOT / "assets" / "teacher"))
+    teacher: str = option("the teacher's model directory (default: the offline assets' teacher, $DISTILL_ASSETS "
+                          "or the checkout's assets/)", default=str(assets_dir() / "teacher"))
     reviews: str | None = option("reviews.parquet (or its folder); default the offline assets", default=None)
     output_dir: str = option("random student, results, table", default="demo/eval")
     max_train_samples: int = option("training reviews (0: all 17837)", default=2000)
@@ -218,9 +219,9 @@ def comparison_table(args: DemoConfig, models: dict[str, str], results: Path,
             f"max_seq_length {args.max_seq_length}, batch {args.per_device_train_batch_size}, "
             f"epochs {args.epochs}, learning rate {args.learning_rate}, "
             f"seeds {args.seeds} ({args.aggregation}; chosen: {', '.join(f'{m} {hp[m]}' for m in ROWS)}); "
-            f"scores x100 on the dev subset; emb: frozen embeddings without fine-tuning (logistic regression on "
-            f"{args.samples_per_label or 'all'} train reviews per class"
-            f"{' x 10 draws' if args.samples_per_label else ''}, k-means V-measure), {timings['embed']:.0f} s "
+            f"scores x100 on the dev subset; emb: frozen embeddings without fine-tuning, scored by MTEB "
+            f"(logistic regression on {args.samples_per_label or 'all'} train reviews per class"
+            f"{' x 10 draws' if args.samples_per_label else ''}, clustering V-measure), {timings['embed']:.0f} s "
             f"for the four models")
     return markdown_table(table, digits=2), note
 
@@ -242,6 +243,8 @@ def check_inputs(args: DemoConfig, models: dict[str, str], out: Path) -> None:
         if problem:
             raise TaskDataError(problem)
     configs = {}
+    if args.teacher == str(assets_dir() / "teacher") and assets_problem("the offline teacher", Path(args.teacher)):
+        raise TaskDataError(f"--teacher: {assets_problem('the offline teacher', Path(args.teacher))}")
     for flag, path in (("--teacher", args.teacher), ("--student", args.student)):
         problem = model_dir_problem(path, flag)
         if problem:

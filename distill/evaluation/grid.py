@@ -35,7 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from ..paths import is_no_space, no_space_message, output_dir_problem
+from ..errors import ConfigTypeError
+from ..paths import PACKAGE_PARENT, is_no_space, no_space_message, output_dir_problem
 from .config import EvaluationConfig
 from .finetune import (
     COMPARED_SETTINGS,
@@ -56,7 +57,6 @@ from .tasks import Task, TaskDataError, load_task_data
 
 __all__ = ["evaluate", "run_name", "read_finished"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # on the workers' PYTHONPATH, for an uninstalled checkout
 
 
 def run_name(learning_rate: float, epochs: float, seed: int) -> str:
@@ -108,7 +108,7 @@ def evaluate(model_name_or_path: "str | os.PathLike | EvaluationConfig", *args,
     """
     if isinstance(model_name_or_path, EvaluationConfig):
         if args:
-            raise TypeError("evaluate(config, ...): give further settings by name, or in the config")
+            raise ConfigTypeError("evaluate(config, ...): give further settings by name, or in the config")
         config = replace(model_name_or_path, **kwargs) if kwargs else model_name_or_path
     else:
         config = EvaluationConfig(model_name_or_path, *args, **kwargs)
@@ -321,7 +321,8 @@ def _run_workers(runs: list[_Run], devices: list, say) -> None:
     def work(device):
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = "" if str(device) == "cpu" else str(device)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+        # the folder this `distill` was imported from (a checkout or site-packages), for an uninstalled checkout
+        env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
         where = "cpu" if str(device) == "cpu" else f"GPU {device}"
         while True:
             try:

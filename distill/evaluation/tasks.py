@@ -26,14 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import TaskDataError
 from .metrics import METRICS, REGRESSION_METRICS
 
 __all__ = ["Task", "TaskDataError", "GLUE_TASKS", "TASKS", "DEFAULT_TASKS", "GLUE_TSV", "REVIEWS_SEED",
            "REVIEWS_DEV_FRACTION", "get_task", "custom_task", "load_task_data", "load_reviews", "default_reviews_path"]
-
-
-class TaskDataError(ValueError):
-    """Bad task input: unknown task, missing file or column, label outside the task's set."""
 
 
 @dataclass(frozen=True)
@@ -445,9 +442,10 @@ REVIEWS_DEV_FRACTION = 0.1
 
 
 def default_reviews_path() -> Path:
-    """$DISTILL_ASSETS/reviews/reviews.parquet, else <repo>/assets/reviews/reviews.parquet."""
-    root = os.environ.get("DISTILL_ASSETS") or Path(__file__).resolve().parents[2] / "assets"
-    return Path(root) / "reviews" / "reviews.parquet"
+    """$DISTILL_ASSETS/reviews/reviews.parquet, else the checkout's assets/ (paths.assets_dir)."""
+    from ..paths import assets_dir
+
+    return assets_dir() / "reviews" / "reviews.parquet"
 
 
 def _reviews_path(data_dir) -> Path:
