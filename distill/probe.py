@@ -3,15 +3,20 @@
 A falling relation loss does not say whether the student is getting better at anything. Every
 `--eval_steps` optimizer steps (and at step 0 of a fresh run, where the student is still the slice
 of the teacher it started from: the undistilled baseline) the student's pooled embeddings of a
-fixed subset of `--eval_task` are scored the way `distill.evaluation.embeddings` scores them
-(logistic-regression accuracy and macro F1, k-means V-measure) and logged to TensorBoard as
-`eval/<task>/<score>` next to the losses.
+fixed subset of `--eval_task` are scored by MTEB in this process (`mteb.evaluate` on the frozen
+student, through `distill.evaluation.embeddings.embedding_scores`: the numbers `mteb.evaluate` gives
+for that data, MTEB's classification accuracy and macro F1 with one logistic-regression probe on
+every train row, and its clustering V-measure) and logged to TensorBoard as `eval/<task>/<score>`
+next to the losses. It needs the mteb package (distill[embeddings]); without it --eval_steps is
+refused before training.
 
 It does not change the run: the texts are read and sampled once, before training, with their own
-fixed seed; the student runs in eval mode (no dropout) without gradients, and the scores use
-scikit-learn with fixed seeds, so no random generator of the training is drawn from and a resumed
-run stays equal to a straight one. Rank 0 encodes and scores; under ZeRO-3, whose forward gathers
-the partitioned weights collectively, every rank encodes and rank 0 scores.
+fixed seed; the student runs in eval mode (no dropout) without gradients; MTEB's tasks are built anew
+for each scoring (their own generators start from the same seed each time), and the global Python,
+numpy and torch generators MTEB seeds are put back as they were, so no random generator of the training
+is drawn from and a resumed run stays equal to a straight one. Rank 0 scores; under ZeRO-3, whose
+forward gathers the partitioned weights collectively, every other rank runs the same evaluation (the
+same forward passes) and drops its scores.
 """
 from __future__ import annotations
 
@@ -32,9 +37,13 @@ EVAL_DEV_FRACTION = 0.3
 def load_probe_data(task: str, samples: int, data_dir: str | os.PathLike | None = None):
     """The `EmbeddingData` of `--eval_task` (reviews, or a labelled file with `text` and `label` columns), at most
     `samples` dev texts and as many train texts; ConfigError naming the problem and the fix."""
-    from .evaluation.embeddings import prepare_embedding_data
+    from .evaluation.embeddings import prepare_embedding_data, require_mteb
     from .evaluation.tasks import TASKS, TaskDataError, custom_task, get_task, load_task_data
 
+    try:
+        require_mteb()
+    except TaskDataError as e:
+        raise ConfigError(f"--eval_steps: {e}") from None
     try:
         if task == "reviews":
             spec = get_task("reviews")
@@ -90,12 +99,9 @@ class EmbeddingProbe:
         return out
 
     def encode_only(self, module) -> None:
-        """The forward passes alone (ZeRO-3 ranks other than 0 take part in the weight gathers)."""
-        from .evaluation.embeddings import hf_encoder
-
-        encode = hf_encoder(module, self.tokenizer, self.pooling, self.batch_size, self.max_seq_len)
-        for texts in self.data.texts.values():
-            encode(texts)
+        """ZeRO-3's ranks other than 0: the same evaluation, so the same forward passes in the same order (they take
+        part in the weight gathers); the scores are dropped."""
+        self(module)
 
     @staticmethod
     def line(step: int, scores: dict[str, float]) -> str:

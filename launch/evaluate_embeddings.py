@@ -1,6 +1,7 @@
-"""Score frozen embeddings of one or more models on each task (MTEB-style probe, k-means, cosine), no fine-tuning.
+"""Score frozen embeddings of one or more models on each task with MTEB (mteb.evaluate), no fine-tuning.
 
     python launch/evaluate_embeddings.py assets/teacher runs/minilm/student --tasks reviews --output_dir results
+    python launch/evaluate_embeddings.py runs/minilm/student --mteb_tasks Banking77Classification  # hub data
     python launch/evaluate_glue.py summary results      # the same table as the fine-tuning grid's
 
 The same command as `distill-evaluate-embeddings` (distill.evaluation.embedding_eval; the flags:

@@ -1,17 +1,18 @@
-"""distill.evaluation.embeddings / embedding_eval: frozen-embedding scores (MTEB-style), the cache, the results
-tree and the summary's columns, sentence-transformers and plain Hugging Face directories, bad input."""
+"""distill.evaluation.embeddings / embedding_eval: MTEB scores the frozen embeddings (`mteb.evaluate` on local tasks
+and MTEB's own by name), the cache, the results tree and the summary's columns, sentence-transformers and plain
+Hugging Face directories, bad input."""
 from __future__ import annotations
 
 import hashlib
 import json
 import random
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import ASSETS, WORDS, save_tiny_teacher
+from conftest import ASSETS, WORDS, save_tiny_teacher
+from mteb_reference import mean_pooling_st, mteb_numbers, mteb_task
 from unwritable import assert_unwritable_outputs_refused
 
 from distill.evaluation import embedding_eval as E
@@ -19,7 +20,8 @@ from distill.evaluation import embeddings as M
 from distill.evaluation.summary import create_summary_table, summarize
 from distill.evaluation.tasks import TaskDataError, custom_task, get_task, load_task_data
 
-QUIET = ["--no-progress_bar", "--max_seq_length", "32", "--batch_size", "16"]
+pytest.importorskip("mteb")
+QUIET = ["--no-progress_bar", "--max_seq_length", "32", "--batch_size", "16", "--n_experiments", "2"]  # quick
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -32,14 +34,16 @@ def hf_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
 @pytest.fixture(scope="module")
 def st_dir(tmp_path_factory, hf_dir) -> Path:
     """A sentence-transformers directory: that BERT, mean pooling, normalisation."""
-    from sentence_transformers import SentenceTransformer, models
+    return mean_pooling_st(hf_dir, tmp_path_factory.mktemp("st_model") / "st", normalize=True)
 
-    word = models.Transformer(str(hf_dir), max_seq_length=32)
-    width = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension  # renamed in 6.x
-    modules = [word, models.Pooling(width(), "mean"), models.Normalize()]
-    directory = tmp_path_factory.mktemp("st_model") / "st"
-    SentenceTransformer(modules=modules, device="cpu").save(str(directory))
-    return directory
+
+@pytest.fixture(scope="module")
+def st_mean(tmp_path_factory, hf_dir):
+    """That BERT with masked-mean pooling and no normalisation, as a SentenceTransformer: `--pooling mean`'s
+    embeddings, given to MTEB as MTEB takes a sentence-transformers model."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(mean_pooling_st(hf_dir, tmp_path_factory.mktemp("st_mean") / "st")), device="cpu")
 
 
 def _sentences(rng: random.Random, cls: int, n_classes: int) -> str:
@@ -75,139 +79,96 @@ def _custom(files, *extra) -> list[str]:
             "--task_name", "tiny", *extra]
 
 
-def _mean_pool(model_dir: Path, texts: list[str], max_len: int = 32) -> np.ndarray:
-    """Masked mean of the last hidden state, computed here from scratch."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModel.from_pretrained(model_dir).eval()
-    enc = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**enc).last_hidden_state
-    mask = enc["attention_mask"].unsqueeze(-1).float()
-    return ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+def _metrics(out: Path, model: str, task: str, run: str = "embeddings_mean_len32") -> dict:
+    return json.loads((out / model / task / run / "metrics.json").read_text())
 
 
-def _mteb_rows(labels, per_label: int, n_experiments: int, seed: int = 42) -> list[list[int]]:
-    """MTEB's AbsTaskClassification._undersample_data, experiment after experiment, written out again here."""
-    idxs, out = np.arange(len(labels)), []
-    for _ in range(n_experiments):
-        np.random.default_rng(seed).shuffle(idxs)
-        counter, rows = defaultdict(int), []
-        for i in idxs:
-            if counter[labels[i]] < per_label:
-                rows.append(int(i))
-                counter[labels[i]] += 1
-        out.append(rows)
-    return out
+def _cached(run_dir: Path, split: str) -> list[np.ndarray]:
+    """The run's cached embeddings of one split (one array per MTEB encode call)."""
+    return [np.load(p) for p in sorted((run_dir / "embeddings").glob(f"default.{split}.*.npy"))]
 
 
-def _cached(run_dir: Path, key: str) -> np.ndarray:
-    (path,) = (run_dir / "embeddings").glob(f"{key}.*.npy")
-    return np.load(path)
+def _reference_tasks(files) -> dict[str, list]:
+    """MTEB's tasks of the test's files, built here (labels as ids in sorted order, as the command numbers them)."""
+    dev, train = pd.read_csv(files["dev"]), pd.read_csv(files["train"])
+    ids = {"bad": 0, "good": 1, "meh": 2}
+    single = {"train": {"text": train.sentence.tolist(), "label": train.label.map(ids).tolist()},
+              "validation": {"text": dev.sentence.tolist(), "label": dev.label.map(ids).tolist()}}
+    pairs, sts = pd.read_json(files["pairs"], lines=True), pd.read_parquet(files["sts"])
+
+    def pair_rows(positive):
+        return {"validation": {"sentence1": pairs.q1.tolist(), "sentence2": pairs.q2.tolist(),
+                               "labels": (pairs.dup == positive).astype(int).tolist()}}
+    return {
+        "tiny": [mteb_task("Classification", single, samples_per_label=5, n_experiments=3),
+                 mteb_task("Clustering", {"validation": {"sentences": dev.sentence.tolist(),
+                                                         "labels": dev.label.map(ids).tolist()}},
+                           max_fraction_of_documents_to_embed=None, max_documents_per_cluster=len(dev))],
+        "pairs": [mteb_task("PairClassification", pair_rows("yes"))],
+        "pairs-no": [mteb_task("PairClassification", pair_rows("no"))],
+        "sts": [mteb_task("STS", {"validation": {"sentence1": sts.q1.tolist(), "sentence2": sts.q2.tolist(),
+                                                 "score": sts.score.tolist()}},
+                          min_score=float(sts.score.min()), max_score=float(sts.score.max()))],
+    }
 
 
-# --------------------------------------------------------------------------- the scores
-def test_every_score_matches_sklearn_and_scipy_on_the_same_embeddings(tmp_path, hf_dir, task_files, capsys):
-    from scipy.stats import spearmanr
-    from sklearn.cluster import MiniBatchKMeans
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, average_precision_score, f1_score, v_measure_score
-
+# --------------------------------------------------------------------------- the scores are MTEB's
+def test_the_command_gives_mteb_evaluate_s_numbers_on_the_same_local_tasks(tmp_path, hf_dir, st_mean, task_files,
+                                                                          capsys):
+    """Classification, clustering (CSV), pair classification (JSON lines, either class positive) and STS (parquet):
+    the command's scores equal `mteb.evaluate` of the same rows on the same embeddings, to 1e-6."""
     out = tmp_path / "results"
-    assert E.main([str(hf_dir), "--output_dir", str(out), *QUIET, *_custom(task_files, "--samples_per_label", "5",
-                                                                            "--n_experiments", "3")]) == 0
-    run = out / hf_dir.name / "tiny" / "embeddings_mean_len32"
-    result = json.loads((run / "metrics.json").read_text())
-    assert result["kind"] == "embeddings" and result["types"] == ["classification", "clustering"]
-    # the embeddings: masked mean pooling, the dev rows in file order
-    dev, train = pd.read_csv(task_files["dev"]), pd.read_csv(task_files["train"])
-    x_dev = _cached(run, "validation.sentence")
-    np.testing.assert_allclose(x_dev, _mean_pool(hf_dir, dev.sentence.tolist()), atol=1e-5)
-    y_dev = dev.label.map({"bad": 0, "good": 1, "meh": 2}).to_numpy()
-    y_train = train.label.map({"bad": 0, "good": 1, "meh": 2}).to_numpy()
-    experiments = _mteb_rows(y_train, 5, 3)
-    used = sorted({r for e in experiments for r in e})  # only these train rows are encoded, in row order
-    x_train = _cached(run, "train.sentence")
-    np.testing.assert_allclose(x_train, _mean_pool(hf_dir, train.sentence[used].tolist()), atol=1e-5)
-    acc, f1 = [], []
-    for rows in experiments:
-        pos = [used.index(r) for r in rows]
-        pred = LogisticRegression(max_iter=100, random_state=42).fit(x_train[pos], y_train[rows]).predict(x_dev)
-        acc.append(accuracy_score(y_dev, pred))
-        f1.append(f1_score(y_dev, pred, average="macro"))
-    kmeans = MiniBatchKMeans(n_clusters=3, batch_size=500, n_init="auto", random_state=42).fit(x_dev)
-    assert result["metrics"] == pytest.approx({"cls-acc": np.mean(acc), "cls-f1": np.mean(f1),
-                                               "cluster-v": v_measure_score(y_dev, kmeans.labels_)}, abs=1e-9)
-    assert result["examples"] == {"validation": 30, "train": len(used)}
+    pair_args = ["--validation_file", str(task_files["pairs"]), "--text_fields", "q1", "q2", "--label_field", "dup"]
+    for args in (_custom(task_files, "--samples_per_label", "5", "--n_experiments", "3"),
+                 [*pair_args, "--task_name", "pairs"],  # two text columns, two classes: "yes" (sorted 2nd) positive
+                 [*pair_args, "--task_name", "pairs-no", "--positive_label", "no"],
+                 ["--validation_file", str(task_files["sts"]), "--text_fields", "q1", "q2", "--label_field", "score",
+                  "--task_name", "sts", "--task_types", "sts"]):
+        assert E.main([str(hf_dir), "--output_dir", str(out), *QUIET, *args]) == 0
     assert "tiny: cls-acc" in capsys.readouterr().out
-
-    # pairs (JSON lines): average precision of cosine; STS (parquet): Spearman of cosine
-    pairs = pd.read_json(task_files["pairs"], lines=True)
-    assert E.main([str(hf_dir), "--output_dir", str(out), *QUIET, "--validation_file", str(task_files["pairs"]),
-                   "--text_fields", "q1", "q2", "--label_field", "dup", "--task_name", "pairs"]) == 0
-    run = out / hf_dir.name / "pairs" / "embeddings_mean_len32"
-    a, b = _cached(run, "validation.q1"), _cached(run, "validation.q2")
-    np.testing.assert_allclose(b, _mean_pool(hf_dir, pairs.q2.tolist()), atol=1e-5)
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    result = json.loads((run / "metrics.json").read_text())
-    assert result["types"] == ["pair_classification"]  # two text columns, two classes: "yes" (sorted 2nd) positive
-    assert result["metrics"]["pair-ap"] == pytest.approx(average_precision_score(pairs.dup == "yes", cos), abs=1e-9)
-    assert E.main([str(hf_dir), "--output_dir", str(out), *QUIET, "--validation_file", str(task_files["pairs"]),
-                   "--text_fields", "q1", "q2", "--label_field", "dup", "--task_name", "pairs",
-                   "--positive_label", "no"]) == 0
-    result = json.loads((run / "metrics.json").read_text())
-    assert result["metrics"]["pair-ap"] == pytest.approx(average_precision_score(pairs.dup == "no", cos), abs=1e-9)
-    sts = pd.read_parquet(task_files["sts"])
-    assert E.main([str(hf_dir), "--output_dir", str(out), *QUIET, "--validation_file", str(task_files["sts"]),
-                   "--text_fields", "q1", "q2", "--label_field", "score", "--task_name", "sts",
-                   "--task_types", "sts"]) == 0
-    result = json.loads((out / hf_dir.name / "sts" / "embeddings_mean_len32" / "metrics.json").read_text())
-    assert result["metrics"]["sts-spearman"] == pytest.approx(spearmanr(cos, sts.score)[0], abs=1e-6)
+    for task, reference in _reference_tasks(task_files).items():
+        result = _metrics(out, hf_dir.name, task)
+        want = mteb_numbers(st_mean, reference)
+        assert result["metrics"] == pytest.approx(want, abs=1e-6), task
+        assert list(result["metrics"]) == result["metric_keys"]
+    tiny = _metrics(out, hf_dir.name, "tiny")
+    assert tiny["types"] == ["classification", "clustering"] and tiny["examples"] == {"validation": 30, "train": 60}
+    assert (tiny["samples_per_label"], tiny["n_experiments"], tiny["seed"]) == (5, 3, 42)
+    assert _metrics(out, hf_dir.name, "pairs")["types"] == ["pair_classification"]
+    # the embeddings MTEB was given: masked mean pooling of the texts, in file order
+    dev = pd.read_csv(task_files["dev"]).sentence.tolist()
+    (x_dev,) = _cached(out / hf_dir.name / "tiny" / "embeddings_mean_len32", "validation")  # encoded once for both
+    np.testing.assert_allclose(x_dev, st_mean.encode(dev), atol=1e-5)
 
 
-def test_score_functions_on_random_embeddings():
-    """The pure scoring functions against scikit-learn and scipy directly, and MTEB's undersampling."""
-    from scipy.stats import spearmanr
-    from sklearn.cluster import MiniBatchKMeans
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, average_precision_score, v_measure_score
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 200)
-    x = rng.normal(size=(200, 16)) + y[:, None] * 0.5
-    rows = M.undersample(y, 8, 4)
-    assert [list(r) for r in rows] == _mteb_rows(y, 8, 4)
-    assert all(np.bincount(y[r]).tolist() == [8, 8, 8, 8] for r in rows)
-    assert [list(r) for r in M.undersample(y, None, 4)] == [list(range(200))]  # None: every row, once
-    got = M.classification_scores(x, y, x[:50], y[:50], rows)
-    want = np.mean([accuracy_score(y[:50], LogisticRegression(max_iter=100, random_state=42).fit(x[r], y[r])
-                                   .predict(x[:50])) for r in rows])
-    assert got["cls-acc"] == pytest.approx(want)
-    labels = MiniBatchKMeans(4, batch_size=500, n_init="auto", random_state=7).fit(x).labels_
-    assert M.clustering_scores(x, y, seed=7) == {"cluster-v": pytest.approx(v_measure_score(y, labels))}
-    b = x + rng.normal(size=x.shape)
-    cos = np.array([u @ v / np.linalg.norm(u) / np.linalg.norm(v) for u, v in zip(x, b, strict=True)])
-    assert M.pair_scores(x, b, y % 2, positive=0)["pair-ap"] == pytest.approx(average_precision_score(y % 2 == 0, cos))
-    assert M.sts_scores(x, b, y)["sts-spearman"] == pytest.approx(spearmanr(cos, y)[0])
-    assert M.sts_scores(x, b, np.ones(200))["sts-spearman"] == 0.0  # undefined: 0, as the grid's metrics
-
-
-def test_embedding_scores_takes_a_function_or_a_model(hf_dir, task_files):
-    """The trainer's entry: no files, a function or a model + tokenizer, the model's mode kept."""
+def test_embedding_scores_takes_a_model_a_function_or_a_sentence_transformer(hf_dir, st_mean, task_files):
+    """The trainer's entry: no files; a model + tokenizer (its mode kept), a function, a SentenceTransformer: the
+    same MTEB scores; the global generators MTEB seeds are put back."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     task = custom_task("tiny", task_files["train"], task_files["dev"], "sentence")
     data = M.prepare_embedding_data(task, load_task_data(task), samples_per_label=4, n_experiments=2,
                                     max_eval_samples=20)
-    assert len(data.texts["validation.sentence"]) == 20 and data.types == ("classification", "clustering")
+    assert data.examples == {"validation": 20, "train": 60} and data.types == ("classification", "clustering")
     model, tok = AutoModel.from_pretrained(hf_dir), AutoTokenizer.from_pretrained(hf_dir)
     model.train()
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    before = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
     from_model = M.embedding_scores(model, data, tokenizer=tok, max_seq_length=32, batch_size=7)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == before  # MTEB seeded them; put back
     assert model.training  # back in its mode
-    from_function = M.embedding_scores(lambda texts: _mean_pool(hf_dir, texts), data)
-    assert from_model == pytest.approx(from_function, abs=1e-6)
     assert set(from_model) == {"cls-acc", "cls-f1", "cluster-v"}
+    assert M.embedding_scores(model, data, tokenizer=tok, max_seq_length=32) == from_model  # the same draws again
+    from_st = M.embedding_scores(st_mean, data)
+    assert from_st == pytest.approx(from_model, abs=1e-6)
+    from_function = M.embedding_scores(lambda texts: st_mean.encode(texts), data)
+    assert from_function == pytest.approx(from_model, abs=1e-6)
     cls = M.embedding_scores(model, data, tokenizer=tok, pooling="cls", max_seq_length=32)
     assert cls != from_model
     with pytest.raises(ValueError, match="tokenizer"):
@@ -216,14 +177,28 @@ def test_embedding_scores_takes_a_function_or_a_model(hf_dir, task_files):
         M.embedding_scores(lambda texts: np.zeros((1, 4)), data)
 
 
+def test_every_row_is_one_experiment_on_the_whole_train_split(hf_dir, st_mean, task_files):
+    """samples_per_label None (the command's 0, the --eval_steps probe): MTEB with one experiment on every row."""
+    task = custom_task("tiny", task_files["train"], task_files["dev"], "sentence")
+    data = M.prepare_embedding_data(task, load_task_data(task), ["classification"], samples_per_label=None)
+    train, dev = pd.read_csv(task_files["train"]), pd.read_csv(task_files["dev"])
+    ids = {"bad": 0, "good": 1, "meh": 2}
+    rows = {"train": {"text": train.sentence.tolist(), "label": train.label.map(ids).tolist()},
+            "validation": {"text": dev.sentence.tolist(), "label": dev.label.map(ids).tolist()}}
+    want = mteb_numbers(st_mean, [mteb_task("Classification", rows, samples_per_label=60, n_experiments=1)])
+    assert M.embedding_scores(st_mean, data) == pytest.approx(want, abs=1e-6)
+
+
 def test_glue_pair_tasks_know_their_positive_class():
     from datasets import Dataset, DatasetDict
 
     dd = DatasetDict({s: Dataset.from_dict({"sentence1": ["a", "b", "c"], "sentence2": ["a", "x", "c"],
                                             "label": [0, 1, 0]}) for s in ("train", "validation")})
     rte = M.prepare_embedding_data(get_task("rte"), dd)
-    assert rte.types == ("pair_classification",) and rte.positive == 0  # entailment is RTE's label 0
-    assert M.prepare_embedding_data(get_task("mrpc"), dd).positive == 1  # equivalent is MRPC's label 1
+    assert rte.types == ("pair_classification",)  # entailment is RTE's label 0: MTEB's similar (1)
+    assert rte.datasets["pair_classification"]["validation"]["labels"] == [1, 0, 1]
+    mrpc = M.prepare_embedding_data(get_task("mrpc"), dd)  # equivalent is MRPC's label 1
+    assert mrpc.datasets["pair_classification"]["validation"]["labels"] == [0, 1, 0]
     with pytest.raises(TaskDataError, match="pair classification needs two classes"):
         M.default_types(get_task("mnli"))
     with pytest.raises(TaskDataError, match="type sts needs two text columns and graded scores"):
@@ -240,6 +215,9 @@ def test_a_rerun_only_scores_and_a_changed_model_is_encoded_again(tmp_path, hf_d
     args = [str(model), "--output_dir", str(out), *QUIET, *_custom(task_files, "--samples_per_label", "4")]
     first = E.evaluate_embeddings(E.EmbeddingEvaluationConfig(**vars(E.parser().parse_args(args))), log=lambda s: 0)
     assert first[0]["encoded"] > 0
+    run = Path(first[0]["run_dir"])
+    entries = sorted(p.name for p in (run / "embeddings").glob("*.npy"))
+    assert {n.split(".")[1] for n in entries} == {"train", "validation"}
     monkeypatch.setattr(E, "load_encoder", lambda *a: pytest.fail("the model was loaded for cached embeddings"))
     lines = []
     again = E.evaluate_embeddings(E.EmbeddingEvaluationConfig(**vars(E.parser().parse_args(args))), log=lines.append)
@@ -256,28 +234,37 @@ def test_a_rerun_only_scores_and_a_changed_model_is_encoded_again(tmp_path, hf_d
     m.save_pretrained(model)
     third = E.evaluate_embeddings(E.EmbeddingEvaluationConfig(**vars(E.parser().parse_args(args))), log=lambda s: 0)
     assert third[0]["encoded"] == first[0]["encoded"]
-    run = Path(third[0]["run_dir"])
-    assert len(list((run / "embeddings").glob("validation.sentence.*.npy"))) == 1
+    now = sorted(p.name for p in (run / "embeddings").glob("*.npy"))
+    assert len(now) == len(entries) and not set(now) & set(entries)  # the old model's entries are removed
+    assert sorted(p.name for p in (run / "embeddings").glob("*.sha256")) == [f"{n}.sha256" for n in now]
 
 
 def test_sentence_transformers_and_plain_directories(tmp_path, hf_dir, st_dir, task_files):
+    """A sentence-transformers directory goes to MTEB through MTEB's own wrapper: the scores `mteb.evaluate` gives
+    the SentenceTransformer itself."""
     from sentence_transformers import SentenceTransformer
 
     out = tmp_path / "results"
     assert E.main([str(st_dir), str(hf_dir), "--model_names", "st", "hf", "--output_dir", str(out), *QUIET,
                    *_custom(task_files)]) == 0
+    st = SentenceTransformer(str(st_dir), device="cpu")
+    reference = _reference_tasks(task_files)["tiny"]
+    for task in reference:
+        if hasattr(task, "samples_per_label"):
+            task.samples_per_label, task.n_experiments = 8, 2  # the default (MTEB's), QUIET's
+    assert _metrics(out, "st", "tiny", "embeddings_st_len32")["metrics"] == pytest.approx(
+        mteb_numbers(st, reference), abs=1e-6)
     dev = pd.read_csv(task_files["dev"]).sentence.tolist()
-    st_emb = _cached(out / "st" / "tiny" / "embeddings_st_len32", "validation.sentence")
-    want = SentenceTransformer(str(st_dir), device="cpu").encode(dev, convert_to_numpy=True)
-    np.testing.assert_allclose(st_emb, want, atol=1e-5)
+    (st_emb,) = _cached(out / "st" / "tiny" / "embeddings_st_len32", "validation")
+    np.testing.assert_allclose(st_emb, st.encode(dev, convert_to_numpy=True), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(st_emb, axis=1), 1.0, atol=1e-5)  # its Normalize module
-    hf_emb = _cached(out / "hf" / "tiny" / "embeddings_mean_len32", "validation.sentence")
+    (hf_emb,) = _cached(out / "hf" / "tiny" / "embeddings_mean_len32", "validation")
     # the same transformer: mean pooling then normalising gives the sentence-transformers embeddings
     np.testing.assert_allclose(hf_emb / np.linalg.norm(hf_emb, axis=1, keepdims=True), st_emb, atol=1e-5)
     # --pooling mean / cls on a sentence-transformers directory use its transformer directly
     assert E.main([str(st_dir), "--model_names", "st", "--pooling", "cls", "--output_dir", str(out), *QUIET,
                    *_custom(task_files)]) == 0
-    cls = _cached(out / "st" / "tiny" / "embeddings_cls_len32", "validation.sentence")
+    (cls,) = _cached(out / "st" / "tiny" / "embeddings_cls_len32", "validation")
     assert cls.shape == st_emb.shape and not np.allclose(cls, hf_emb)
 
 
@@ -322,8 +309,6 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, hf_dir, tas
     out = tmp_path / "results"
     one_class = tmp_path / "one_class.csv"
     pd.DataFrame({"sentence": ["a", "b", "c"], "label": [1, 1, 1]}).to_csv(one_class, index=False)
-    two_rows = tmp_path / "two_rows.csv"
-    pd.DataFrame({"sentence": ["a", "b"], "label": ["x", "y"]}).to_csv(two_rows, index=False)
     dev_one_class = tmp_path / "dev_one_class.csv"
     pd.DataFrame({"sentence": ["a", "b"], "label": ["good", "good"]}).to_csv(dev_one_class, index=False)
     base = [str(hf_dir), "--output_dir", str(out), *QUIET]
@@ -334,13 +319,16 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, hf_dir, tas
          "has 1 distinct value(s)"),
         (["--train_file", str(task_files["train"]), "--validation_file", str(dev_one_class), "--text_fields",
           "sentence"], "one class only ('good')"),
-        (["--validation_file", str(two_rows), "--labels", "x", "y", "z", "--text_fields", "sentence"],
-         "2 texts for 3 clusters"),
         (["--validation_file", str(task_files["dev"]), "--text_fields", "sentence", "--task_types", "classification"],
          "classification trains a probe on --train_file"),
         ([*_custom(task_files, "--task_types", "sts")], "label column 'label' must hold numbers"),
         (["--tasks", "mnli"], "pair classification needs two classes"),
         ([*_custom(task_files, "--samples_per_label", "-1")], "samples_per_label=-1 must be a positive integer"),
+        (["--mteb_tasks", "NoSuchTaskAtAll"], "--mteb_tasks NoSuchTaskAtAll: not an MTEB task"),
+        (["--mteb_tasks", "SciFact"], "--mteb_tasks SciFact: a Retrieval task; the scores here are text "
+                                      "classification, clustering, pair classification and STS"),
+        ([*_custom(task_files), "--task_name", "STS12", "--mteb_tasks", "STS12"],
+         "task 'STS12' is both one of distill's (--tasks, --task_name) and one of MTEB's (--mteb_tasks)"),
     ]:
         assert E.main([*base, *args]) == 2, message
         err = capsys.readouterr().err
@@ -353,6 +341,62 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, hf_dir, tas
     assert E.main([*base, *_custom(task_files), "--max_seq_length", "128"]) == 2
     assert "longer than the model's 64 positions" in capsys.readouterr().err
     assert not out.exists()  # nothing was written
+
+
+def test_mteb_task_names_are_checked_before_any_model_is_read_and_their_data_needs_the_hub(tmp_path, hf_dir, capsys,
+                                                                                             monkeypatch):
+    import datasets
+    import huggingface_hub.constants
+
+    out = tmp_path / "results"
+    args = [str(hf_dir), "--output_dir", str(out), *QUIET, "--mteb_tasks"]
+    monkeypatch.setattr(E, "_check_model", lambda *a: pytest.fail("a model was read before the names were checked"))
+    assert E.main([*args, "Banking77Classification", "NoSuchTaskAtAll"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --mteb_tasks NoSuchTaskAtAll: not an MTEB task") and err.count("\n") == 1, err
+    monkeypatch.undo()
+    # a known task, the hub out of reach (the libraries read HF_HUB_OFFLINE when imported: set where they keep it)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "no_datasets_cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "no_hub_cache"))
+    monkeypatch.setattr(E, "load_encoder", lambda *a: pytest.fail("the model was loaded"))
+    assert E.main([*args, "Banking77Classification"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MTEB task Banking77Classification: its data could not be downloaded from the "
+                          "Hugging Face hub (ConnectionError") and "unset HF_HUB_OFFLINE" in err, err
+    assert not out.exists()
+
+
+def test_an_mteb_task_by_name_goes_to_the_results_tree_and_the_summary(tmp_path, hf_dir, st_mean, task_files,
+                                                                        monkeypatch):
+    """Banking77Classification with its data replaced (no hub here): run as MTEB defines it (its test split, its
+    samples_per_label and n_experiments), scored as `mteb.evaluate` scores it, beside a local task in the table."""
+    import mteb
+    from datasets import Dataset, DatasetDict
+
+    train, dev = pd.read_csv(task_files["train"]), pd.read_csv(task_files["dev"])
+    rows = DatasetDict(train=Dataset.from_dict({"text": train.sentence.tolist(), "label": train.label.tolist()}),
+                       test=Dataset.from_dict({"text": dev.sentence.tolist(), "label": dev.label.tolist()}))
+
+    def load_data(self, num_proc=None, **kwargs):
+        self.dataset, self.data_loaded = rows, True
+    monkeypatch.setattr(type(mteb.get_task("Banking77Classification")), "load_data", load_data)
+    out = tmp_path / "results"
+    assert E.main([str(hf_dir), "--model_names", "hf", "--output_dir", str(out), *QUIET, "--samples_per_label", "3",
+                   *_custom(task_files), "--mteb_tasks", "Banking77Classification"]) == 0
+    result = _metrics(out, "hf", "Banking77Classification")
+    assert result["mteb_task"] == "Banking77Classification" and result["types"] == ["classification"]
+    assert (result["samples_per_label"], result["n_experiments"], result["examples"]) == (8, 10, {"test": 30})
+    task = mteb.get_task("Banking77Classification")
+    task.load_data()
+    want = mteb.evaluate(st_mean, [task], cache=None, co2_tracker=False, show_progress_bar=False).task_results[0]
+    assert result["metrics"] == pytest.approx({"cls-acc": want.get_score(getter=lambda s: s["accuracy"]),
+                                               "cls-f1": want.get_score(getter=lambda s: s["f1"])}, abs=1e-6)
+    table = create_summary_table(out, save=False)
+    assert list(table.columns) == ["Banking77Classification/cls-acc", "tiny/cls-acc", "tiny/cluster-v"]
+    assert _metrics(out, "hf", "tiny")["samples_per_label"] == 3  # the flags are for distill's tasks
 
 
 def test_an_unwritable_output_dir_is_refused_before_any_work(tmp_path, hf_dir, task_files, capsys, monkeypatch):
@@ -370,6 +414,9 @@ def test_flags_are_the_config_fields():
     assert config.models == ["a/m1", "b/m2/"] and config.model_names == ["m1", "m2"]
     assert config.samples_per_label is None and [t.name for t in config.tasks] == ["reviews"]
     assert config.output_dir == "./evaluation_results"  # the fine-tuning grid's results tree
+    assert config.mteb_tasks == []
+    mteb_only = E.EmbeddingEvaluationConfig(**vars(p.parse_args(["m", "--mteb_tasks", "STS12", "STS12"])))
+    assert mteb_only.tasks == [] and mteb_only.mteb_tasks == ["STS12"]  # MTEB's tasks only, each once
 
 
 # --------------------------------------------------------------------------- the real offline assets
@@ -384,7 +431,7 @@ def test_real_teacher_on_reviews(tmp_path, teacher_dir):
     assert Path(record["run_dir"]).name == "embeddings_st_len64"  # its own pooling and normalisation
     assert set(record["metrics"]) == {"cls-acc", "cls-f1", "cluster-v"}
     assert record["metrics"]["cls-acc"] > 0.5  # better than chance on 48 dev reviews, 8 training ones a probe
-    assert record["encoded"] <= 48 + 2 * 8  # the dev rows and the two experiments' train rows, nothing else
+    assert record["encoded"] <= 48 + 2 * 8  # the dev rows (once for both types) and the experiments' train rows
 
 
 # --------------------------------------------------------------------------- damaged cache, inputs named twice
@@ -396,7 +443,7 @@ def test_a_damaged_cache_entry_is_encoded_again_with_a_note(tmp_path, hf_dir, ta
     config = E.EmbeddingEvaluationConfig(**vars(E.parser().parse_args(args)))
     (first,) = E.evaluate_embeddings(config, log=lambda s: 0)
     run = Path(first["run_dir"])
-    (path,) = (run / "embeddings").glob("validation.sentence.*.npy")
+    (path,) = (run / "embeddings").glob("default.validation.*.npy")
     right = np.load(path)
     assert Path(f"{path}.sha256").is_file() and (run / "settings.json.sha256").is_file()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

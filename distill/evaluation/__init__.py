@@ -10,7 +10,7 @@ Modules: tasks (the task registry and the data loaders), metrics (scikit-learn /
 (one run with the Hugging Face Trainer), config (`EvaluationConfig`: the grid's settings, which are
 also the command's flags), grid (`evaluate`: prepare, plan, run), summary (`create_summary_table`),
 cli (the `distill-evaluate` command: `main`), demo (the demo's comparison table: `main`), embeddings
-(frozen-embedding scores, MTEB-style: `embedding_task`, `embedding_scores`; no file I/O) and
+(frozen-embedding scores by MTEB: `embedding_task`, `embedding_scores`; no file I/O) and
 embedding_eval (`evaluate_embeddings`, the `distill-evaluate-embeddings` command: cache, results tree).
 Names are imported lazily, so importing the package does not import torch.
 """
@@ -25,7 +25,7 @@ _EXPORTS = {
     "METRICS": "metrics", "compute_metrics": "metrics",
     "RunSettings": "finetune", "run_finetune": "finetune",
     "evaluate_embeddings": "embedding_eval", "EmbeddingEvaluationConfig": "embedding_eval",
-    "embedding_scores": "embeddings", "embedding_task": "embeddings", "score_embeddings": "embeddings",
+    "embedding_scores": "embeddings", "embedding_task": "embeddings",
     "EmbeddingData": "embeddings", "hf_encoder": "embeddings",
 }
 

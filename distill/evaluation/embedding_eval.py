@@ -3,21 +3,28 @@
     distill-evaluate-embeddings assets/teacher runs/minilm/student --tasks reviews --output_dir results
     distill-evaluate summary results          # the same table as the fine-tuning grid's, with their columns
 
-Each model encodes each task's texts once (frozen, pooled; see `distill.evaluation.embeddings` for the
-scores), and the scores go to the fine-tuning grid's results tree:
+    distill-evaluate-embeddings MODEL --mteb_tasks Banking77Classification STS12   # MTEB's tasks (hub data)
+
+MTEB does the scoring (`mteb.evaluate`; see `distill.evaluation.embeddings` for the tasks and scores):
+each task becomes MTEB tasks, one per type, and the model is given to MTEB behind a caching encoder
+(`CachedEncoder`: frozen, pooled; a sentence-transformers directory through MTEB's own wrapper). The
+scores go to the fine-tuning grid's results tree:
 
     OUTPUT_DIR/<model_name>/<task>/embeddings_<pooling>_len<max_seq_length>/
         settings.json   what was scored: the model and its fingerprint, the task, the pooling, the sampling
         metrics.json    {"kind": "embeddings", "metrics": {"cls-acc": ..., ...}, ...}, written last, atomically
-        embeddings/<split>.<column>.<key>.npy   the cached embeddings (float32 [n, dim])
+        embeddings/<subset>.<split>.<key>.npy   the cached embeddings of one MTEB encode call (float32 [n, dim])
     and beside settings.json and each .npy its sha256 (NAME.sha256, `sha256sum` format), written with it
 
-The cache key is a sha256 of the model's fingerprint (its config, tokenizer and weight files, and a
-sentence-transformers directory's module folders), the pooling, max_seq_length and the texts, so a
-re-run loads the embeddings (the model is not even loaded) and only scores; a changed model or
-text selection is encoded again, and so is a cache entry that does not match its checksum (damaged,
-edited, half written), with a note naming the file. `EmbeddingEvaluationConfig`'s fields are the command's flags. Every
-input is checked before anything is written: exit status 2 and `error: ...` on bad input.
+The cache is this package's, not MTEB's (mteb.evaluate runs with cache=None: MTEB's result cache is keyed
+by the model's name, so a retrained model at the same place would get its old scores). The key is a
+sha256 of the model's fingerprint (its config, tokenizer and weight files, and a sentence-transformers
+directory's module folders), the pooling, max_seq_length, the prompt type and the texts (and the task,
+for a sentence-transformers model with prompts), so a re-run loads the embeddings (the model is not even
+loaded) and MTEB only scores; a changed model or text selection is encoded again, and so is a cache
+entry that does not match its checksum (damaged, edited, half written), with a note naming the file;
+entries a finished run did not use are removed. `EmbeddingEvaluationConfig`'s fields are the command's
+flags. Every input is checked before anything is written: exit status 2 and `error: ...` on bad input.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from ..cli_args import add_arguments, option
+from ..errors import DistillError
 from ..paths import is_no_space, no_space_message, output_dir_problem
 from ..shards import atomic_write_json
 from .config import CUSTOM_TASK, _as_tasks, same_file
@@ -43,10 +51,15 @@ from .embeddings import (
     MTEB_SEED,
     POOLINGS,
     TASK_TYPES,
+    CosineEncoder,
     EmbeddingData,
+    EmbeddingEncoder,
+    check_mteb_task,
     default_types,
+    mteb_scores,
+    mteb_task_data,
     prepare_embedding_data,
-    score_embeddings,
+    require_mteb,
     texts_digest,
 )
 from .finetune import (
@@ -65,7 +78,7 @@ from .summary import AGGREGATIONS
 from .tasks import TASKS, Task, TaskDataError, custom_task, load_task_data
 
 __all__ = ["EmbeddingEvaluationConfig", "evaluate_embeddings", "embedding_fingerprint", "run_dir_name", "main",
-           "parser"]
+           "parser", "CachedEncoder", "load_encoder"]
 
 DEFAULT_TASKS = ("reviews",)
 EMBEDDINGS_DIR = "embeddings"
@@ -74,14 +87,14 @@ _SAFE = re.compile(r"[^\w.-]")  # characters kept in a cache file's name
 
 @dataclass
 class EmbeddingEvaluationConfig:
-    """Frozen embeddings of each model scored on each task, the way MTEB scores its task types (no fine-tuning)."""
+    """Frozen embeddings of each model scored by MTEB on each task (no fine-tuning)."""
 
     models: str | os.PathLike | list[str] = option(
         "model directories: a Hugging Face encoder (with its tokenizer) or a sentence-transformers directory "
         "(modules.json)", positional=True)
     tasks: str | Task | list[str | Task] | None = option(
-        f"among {', '.join(TASKS)} (mnli has no embedding score); default reviews (only the custom task when "
-        f"--validation_file is given)", default=None)
+        f"among {', '.join(TASKS)} (mnli has no embedding score); default reviews (none when --validation_file "
+        f"or --mteb_tasks is given)", default=None)
     output_dir: str | os.PathLike = option(
         "results root, shared with the fine-tuning grid: OUTPUT_DIR/MODEL_NAME/TASK/embeddings_<pooling>_len<L>/",
         default="./evaluation_results")
@@ -97,14 +110,18 @@ class EmbeddingEvaluationConfig:
     max_seq_length: int = option("texts are truncated to this many tokens", default=128)
     batch_size: int = option("texts per forward pass", default=64)
     device: str | None = option("cpu, cuda, cuda:1, ...; default cuda when available", default=None)
+    mteb_tasks: list[str] | None = option(
+        "MTEB's own tasks by name (text classification, clustering, pair classification, STS), e.g. "
+        "Banking77Classification STS12; their data comes from the Hugging Face hub, and they run as MTEB defines "
+        "them (its splits, sampling and seed: the flags below are for the other tasks)", default=None)
     max_train_samples: int | None = option("classification: draw from a fixed random subset of the train split",
                                            default=None)
     max_eval_samples: int | None = option("score a fixed random subset of the dev split (the grid's subset)",
                                           default=None)
-    samples_per_label: int | None = option("classification: train rows per class in each experiment (MTEB's 8); "
-                                           "0: one experiment on every train row", default=8)
-    n_experiments: int = option("classification: experiments averaged (MTEB's 10)", default=10)
-    seed: int = option("seed of the undersampling, the probe and k-means (MTEB's 42)", default=MTEB_SEED)
+    samples_per_label: int | None = option("classification: train rows per class in each experiment (MTEB's "
+                                           "samples_per_label, 8); 0: one experiment on every train row", default=8)
+    n_experiments: int = option("classification: experiments averaged (MTEB's n_experiments, 10)", default=10)
+    seed: int = option("the MTEB tasks' seed: undersampling, the probe, k-means (MTEB's 42)", default=MTEB_SEED)
     progress_bar: bool = option("show progress bars while encoding", default=True)
     aggregation: str = option("for the table printed at the end", default="best", choices=AGGREGATIONS)
     task_name: str = option("its name in the results and the table", default="custom", group=CUSTOM_TASK)
@@ -126,7 +143,9 @@ class EmbeddingEvaluationConfig:
         models = [self.models] if isinstance(self.models, (str, os.PathLike)) else list(self.models)
         self.models = [os.fspath(m) for m in models]
         custom = self.validation_file is not None or self.train_file is not None
-        self.tasks = _as_tasks(self.tasks, custom=custom, default=DEFAULT_TASKS if not custom else ())
+        self.mteb_tasks = list(dict.fromkeys(self.mteb_tasks or ()))
+        self.tasks = _as_tasks(self.tasks, custom=custom or bool(self.mteb_tasks),
+                               default=DEFAULT_TASKS if not (custom or self.mteb_tasks) else ())
         if self.samples_per_label == 0:
             self.samples_per_label = None
         problems = [f"{key}={getattr(self, key)!r} must be a positive integer" for key in
@@ -144,6 +163,15 @@ class EmbeddingEvaluationConfig:
             raise TaskDataError("; ".join(problems))
         self.model_names = _model_names(self.models, self.model_names)
         _check_custom_files(self.train_file, self.validation_file)
+        require_mteb()
+        names = {t.name for t in self.tasks} | ({self.task_name} if custom else set())
+        clash = sorted(names & set(self.mteb_tasks))
+        if clash:
+            raise TaskDataError(f"task {clash[0]!r} is both one of distill's (--tasks, --task_name) and one of MTEB's "
+                                f"(--mteb_tasks): their results would share a folder; rename the custom task "
+                                f"(--task_name) or leave one out")
+        for name in self.mteb_tasks:
+            check_mteb_task(name)  # an unknown name or a type without columns: refused before any model is read
 
     def task_list(self) -> list[tuple[Task, tuple[str, ...] | None]]:
         """(task, its types or None for the data's default), the custom task (read and checked) last."""
@@ -299,13 +327,14 @@ def _prepare(config: EmbeddingEvaluationConfig) -> tuple[list[_Model], list[Embe
             task, data, types, max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
             samples_per_label=config.samples_per_label, n_experiments=config.n_experiments, seed=config.seed,
             positive_label=config.positive_label if task.source == "files" else None))
+    datas += [mteb_task_data(name) for name in config.mteb_tasks]  # downloaded now: an unreachable hub is named
     return models, datas, device
 
 
 def evaluate_embeddings(models: "str | os.PathLike | list | EmbeddingEvaluationConfig", *args,
                         log: Callable[[str], None] | None = None, **kwargs) -> list[dict]:
-    """Score every model on every task from frozen embeddings; write the results; return one record per
-    (model, task): model, task, run_dir, metrics (fractions), encoded (texts encoded now; 0: all cached), seconds.
+    """Score every model on every task with MTEB; write the results; return one record per (model, task):
+    model, task, run_dir, metrics (fractions), encoded (texts encoded now; 0: all cached), seconds.
 
     Give an `EmbeddingEvaluationConfig`, or its fields (models, then tasks and output_dir by position or name,
     the others by name). Bad input raises TaskDataError before anything is written.
@@ -319,10 +348,9 @@ def evaluate_embeddings(models: "str | os.PathLike | list | EmbeddingEvaluationC
     records = []
     try:
         for model in checked:
-            encoder = _LazyEncoder(model, config, device)
-            fingerprint = embedding_fingerprint(model.path)
+            encoder = CachedEncoder(model, config, device, embedding_fingerprint(model.path))
             for data in datas:
-                records.append(_evaluate_one(model, fingerprint, data, encoder, config, say))
+                records.append(_evaluate_one(model, data, encoder, config, say))
     except OSError as e:
         if not is_no_space(e):
             raise
@@ -331,71 +359,109 @@ def evaluate_embeddings(models: "str | os.PathLike | list | EmbeddingEvaluationC
     return records
 
 
-class _LazyEncoder:
-    """Loads the model on the first texts that are not in the cache (a fully cached re-run loads nothing)."""
+class CachedEncoder(CosineEncoder):
+    """The MTEB encoder `mteb.evaluate` is given: each encode call's embeddings come from the run's cache, else
+    from the model (loaded on the first texts not in the cache: a fully cached re-run loads nothing) and are
+    cached. `start(run_dir)` before each (model, task); `prune()` after it drops the entries it did not use."""
 
-    def __init__(self, model: _Model, config: EmbeddingEvaluationConfig, device: str):
-        self.model, self.config, self.device, self._encode = model, config, device, None
+    def __init__(self, model: _Model, config: EmbeddingEvaluationConfig, device: str, fingerprint: str):
+        self.model, self.config, self.device, self.fingerprint = model, config, device, fingerprint
+        self.per_task = model.pooling == "st" and _has_prompts(model.path)  # its prompts may differ per task
+        self._inner = None
+        self.start(None)
 
-    def __call__(self, texts: list[str], desc: str) -> np.ndarray:
-        if self._encode is None:
-            self._encode = load_encoder(self.model, self.config, self.device)
-        return np.asarray(self._encode(texts, desc), dtype=np.float32)
+    def start(self, run_dir: Path | None) -> None:
+        self.run_dir, self.encoded, self.used = run_dir, 0, set()
+
+    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs):
+        texts = [text for batch in inputs for text in batch["text"]]
+        prompt = getattr(prompt_type, "value", prompt_type)
+        key = hashlib.sha256(json.dumps([self.fingerprint, self.model.pooling, self.config.max_seq_length, prompt,
+                                         task_metadata.name if self.per_task else None,
+                                         texts_digest(texts)]).encode()).hexdigest()[:16]
+        path = self.run_dir / EMBEDDINGS_DIR / f"{_SAFE.sub('_', f'{hf_subset}.{hf_split}')}.{key}.npy"
+        self.used.add(path.name)
+        emb = _load_cached(path, len(texts))
+        if emb is None:
+            if self._inner is None:
+                self._inner = load_encoder(self.model, self.config, self.device)
+            emb = self._inner.encode(inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset,
+                                     prompt_type=prompt_type, **kwargs)
+            emb = np.asarray(emb.cpu() if hasattr(emb, "cpu") else emb, dtype=np.float32)
+            if emb.ndim != 2 or len(emb) != len(texts):
+                raise ValueError(f"{self.model.path}: shape {emb.shape} for {len(texts)} texts")
+            self.encoded += len(texts)
+            _save_cached(path, emb)
+        return emb
+
+    def prune(self) -> None:
+        """Remove the cache entries (and their checksums) of the run that this (model, task) did not use."""
+        for old in (self.run_dir / EMBEDDINGS_DIR).glob("*.npy"):
+            if old.name not in self.used:
+                old.unlink(missing_ok=True)
+                checksum_path(old).unlink(missing_ok=True)
+
+
+def _has_prompts(model_dir: str) -> bool:
+    """Whether a sentence-transformers directory names prompts (config_sentence_transformers.json)."""
+    try:
+        config = json.loads((Path(model_dir) / "config_sentence_transformers.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("prompts")) and any(config["prompts"].values())
 
 
 def load_encoder(model: _Model, config: EmbeddingEvaluationConfig, device: str):
-    """A function (texts, progress description) -> float32 [n, dim] for the model."""
+    """The model as an MTEB encoder: a sentence-transformers directory through MTEB's own wrapper (its modules,
+    prompts), a Hugging Face encoder with mean / cls pooling as `EmbeddingEncoder(hf_encoder(...))`."""
     from .embeddings import hf_encoder
 
     if model.pooling == "st":
+        from mteb.models import SentenceTransformerEncoderWrapper
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(model.path, device=device)
         st.max_seq_length = config.max_seq_length
-        return lambda texts, desc: st.encode(texts, batch_size=config.batch_size, convert_to_numpy=True,
-                                             show_progress_bar=config.progress_bar)
+        return SentenceTransformerEncoderWrapper(st)
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model.transformer_dir)
     hf = AutoModel.from_pretrained(model.transformer_dir).to(device).eval()
-    return lambda texts, desc: hf_encoder(hf, tokenizer, model.pooling, config.batch_size, config.max_seq_length,
-                                          device, config.progress_bar, desc)(texts)
+    return EmbeddingEncoder(hf_encoder(hf, tokenizer, model.pooling, config.batch_size, config.max_seq_length,
+                                       device, config.progress_bar, f"{model.name}"))
 
 
-def _evaluate_one(model: _Model, fingerprint: str, data: EmbeddingData, encoder: _LazyEncoder,
-                  config: EmbeddingEvaluationConfig, say) -> dict:
-    """One (model, task): embeddings from the cache or the encoder, the scores, settings.json and metrics.json."""
+def _evaluate_one(model: _Model, data: EmbeddingData, encoder: CachedEncoder, config: EmbeddingEvaluationConfig,
+                  say) -> dict:
+    """One (model, task): MTEB's scores (embeddings from the cache or the model), settings.json and metrics.json."""
     run_dir = Path(config.output_dir) / model.name / data.name / run_dir_name(model.pooling, config.max_seq_length)
     label = f"{model.name} {data.name}"
-    t0, encoded, embeddings = time.time(), 0, {}
-    for key, texts in data.texts.items():
-        cache_key = hashlib.sha256(json.dumps([fingerprint, model.pooling, config.max_seq_length,
-                                               texts_digest(texts)]).encode()).hexdigest()[:16]
-        path = run_dir / EMBEDDINGS_DIR / f"{_SAFE.sub('_', key)}.{cache_key}.npy"
-        emb = _load_cached(path, len(texts))
-        if emb is None:
-            emb = encoder(texts, f"{label} {key}")
-            encoded += len(texts)
-            _save_cached(path, emb)
-        embeddings[key] = emb
-    t1 = time.time()
-    metrics = score_embeddings(data, embeddings, config.seed)
-    seconds = {"encode": round(t1 - t0, 2), "score": round(time.time() - t1, 2)}
-    settings = {"model": model.path, "model_name": model.name, "model_fingerprint": fingerprint,
+    t0 = time.time()
+    encoder.start(run_dir)
+    metrics = mteb_scores(encoder, data, batch_size=config.batch_size, progress=config.progress_bar)
+    encoder.prune()
+    seconds = {"total": round(time.time() - t0, 2)}
+    settings = {"model": model.path, "model_name": model.name, "model_fingerprint": encoder.fingerprint,
                 "pooling": model.pooling, "max_seq_length": config.max_seq_length, "task": data.name,
-                "types": list(data.types), "max_train_samples": config.max_train_samples,
-                "max_eval_samples": config.max_eval_samples, "samples_per_label": config.samples_per_label,
-                "n_experiments": config.n_experiments, "seed": config.seed}
+                "mteb_task": data.mteb_name, "types": list(data.types), "max_train_samples": config.max_train_samples,
+                "max_eval_samples": config.max_eval_samples, "samples_per_label": data.samples_per_label,
+                "n_experiments": data.n_experiments, "seed": data.seed}
     result = {"kind": "embeddings", **settings, "metrics": metrics, "metric_keys": list(data.metric_keys),
-              "main_metrics": list(data.main_keys), "examples": data.examples, "encoded_texts": encoded,
-              "seconds": seconds, "device": encoder.device}
+              "main_metrics": list(data.main_keys), "examples": data.examples, "encoded_texts": encoder.encoded,
+              "seconds": seconds, "device": encoder.device, "mteb_version": _mteb_version()}
     write_checked_json(run_dir / SETTINGS_NAME, settings)
     atomic_write_json(run_dir / METRICS_NAME, result)  # last: a run with metrics.json is complete
-    how = f"encoded {encoded} texts" if encoded else "all embeddings cached"
+    how = f"encoded {encoder.encoded} texts" if encoder.encoded else "all embeddings cached"
     say(f"{label}: " + " ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items())
-        + f" ({how}; {seconds['encode']:.0f} s encoding, {seconds['score']:.1f} s scoring)")
-    return {"model": model.name, "task": data.name, "run_dir": str(run_dir), "metrics": metrics, "encoded": encoded,
-            "seconds": seconds}
+        + f" (MTEB; {how}; {seconds['total']:.1f} s)")
+    return {"model": model.name, "task": data.name, "run_dir": str(run_dir), "metrics": metrics,
+            "encoded": encoder.encoded, "seconds": seconds}
+
+
+def _mteb_version() -> str:
+    from importlib.metadata import version
+
+    return version("mteb")
 
 
 def _load_cached(path: Path, rows: int) -> np.ndarray | None:
@@ -428,25 +494,20 @@ def _note(text: str) -> None:
 
 
 def _save_cached(path: Path, emb: np.ndarray) -> None:
-    """Write the embeddings and their checksum atomically (replacing a damaged entry) and drop the older ones of the
-    same split and column (another model or text selection), with their checksums."""
+    """Write the embeddings and their checksum atomically (replacing a damaged entry)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(emb, dtype=np.float32), allow_pickle=False)
     write_checked(path, buffer.getvalue())
-    prefix = path.name.rsplit(".", 2)[0]
-    for old in path.parent.glob(f"{prefix}.*.npy"):
-        if old != path and old.name.rsplit(".", 2)[0] == prefix:
-            old.unlink(missing_ok=True)
-            checksum_path(old).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the command
 def parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog or os.path.basename(sys.argv[0]),
-                                description="Score frozen embeddings of each MODEL on each task (logistic-regression "
-                                "probe, k-means, cosine), MTEB-style, without fine-tuning; then print the results "
-                                "table.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                description="Score frozen embeddings of each MODEL on each task with MTEB "
+                                "(mteb.evaluate: its classification probe, clustering, pair classification, STS), "
+                                "without fine-tuning; then print the results table.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     return add_arguments(p, EmbeddingEvaluationConfig)
 
 
@@ -464,9 +525,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         evaluate_embeddings(config)
         print()
         print_summary(SummaryOptions(str(config.output_dir), aggregation=config.aggregation))
-    except (TaskDataError, FileNotFoundError) as e:
+    except DistillError as e:  # TaskDataError, ...: bad input; a bug is not caught (traceback, exit 1)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     return 0
 
 

@@ -1,33 +1,40 @@
-"""Embedding evaluation without fine-tuning: frozen pooled embeddings scored the way MTEB scores its task types.
+"""Embedding evaluation without fine-tuning: frozen pooled embeddings scored by MTEB itself (the `mteb` package,
+`pip install 'distill[embeddings]'`).
 
     from distill.evaluation.embeddings import embedding_task, embedding_scores
 
-    data = embedding_task("reviews", max_eval_samples=500)        # read once (texts, labels, the sampled rows)
+    data = embedding_task("reviews", max_eval_samples=500)        # read once (texts, labels, settings)
     scores = embedding_scores(model, data, tokenizer=tokenizer)    # {"cls-acc": 0.81, "cls-f1": ..., "cluster-v": ...}
     scores = embedding_scores(lambda texts: my_encode(texts), data)  # or any function: texts -> [n, dim] array
+    scores = embedding_scores(sentence_transformer, data)          # or a SentenceTransformer / an MTEB encoder
 
-Task types and their scores (fractions; tables show x 100):
-- classification (one text column, class labels): MTEB's logistic-regression probe. For each of
-  `n_experiments` experiments, `samples_per_label` train rows of each class are drawn (MTEB's undersampling:
-  the row order is shuffled by `numpy.random.default_rng(seed)` again before each experiment and the first rows
-  of each class are kept), `LogisticRegression(max_iter=100, random_state=seed)` is fit on their embeddings and
-  predicts the dev split: `cls-acc` (accuracy) and `cls-f1` (macro F1), means over the experiments.
-  `samples_per_label=None` fits one probe on every train row instead.
-- clustering (one text column, class labels): `MiniBatchKMeans(k, batch_size=500, n_init="auto",
-  random_state=seed)` on the dev embeddings, k = the task's number of classes: `cluster-v`, the V-measure of the
-  clusters against the labels.
-- pair_classification (two text columns, two classes): the cosine similarity of each pair ranks the pairs:
-  `pair-ap`, the average precision of the positive class (scikit-learn's `average_precision_score`; MTEB's
-  `max_ap` is the best of this over several similarities, cosine among them).
-- sts (two text columns, graded scores): `sts-spearman`, the Spearman correlation of cosine and score
-  (MTEB's main STS score).
+A task (reviews, a GLUE task, your own files) becomes one MTEB task per type, built in memory from its
+data (`mteb_tasks`: MTEB's abstract task classes with `load_data` giving the rows), and `mteb.evaluate`
+scores them; an MTEB task is also taken by name (`mteb_task_data("Banking77Classification")`, its data
+from the Hugging Face hub). The scores are MTEB's own (fractions; tables show x 100):
+- classification (one text column, class labels): `AbsTaskClassification`, MTEB's logistic-regression
+  probe: for each of `n_experiments` experiments `samples_per_label` train rows of each class (MTEB's
+  undersampling, `np.random.RandomState(seed)`), `LogisticRegression(max_iter=100, random_state=seed)`,
+  predicting the dev split. `cls-acc` = MTEB's `accuracy`, `cls-f1` = its `f1` (macro), means over the
+  experiments. `samples_per_label=None`: one experiment on every train row.
+- clustering (one text column, class labels): `AbsTaskClustering` (MTEB's bootstrapped k-means): every
+  dev text is embedded; 10 draws (with replacement) of as many texts as the split has (at most MTEB's
+  16384: its `max_documents_per_cluster`), each clustered by MiniBatchKMeans (k = the classes in the
+  split, random_state=seed): `cluster-v` = MTEB's `v_measure`, their mean.
+- pair_classification (two text columns, two classes): `AbsTaskPairClassification`: `pair-ap` = MTEB's
+  main score `max_ap`, the best average precision of the positive class when the pairs are ranked by
+  cosine similarity, dot product, Euclidean or Manhattan distance.
+- sts (two text columns, graded scores): `AbsTaskSTS`: `sts-spearman` = MTEB's `cosine_spearman`.
 
-Nothing here reads or writes files except `embedding_task`, which reads the task's data once;
-`score_embeddings` and `embedding_scores` only compute (the trainer calls them during training).
+MTEB seeds Python's, numpy's and torch's global generators when it builds a task or an evaluator;
+`mteb_scores` puts them back as they were, so scoring draws nothing from a training run's generators.
+Nothing here writes files; `embedding_task` and `mteb_task_data` read the task's data once.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -37,9 +44,10 @@ import numpy as np
 
 from .tasks import Task, TaskDataError, get_task
 
-__all__ = ["TASK_TYPES", "TYPE_METRICS", "MAIN_METRICS", "POOLINGS", "EmbeddingData", "default_types",
-           "prepare_embedding_data", "embedding_task", "undersample", "classification_scores", "clustering_scores",
-           "pair_scores", "sts_scores", "score_embeddings", "hf_encoder", "embedding_scores", "texts_digest"]
+__all__ = ["TASK_TYPES", "TYPE_METRICS", "MAIN_METRICS", "MTEB_METRICS", "POOLINGS", "EmbeddingData",
+           "default_types", "prepare_embedding_data", "embedding_task", "check_mteb_task", "mteb_task_data",
+           "mteb_tasks", "mteb_scores", "CosineEncoder", "EmbeddingEncoder", "hf_encoder", "embedding_scores",
+           "texts_digest", "require_mteb"]
 
 CLASSIFICATION, CLUSTERING, PAIR, STS = "classification", "clustering", "pair_classification", "sts"
 TASK_TYPES = (CLASSIFICATION, CLUSTERING, PAIR, STS)
@@ -47,31 +55,38 @@ TYPE_METRICS = {CLASSIFICATION: ("cls-acc", "cls-f1"), CLUSTERING: ("cluster-v",
                 STS: ("sts-spearman",)}
 """The metrics of each task type; the first is the type's main score (its summary column)."""
 MAIN_METRICS = {t: keys[0] for t, keys in TYPE_METRICS.items()}
+MTEB_METRICS = {"cls-acc": "accuracy", "cls-f1": "f1", "cluster-v": "v_measure", "pair-ap": "max_ap",
+                "sts-spearman": "cosine_spearman"}
+"""Each column's name in MTEB's scores."""
+MTEB_TYPES = {"Classification": CLASSIFICATION, "Clustering": CLUSTERING, "PairClassification": PAIR, "STS": STS}
+"""MTEB's task types (TaskMetadata.type) that have columns here."""
 POOLINGS = ("auto", "mean", "cls")
 # The class that counts as "similar" in the GLUE pair tasks (the labels' order differs between them).
 POSITIVE_LABELS = {"mrpc": "equivalent", "qqp": "duplicate", "rte": "entailment", "qnli": "entailment",
                    "wnli": "entailment"}
-MTEB_SEED, MTEB_MAX_ITER, KMEANS_BATCH = 42, 100, 500
+MTEB_SEED = 42
+CLUSTER_DRAW = 16384  # MTEB's AbsTaskClustering.max_documents_per_cluster: the most texts one clustering draws
 
 
 @dataclass
 class EmbeddingData:
-    """One task, ready to encode and score: the texts to embed and what the scores compare them with.
+    """One task, ready for MTEB: its rows per type in MTEB's columns, or an MTEB task's loaded data.
 
-    texts: {"<split>.<column>": texts}; for classification "train.<column>" holds only the train rows that
-    some experiment uses. experiments: per experiment, positions in those train rows.
+    datasets: {type: DatasetDict} for a task of distill's (classification: train and the eval split, columns
+    text/label; clustering: sentences/labels; pair classification: sentence1/sentence2/labels, 1 = similar;
+    sts: sentence1/sentence2/score). mteb_name: an MTEB task's name, its data in `mteb_dataset`.
     """
 
     name: str
     types: tuple[str, ...]
-    texts: dict[str, list[str]]
-    train_labels: np.ndarray | None = None
-    eval_labels: np.ndarray | None = None  # class ids, or graded scores (sts)
-    experiments: tuple[np.ndarray, ...] = ()
-    n_clusters: int = 0
-    positive: int = 1  # pair classification: the label id of "similar"
+    datasets: dict = field(default_factory=dict)
     eval_split: str = "validation"
+    samples_per_label: int | None = 8
+    n_experiments: int | None = 10
+    seed: int = MTEB_SEED
     examples: dict[str, int] = field(default_factory=dict)
+    mteb_name: str | None = None
+    mteb_dataset: object = None
 
     @property
     def metric_keys(self) -> tuple[str, ...]:
@@ -80,6 +95,13 @@ class EmbeddingData:
     @property
     def main_keys(self) -> tuple[str, ...]:
         return tuple(MAIN_METRICS[t] for t in self.types)
+
+
+def require_mteb() -> None:
+    """TaskDataError unless the `mteb` package can be imported."""
+    if importlib.util.find_spec("mteb") is None:
+        raise TaskDataError("the embedding scores are MTEB's and the mteb package is not installed: pip install "
+                            "'distill[embeddings]' (or pip install mteb)")
 
 
 def default_types(task: Task) -> tuple[str, ...]:
@@ -123,82 +145,63 @@ def _subset(ds, cap: int | None):
     return ds.shuffle(seed=0).select(range(cap)) if cap is not None and cap < len(ds) else ds
 
 
-def undersample(labels: np.ndarray, samples_per_label: int | None, n_experiments: int,
-                seed: int = MTEB_SEED) -> list[np.ndarray]:
-    """MTEB's training rows per experiment: the row order is shuffled by a new `default_rng(seed)` before each
-    experiment (so each reshuffles the last), and the first `samples_per_label` rows of each class are kept,
-    in that order. None: one experiment with every row."""
-    if samples_per_label is None:
-        return [np.arange(len(labels))]
-    order, out = np.arange(len(labels)), []
-    for _ in range(n_experiments):
-        np.random.default_rng(seed).shuffle(order)
-        counts: dict = {}
-        rows = []
-        for i in order:
-            if counts.get(labels[i], 0) < samples_per_label:
-                rows.append(i)
-                counts[labels[i]] = counts.get(labels[i], 0) + 1
-        out.append(np.asarray(rows, dtype=np.int64))
-    return out
-
-
 def prepare_embedding_data(task: Task, data, types: Sequence[str] | None = None, *,
                            max_train_samples: int | None = None, max_eval_samples: int | None = None,
                            samples_per_label: int | None = 8, n_experiments: int = 10, seed: int = MTEB_SEED,
                            positive_label: str | None = None) -> EmbeddingData:
     """`EmbeddingData` from a task and its DatasetDict (`load_task_data`); TaskDataError when the data cannot be
-    scored (a single class, fewer texts than clusters, a pair task without both classes, constant scores)."""
+    scored (a single class, a pair task without both classes, constant scores)."""
+    from datasets import Dataset, DatasetDict
+
     types = _check_types(task, types) if types else default_types(task)
+    if samples_per_label is not None and (samples_per_label < 1 or n_experiments < 1):
+        raise TaskDataError(f"samples_per_label={samples_per_label}, n_experiments={n_experiments}: give "
+                            f"positive numbers (samples_per_label None: every train row)")
     split = task.eval_splits[0][0]
     dev = _subset(data[split], max_eval_samples)
-    out = EmbeddingData(task.name, types, {}, eval_split=split)
-    out.eval_labels = np.asarray(dev["label"])
-    out.texts.update({f"{split}.{f}": list(dev[f]) for f in task.text_fields})
-    out.examples[split] = len(dev)
-    where = f"task {task.name!r}, {split} split ({len(dev)} rows)"
+    out = EmbeddingData(task.name, types, eval_split=split, samples_per_label=samples_per_label,
+                        n_experiments=n_experiments, seed=seed, examples={split: len(dev)})
+    labels = np.asarray(dev["label"])
+    _check_eval(task, types, labels, f"task {task.name!r}, {split} split ({len(dev)} rows)")
+    first = list(dev[task.text_fields[0]])
     if CLASSIFICATION in types:
         train = _subset(data["train"], max_train_samples)
-        labels = np.asarray(train["label"])
-        if len(np.unique(labels)) < 2:
-            raise TaskDataError(f"task {task.name!r}, train split: one class only ({task.label_names[labels[0]]!r}); "
-                                f"classification needs at least two: give train rows of two or more classes")
-        if samples_per_label is not None and (samples_per_label < 1 or n_experiments < 1):
-            raise TaskDataError(f"samples_per_label={samples_per_label}, n_experiments={n_experiments}: give "
-                                f"positive numbers (samples_per_label None: every train row)")
-        experiments = undersample(labels, samples_per_label, n_experiments, seed)
-        rows = np.unique(np.concatenate(experiments))  # encode each needed row once
-        position = {int(r): i for i, r in enumerate(rows)}
-        out.experiments = tuple(np.asarray([position[int(r)] for r in e], dtype=np.int64) for e in experiments)
-        out.texts[f"train.{task.text_fields[0]}"] = [train[task.text_fields[0]][int(r)] for r in rows]
-        out.train_labels = labels[rows]
-        out.examples["train"] = len(rows)
-    _check_eval(task, types, out, where, positive_label)
-    return out
-
-
-def _check_eval(task: Task, types, out: EmbeddingData, where: str, positive_label: str | None) -> None:
-    labels = out.eval_labels
-    if STS in types:
-        if np.all(labels == labels[0]):
-            raise TaskDataError(f"{where}: every score is {labels[0]}: Spearman needs scores that differ")
-        return
-    classes = np.unique(labels)
-    if len(classes) < 2 and (CLUSTERING in types or PAIR in types or CLASSIFICATION in types):
-        raise TaskDataError(f"{where}: one class only ({task.label_names[classes[0]]!r}); scoring needs at least "
-                            f"two: give a dev split with two or more classes")
+        train_labels = np.asarray(train["label"])
+        if len(np.unique(train_labels)) < 2:
+            raise TaskDataError(f"task {task.name!r}, train split: one class only "
+                                f"({task.label_names[train_labels[0]]!r}); classification needs at least two: give "
+                                f"train rows of two or more classes")
+        out.datasets[CLASSIFICATION] = DatasetDict({
+            "train": Dataset.from_dict({"text": list(train[task.text_fields[0]]), "label": train_labels.tolist()}),
+            split: Dataset.from_dict({"text": first, "label": labels.tolist()})})
+        out.examples["train"] = len(train)
     if CLUSTERING in types:
-        out.n_clusters = task.num_labels
-        if len(labels) < out.n_clusters:
-            raise TaskDataError(f"{where}: {len(labels)} texts for {out.n_clusters} clusters (one per class): "
-                                f"clustering needs at least as many texts; give more dev rows (--max_eval_samples) "
-                                f"or leave clustering out of the task types")
+        out.datasets[CLUSTERING] = DatasetDict({split: Dataset.from_dict({"sentences": first,
+                                                                         "labels": labels.tolist()})})
     if PAIR in types:
         name = positive_label or POSITIVE_LABELS.get(task.name) or task.label_names[1]
         if name not in task.label_names:
             raise TaskDataError(f"positive_label={name!r} is not one of task {task.name!r}'s labels "
                                 f"{list(task.label_names)}")
-        out.positive = task.label_names.index(name)
+        similar = (labels == task.label_names.index(name)).astype(np.int64)
+        out.datasets[PAIR] = DatasetDict({split: Dataset.from_dict({
+            "sentence1": first, "sentence2": list(dev[task.text_fields[1]]), "labels": similar.tolist()})})
+    if STS in types:
+        out.datasets[STS] = DatasetDict({split: Dataset.from_dict({
+            "sentence1": first, "sentence2": list(dev[task.text_fields[1]]),
+            "score": labels.astype(np.float64).tolist()})})
+    return out
+
+
+def _check_eval(task: Task, types, labels: np.ndarray, where: str) -> None:
+    if STS in types:
+        if np.all(labels == labels[0]):
+            raise TaskDataError(f"{where}: every score is {labels[0]}: Spearman needs scores that differ")
+        return
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise TaskDataError(f"{where}: one class only ({task.label_names[classes[0]]!r}); scoring needs at least "
+                            f"two: give a dev split with two or more classes")
 
 
 def embedding_task(task: "str | Task", data_dir: str | os.PathLike | None = None, types: Sequence[str] | None = None,
@@ -211,83 +214,178 @@ def embedding_task(task: "str | Task", data_dir: str | os.PathLike | None = None
     return prepare_embedding_data(task, load_task_data(task, data_dir), types, **kwargs)
 
 
-# --------------------------------------------------------------------------- scores
-def classification_scores(train_x, train_y, test_x, test_y, experiments: Sequence[np.ndarray] | None = None,
-                          seed: int = MTEB_SEED) -> dict[str, float]:
-    """Logistic regression on train rows (each experiment's, or all), predicting the test rows:
-    {"cls-acc", "cls-f1"}, the means over the experiments."""
+# --------------------------------------------------------------------------- MTEB's own tasks
+def check_mteb_task(name: str) -> str:
+    """The type of MTEB task `name` (nothing downloaded); TaskDataError for an unknown name or a type without
+    columns here (retrieval, reranking, ...: score those with mteb itself)."""
+    require_mteb()
+    import mteb
+
+    with _global_rng_kept():
+        try:
+            task = mteb.get_task(name)
+        except KeyError as e:
+            raise TaskDataError(f"--mteb_tasks {name}: not an MTEB task ({e.args[0] if e.args else e}); give names "
+                                f"as mteb.get_tasks() lists them, e.g. Banking77Classification") from None
+    kind = MTEB_TYPES.get(task.metadata.type)
+    if kind is None or task.metadata.modalities != ["text"]:
+        what = task.metadata.type if kind is None else f"{'/'.join(task.metadata.modalities)} {task.metadata.type}"
+        raise TaskDataError(f"--mteb_tasks {name}: a {what} task; the scores here are text classification, "
+                            f"clustering, pair classification and STS: leave it out (or run it with mteb itself)")
+    return kind
+
+
+def mteb_task_data(name: str) -> EmbeddingData:
+    """An MTEB task by name, its data downloaded now (from the Hugging Face hub, or its cache); TaskDataError
+    naming the task when the data cannot be had."""
+    import mteb
+    from datasets.exceptions import DatasetNotFoundError
+
+    kind = check_mteb_task(name)
+    with _global_rng_kept():
+        task = mteb.get_task(name)
+        try:
+            task.load_data()
+        except (OSError, DatasetNotFoundError) as e:  # ConnectionError (offline, no network) is an OSError
+            raise TaskDataError(f"MTEB task {name}: its data could not be downloaded from the Hugging Face hub "
+                                f"({type(e).__name__}: {e}); connect to the hub (unset HF_HUB_OFFLINE), or "
+                                f"download it once where the hub is reachable (the datasets cache is reused)") from None
+    examples = {}
+    for subset in task.hf_subsets:
+        splits = task.dataset[subset] if subset in task.dataset else task.dataset
+        for split in task.eval_splits:
+            examples[split] = examples.get(split, 0) + len(splits[split])
+    return EmbeddingData(task.metadata.name, (kind,), eval_split=task.eval_splits[0],
+                         samples_per_label=getattr(task, "samples_per_label", None),
+                         n_experiments=getattr(task, "n_experiments", None), seed=task.seed, examples=examples,
+                         mteb_name=task.metadata.name, mteb_dataset=task.dataset)
+
+
+# --------------------------------------------------------------------------- the MTEB tasks and their scores
+_MAIN_SCORES = {CLASSIFICATION: "accuracy", CLUSTERING: "v_measure", PAIR: "max_ap", STS: "cosine_spearman"}
+
+
+def mteb_tasks(data: EmbeddingData) -> list:
+    """New MTEB task objects for `data`, one per type, their data loaded (new each time: MTEB's clustering
+    draws from its task's own generator, so a task object scored twice would draw other rows)."""
+    import mteb
+    from mteb.abstasks import AbsTaskClassification, AbsTaskClustering, AbsTaskPairClassification, AbsTaskSTS
+    from mteb.abstasks.task_metadata import TaskMetadata
+
+    if data.mteb_name is not None:
+        task = mteb.get_task(data.mteb_name)
+        task.dataset, task.data_loaded = data.mteb_dataset, True
+        return [task]
+    bases = {CLASSIFICATION: (AbsTaskClassification, "Classification"), CLUSTERING: (AbsTaskClustering, "Clustering"),
+             PAIR: (AbsTaskPairClassification, "PairClassification"), STS: (AbsTaskSTS, "STS")}
+    tasks = []
+    for kind in data.types:
+        base, mteb_type = bases[kind]
+        metadata = TaskMetadata(
+            name=f"{data.name}.{kind}", description=f"distill task {data.name!r}, {kind}, from local data",
+            dataset={"path": f"local/{data.name}", "revision": "local"}, type=mteb_type, category="t2t",
+            modalities=["text"], eval_splits=[data.eval_split], eval_langs=["und-Latn"],
+            main_score=_MAIN_SCORES[kind])
+        dataset = data.datasets[kind]
+        attrs = {"metadata": metadata, "load_data": _loader(dataset)}
+        if kind == CLASSIFICATION:
+            every = data.samples_per_label is None  # one experiment on every train row
+            attrs.update(samples_per_label=len(dataset["train"]) if every else data.samples_per_label,
+                         n_experiments=1 if every else data.n_experiments)
+        elif kind == CLUSTERING:  # every dev text embedded (max_eval_samples caps them); draws of as many texts
+            attrs.update(max_fraction_of_documents_to_embed=None,
+                         max_documents_per_cluster=min(len(dataset[data.eval_split]), CLUSTER_DRAW))
+        elif kind == STS:
+            scores = dataset[data.eval_split]["score"]
+            attrs.update(min_score=min(scores), max_score=max(scores))
+        task = type(f"Distill{mteb_type}", (base,), attrs)(seed=data.seed)
+        task.load_data()
+        tasks.append(task)
+    return tasks
+
+
+def _loader(dataset):
+    def load_data(self, num_proc=None, **kwargs) -> None:
+        self.dataset, self.data_loaded = dataset, True
+    return load_data
+
+
+@contextlib.contextmanager
+def _global_rng_kept():
+    """Python's, numpy's and torch's global generators as they were before the block (MTEB seeds them)."""
+    import random
+
+    import torch
+
+    state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.random.set_rng_state(state[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def mteb_scores(model, data: EmbeddingData, *, batch_size: int = 64, progress: bool = False) -> dict[str, float]:
+    """`mteb.evaluate` of `model` (an MTEB encoder, or a SentenceTransformer) on the task's MTEB tasks, no
+    result cache: {column: MTEB's value}, each the mean over the task's splits and subsets as MTEB takes it."""
+    import mteb
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
 
-    experiments = experiments if experiments is not None else [np.arange(len(train_y))]
-    acc, f1 = [], []
-    for rows in experiments:
-        probe = LogisticRegression(max_iter=MTEB_MAX_ITER, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # MTEB's 100 iterations, whatever they reach
-            probe.fit(train_x[rows], train_y[rows])
-        pred = probe.predict(test_x)
-        acc.append(accuracy_score(test_y, pred))
-        f1.append(f1_score(test_y, pred, average="macro", zero_division=0))
-    return {"cls-acc": float(np.mean(acc)), "cls-f1": float(np.mean(f1))}
-
-
-def clustering_scores(x, labels, n_clusters: int | None = None, seed: int = MTEB_SEED) -> dict[str, float]:
-    """MiniBatchKMeans (batch 500, n_init "auto") with k = n_clusters (default: the distinct labels):
-    {"cluster-v"}, the V-measure of the clusters against the labels."""
-    from sklearn.cluster import MiniBatchKMeans
-    from sklearn.metrics import v_measure_score
-
-    k = n_clusters or len(np.unique(labels))
-    clusters = MiniBatchKMeans(n_clusters=k, batch_size=KMEANS_BATCH, n_init="auto", random_state=seed).fit(x)
-    return {"cluster-v": float(v_measure_score(labels, clusters.labels_))}
-
-
-def cosine(a, b) -> np.ndarray:
-    """Row-wise cosine similarity of two [n, dim] arrays (float64; a zero vector's similarity is 0)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.divide((a * b).sum(axis=1), norms, out=np.zeros(len(a)), where=norms > 0)
-
-
-def pair_scores(a, b, labels, positive: int = 1) -> dict[str, float]:
-    """{"pair-ap"}: the average precision of label `positive` when the pairs are ranked by cosine similarity."""
-    from sklearn.metrics import average_precision_score
-
-    return {"pair-ap": float(average_precision_score(np.asarray(labels) == positive, cosine(a, b)))}
-
-
-def sts_scores(a, b, scores) -> dict[str, float]:
-    """{"sts-spearman"}: Spearman correlation of the pairs' cosine similarity and their scores (0 if undefined)."""
-    from .metrics import spearman
-
-    return {"sts-spearman": spearman(np.asarray(scores, dtype=np.float64), cosine(a, b))}
-
-
-def score_embeddings(data: EmbeddingData, embeddings: dict[str, np.ndarray], seed: int = MTEB_SEED) -> dict[str, float]:
-    """Every score of the task's types from its embeddings ({text key: [n, dim] array}, `data.texts`' keys)."""
-    missing = [k for k in data.texts if k not in embeddings]
-    if missing:
-        raise ValueError(f"no embeddings for {missing}")
-    split = data.eval_split
-    evals = [embeddings[k] for k in data.texts if k.startswith(f"{split}.")]
+    with _global_rng_kept(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # MTEB's 100 iterations, whatever they reach
+        tasks = mteb_tasks(data)
+        result = mteb.evaluate(model, tasks, cache=None, co2_tracker=False, overwrite_strategy="always",
+                               show_progress_bar=progress,
+                               encode_kwargs={"batch_size": batch_size, "show_progress_bar": progress})
     out: dict[str, float] = {}
-    for t in data.types:
-        if t == CLASSIFICATION:
-            train = next(embeddings[k] for k in data.texts if k.startswith("train."))
-            out.update(classification_scores(train, data.train_labels, evals[0], data.eval_labels,
-                                             data.experiments, seed))
-        elif t == CLUSTERING:
-            out.update(clustering_scores(evals[0], data.eval_labels, data.n_clusters, seed))
-        elif t == PAIR:
-            out.update(pair_scores(evals[0], evals[1], data.eval_labels, data.positive))
-        else:
-            out.update(sts_scores(evals[0], evals[1], data.eval_labels))
+    for kind, task_result in zip(data.types, result.task_results, strict=True):
+        for key in TYPE_METRICS[kind]:
+            out[key] = float(task_result.get_score(getter=lambda scores, k=MTEB_METRICS[key]: scores[k]))
     return out
 
 
 # --------------------------------------------------------------------------- encoders
+class CosineEncoder:
+    """What an MTEB encoder (mteb's `EncoderProtocol`) has besides `encode`: cosine similarity and empty model
+    metadata (MTEB's max_ap also ranks by dot product and distances, so pair-ap does not depend on it)."""
+
+    def similarity(self, embeddings1, embeddings2):
+        from mteb.similarity_functions import cos_sim
+
+        return cos_sim(embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1, embeddings2):
+        from mteb.similarity_functions import pairwise_cos_sim
+
+        return pairwise_cos_sim(embeddings1, embeddings2)
+
+    @property
+    def mteb_model_meta(self):
+        from mteb.models.model_meta import ModelMeta
+
+        return ModelMeta.create_empty()
+
+
+class EmbeddingEncoder(CosineEncoder):
+    """An MTEB encoder from a function texts -> [n, dim] array: each `encode` call takes every text of MTEB's
+    data loader and encodes them in one call."""
+
+    def __init__(self, encode_texts: Callable[[list[str]], np.ndarray]):
+        self.encode_texts = encode_texts
+
+    def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs):
+        texts = [text for batch in inputs for text in batch["text"]]
+        emb = np.asarray(self.encode_texts(texts), dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(texts):
+            raise TaskDataError(f"the encoder returned shape {emb.shape} for {len(texts)} texts "
+                                f"({task_metadata.name}, {hf_split})")
+        return emb
+
+
 def _accepted_inputs(model) -> Callable[[str], bool]:
     """Which tokenizer outputs the model's forward takes (a tokenizer may give token_type_ids to a model without)."""
     import inspect
@@ -311,7 +409,7 @@ def hf_encoder(model, tokenizer, pooling: str = "mean", batch_size: int = 64, ma
     from ..embedding_loss import pool
 
     if pooling not in ("mean", "cls"):
-        raise ValueError(f"pooling={pooling!r}: choose mean or cls")
+        raise TaskDataError(f"pooling={pooling!r}: choose mean or cls")
     accepts = _accepted_inputs(model)
 
     def encode(texts: list[str]) -> np.ndarray:
@@ -340,24 +438,28 @@ def hf_encoder(model, tokenizer, pooling: str = "mean", batch_size: int = 64, ma
     return encode
 
 
+def _is_sentence_transformer(model) -> bool:
+    return type(model).__module__.startswith("sentence_transformers")
+
+
 def embedding_scores(encoder, data: EmbeddingData, *, tokenizer=None, pooling: str = "mean", batch_size: int = 64,
-                     max_seq_length: int = 128, device=None, seed: int = MTEB_SEED) -> dict[str, float]:
-    """The task's scores for a model: `encoder` is a function texts -> [n, dim] array, or a torch module (a
-    Hugging Face encoder, the DeepSpeed engine's `.module`) given with its `tokenizer` and pooled as `hf_encoder`
-    does. No file I/O: build `data` once (`embedding_task`) and call this as often as needed."""
+                     max_seq_length: int = 128, device=None) -> dict[str, float]:
+    """The task's MTEB scores for a model: `encoder` is a SentenceTransformer or an MTEB encoder (given to
+    `mteb.evaluate` as it is), a function texts -> [n, dim] array, or a torch module (a Hugging Face encoder,
+    the DeepSpeed engine's `.module`) given with its `tokenizer` and pooled as `hf_encoder` does. No file I/O:
+    build `data` once (`embedding_task`) and call this as often as needed."""
     import torch
 
-    if isinstance(encoder, torch.nn.Module):
+    require_mteb()
+    if _is_sentence_transformer(encoder) or hasattr(encoder, "mteb_model_meta"):
+        model = encoder
+    elif isinstance(encoder, torch.nn.Module):
         if tokenizer is None:
-            raise ValueError("embedding_scores(model, ...): give the model's tokenizer too")
-        encoder = hf_encoder(encoder, tokenizer, pooling, batch_size, max_seq_length, device)
-    embeddings = {}
-    for key, texts in data.texts.items():
-        emb = np.asarray(encoder(texts), dtype=np.float32)
-        if emb.ndim != 2 or len(emb) != len(texts):
-            raise ValueError(f"the encoder returned shape {emb.shape} for {len(texts)} texts ({key})")
-        embeddings[key] = emb
-    return score_embeddings(data, embeddings, seed)
+            raise TaskDataError("embedding_scores(model, ...): give the model's tokenizer too")
+        model = EmbeddingEncoder(hf_encoder(encoder, tokenizer, pooling, batch_size, max_seq_length, device))
+    else:
+        model = EmbeddingEncoder(encoder)
+    return mteb_scores(model, data, batch_size=batch_size)
 
 
 def texts_digest(texts: Sequence[str]) -> str:

@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import TaskDataError
+
 __all__ = ["METRICS", "METRIC_RANGES", "EMBEDDING_METRIC_RANGES", "EMBEDDING_MAIN_METRICS", "REGRESSION_METRICS",
            "metric_of", "metric_value_problem", "accuracy", "f1", "f1_macro", "mcc", "pearson", "spearman",
            "compute_metrics"]
@@ -83,8 +85,7 @@ def metric_of(key: str) -> str | None:
     return next((m for m in sorted(METRICS, key=len, reverse=True) if key.startswith(f"{m}_")), None)
 
 
-# The embedding evaluation's scores (distill.evaluation.embeddings): classification probe accuracy and macro F1,
-# clustering V-measure, pair-classification average precision, STS Spearman.
+# MTEB's scores (distill.evaluation.embeddings): accuracy and macro F1, v_measure, max_ap, cosine_spearman.
 EMBEDDING_METRIC_RANGES: dict[str, tuple[float, float]] = {
     "cls-acc": (0.0, 1.0), "cls-f1": (0.0, 1.0), "cluster-v": (0.0, 1.0), "pair-ap": (0.0, 1.0),
     "sts-spearman": (-1.0, 1.0),
@@ -116,7 +117,7 @@ def compute_metrics(names, labels, preds) -> dict[str, float]:
     """{name: value} for the named metrics; unknown names raise with the known ones listed."""
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}: choose among {sorted(METRICS)}")
+        raise TaskDataError(f"unknown metric(s) {unknown}: choose among {sorted(METRICS)}")
     return {n: METRICS[n](labels, preds) for n in names}
 
 
@@ -127,7 +128,7 @@ def _pair(labels, preds, dtype=None):
         labels, preds = labels.astype(np.float64), preds.astype(np.float64)
     labels, preds = labels.reshape(-1), preds.reshape(-1)
     if labels.shape != preds.shape:
-        raise ValueError(f"{labels.size} labels but {preds.size} predictions")
+        raise TaskDataError(f"{labels.size} labels but {preds.size} predictions")
     return labels, preds
 
 

@@ -17,10 +17,11 @@ With metrics="all" every metric gets its own column (`mrpc/f1`, `mnli/accuracy_m
 run's values, or each metric's mean / median over the runs. The average column is the mean of the
 task scores; it is empty for a model that misses one of the table's tasks.
 
-Results of the embedding evaluation (distill.evaluation.embedding_eval: a metrics.json with
-"kind": "embeddings", in RESULTS_DIR/<model>/<task>/embeddings_<pooling>_len<L>/) add columns after
+Results of the embedding evaluation (distill.evaluation.embedding_eval, MTEB's scores: a metrics.json
+with "kind": "embeddings", in RESULTS_DIR/<model>/<task>/embeddings_<pooling>_len<L>/) add columns after
 the average, which leaves them out: one per task and type, `<task>/<metric>` (`reviews/cls-acc`,
-`reviews/cluster-v`, `mrpc/pair-ap`, `stsb/sts-spearman`; with metrics="all" also `reviews/cls-f1`).
+`reviews/cluster-v`, `mrpc/pair-ap`, `stsb/sts-spearman`, an MTEB task's as `Banking77Classification/cls-acc`;
+with metrics="all" also `reviews/cls-f1`).
 Over several such runs of a model and task (other poolings or lengths), "best" takes the run with the
 highest mean of its main metrics, mean / median aggregate each metric; the hyper-parameter table names
 the run in the column `<task>/embeddings`.
