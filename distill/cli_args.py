@@ -305,3 +305,42 @@ def _kind(member) -> str:
         args = typing.get_args(member)
         return f"a list of {_PLURALS.get(args[0], 'values')}" if args else "a list"
     return _KINDS.get(member, getattr(member, "__name__", str(member)))
+
+
+def flag_table(cls: type) -> str:
+    """The Markdown table of a config dataclass's command-line arguments (docs/ embeds it; tools/flag_tables.py
+    writes it and a test keeps the docs equal to it): each flag once, its default, its doc, its old names."""
+    rows = ["| flag | default | what |", "|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "doc" not in meta or not meta.get("flag", True):
+            continue
+        name = f.name.upper() if meta.get("positional") else flag(f.name)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = "(required)" if required else f"`{_shown(_default(f))}`"
+        doc = meta["doc"].replace("|", "\\|")
+        if meta.get("deprecated"):
+            doc += " (formerly " + ", ".join(f"`--{old}`" for old in meta["deprecated"]) + ", deprecated)"
+        rows.append(f"| `{name}` | {default} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "(none)"
+    return str(value)
+
+
+FLAG_TABLE = re.compile(r"(<!-- flags: ([\w.]+) -->\n)(.*?)(<!-- /flags -->)", re.DOTALL)
+
+
+def fill_flag_tables(text: str) -> str:
+    """`text` (Markdown) with every `<!-- flags: module.Class -->` ... `<!-- /flags -->` block holding that config
+    dataclass's `flag_table`."""
+    import importlib
+
+    def table(match: re.Match) -> str:
+        module, _, name = match.group(2).rpartition(".")
+        return match.group(1) + flag_table(getattr(importlib.import_module(module), name)) + match.group(4)
+
+    return FLAG_TABLE.sub(table, text)

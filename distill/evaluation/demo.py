@@ -51,8 +51,8 @@ class DemoConfig:
     row)."""
 
     student: str = option("the distilled student's model directory (with tokenizer)")
-    teacher: str = option("the teacher's model directory (default: the offline assets' teacher, $DISTILL_ASSETS "
-                          "or the checkout's assets/)", default=str(assets_dir() / "teacher"))
+    teacher: str | None = option("the teacher's model directory (default: the offline assets' teacher, "
+                                 "$DISTILL_ASSETS/teacher or the checkout's assets/teacher)", default=None)
     reviews: str | None = option("reviews.parquet (or its folder); default the offline assets", default=None)
     output_dir: str = option("random student, results, table", default="demo/eval")
     max_train_samples: int = option("training reviews (0: all 17837)", default=2000)
@@ -78,7 +78,10 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    return DemoConfig(**vars(parser().parse_args(argv)))
+    config = DemoConfig(**vars(parser().parse_args(argv)))
+    if config.teacher is None:
+        config.teacher = str(assets_dir() / "teacher")
+    return config
 
 
 def build_random_student(student_dir: str, out_dir: Path, seed: int) -> Path:

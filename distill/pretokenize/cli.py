@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass
 from ..cli_args import add_arguments, option
 from ..errors import DistillError
 from .build import DEFAULT_BATCH_CHARS, DEFAULT_SHARD_TOKENS, build, interrupted_message, summary
-from .encoding import default_num_workers
 from .inputs import DEFAULT_MAX_DOC_CHARS, SUPPORTED
 from .output import PROGRESS_NAME
 
@@ -58,7 +57,7 @@ class PretokenizeConfig:
                                default=None, metavar="S")
     text_field: str = option("the field holding the text in jsonl / parquet / arrow / datasets rows (default: text)",
                              default="text", metavar="F")
-    num_workers: int | None = option(f"tokenizer processes (default: all cores, here {default_num_workers()}); "
+    num_workers: int | None = option("tokenizer processes (default: all cores); "
                                      "1 tokenizes in the main process; the output does not depend on it",
                                      default=None, metavar="N")
     shard_tokens: int = option(f"tokens per shard: a shard closes at the first document boundary at or past T "
