@@ -17,6 +17,7 @@ from torch import nn
 from . import kernels
 from .embedding_loss import PROJECTION_ATTRIBUTE, EmbeddingSpec, embedding_loss, pool
 from .encoders import get_adapter
+from .errors import ConfigError, ConfigTypeError
 from .relations import RelationSpec, relation_loss
 from .teacher import FrozenTeacher, QKVCapture
 
@@ -51,7 +52,9 @@ class MiniLMv2Objective:
     is the fused Triton kernel, it has first been checked against the chunked loss on `device`
     (`distill.kernels.settle_relation_spec`): on a failure relation_impl="auto" uses the chunked
     loss and "triton" raises ValueError. `kernel_check` holds that check's result
-    (`distill.kernels.SelfCheckResult`; its `line()` for a log), or None when no check ran.
+    (`distill.kernels.SelfCheckResult`; its `line()` for a log), or None when no check was meant
+    (chunked/reference, or auto off CUDA); with relation_impl auto on CUDA where the kernel cannot run, a
+    result with `ran=False` whose `line()` says why.
     Call `remove()` to take the hooks off the student when the objective is no longer used.
     """
 
@@ -61,18 +64,18 @@ class MiniLMv2Objective:
                  student_layer_index: int | None = None, device: torch.device | str | None = None,
                  student_dtype: torch.dtype | None = None, embedding: EmbeddingSpec | None = None):
         if not isinstance(teacher, FrozenTeacher):
-            raise TypeError(f"teacher must be a FrozenTeacher (wrap the model: FrozenTeacher(model, teacher_layer)), "
-                            f"not {type(teacher).__name__}")
+            raise ConfigTypeError(f"teacher must be a FrozenTeacher (wrap the model: FrozenTeacher(model, "
+                                  f"teacher_layer)), not {type(teacher).__name__}")
         adapter = get_adapter(student)
         depth = adapter.num_layers(student.config)
         index = depth if student_layer_index is None else student_layer_index
         if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= depth:
-            raise ValueError(f"student_layer_index={index!r} is out of range: the student has {depth} layers; "
-                             f"choose 1..{depth} (1-based)")
+            raise ConfigError(f"student_layer_index={index!r} is out of range: the student has {depth} layers; "
+                              f"choose 1..{depth} (1-based)")
         t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
         if t_vocab != s_vocab:
-            raise ValueError(f"the teacher's vocabulary has {t_vocab} ids and the student's {s_vocab}: both must read "
-                             f"the same token ids; create the student from the teacher (create_student)")
+            raise ConfigError(f"the teacher's vocabulary has {t_vocab} ids and the student's {s_vocab}: both must read "
+                              f"the same token ids; create the student from the teacher (create_student)")
         spec = RelationSpec.from_settings(spec, num_relation_heads=num_relation_heads, relations=relations,
                                           impl=relation_impl, chunk_size=chunk_size)
         spec.check_widths({"the teacher's width": teacher.hidden_size,
@@ -91,16 +94,16 @@ class MiniLMv2Objective:
         self.embedding = embedding
         if embedding is not None:
             if not teacher.run_to_end:
-                raise ValueError("the embedding loss needs the teacher's last hidden state: build the teacher with "
-                                 "FrozenTeacher(..., run_to_end=True)")
+                raise ConfigError("the embedding loss needs the teacher's last hidden state: build the teacher with "
+                                  "FrozenTeacher(..., run_to_end=True)")
             if index != depth:
-                raise ValueError("the embedding loss pools the student's last layer: distil its last layer "
-                                 "(student_layer_index = its depth)")
+                raise ConfigError("the embedding loss pools the student's last layer: distil its last layer "
+                                  "(student_layer_index = its depth)")
             projection = getattr(student, PROJECTION_ATTRIBUTE, None)
             s_width = adapter.hidden_size(student.config)
             if s_width != teacher.hidden_size and projection is None:
-                raise ValueError(f"the student's width {s_width} differs from the teacher's {teacher.hidden_size}: "
-                                 f"register an EmbeddingProjection on the student as {PROJECTION_ATTRIBUTE}")
+                raise ConfigError(f"the student's width {s_width} differs from the teacher's {teacher.hidden_size}: "
+                                  f"register an EmbeddingProjection on the student as {PROJECTION_ATTRIBUTE}")
 
     @property
     def relation_impl(self) -> str:

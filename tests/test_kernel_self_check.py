@@ -18,16 +18,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, cpu_env
 from test_distill_run import tiny  # noqa: F401  (the fixture: a tiny teacher and shards)
 
-REPO = Path(__file__).resolve().parents[1]
+from distill.kernels import check_seq
+
 if __name__ != "__main__" and importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
 
 QKV = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
-INTERPRETER_ENV = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1",
-                   "PYTHONPATH": os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]]
-                                                                if os.environ.get("PYTHONPATH") else []))}
+INTERPRETER_ENV = cpu_env(TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+                          PYTHONPATH=os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]]
+                                                                    if os.environ.get("PYTHONPATH") else [])))
 
 
 # --------------------------------------------------------------------------- the child's cases
@@ -82,7 +84,21 @@ def _self_check_cases() -> dict:
             results[name] = _as_dict(kernels.self_check(spec, (32, 16), "cpu"))
         finally:
             kernels.relation_loss_triton = broken["good"]
+    results["inputs"] = _check_inputs_case(spec)
     return results
+
+
+def _check_inputs_case(spec) -> dict:
+    """The check's inputs in the interpreter: S, and where its padding lies."""
+    from distill.kernels import check_seq
+    from distill.kernels.relation_kl import default_blocks
+    from distill.kernels.verify import _check_inputs
+
+    seq = check_seq()
+    teacher, student, mask = _check_inputs(spec, (32, 16), torch.device("cpu"), torch.float32, torch.float32, seq)
+    return {"seq": seq, "shapes": [list(x.shape) for x in (*teacher, *student)],
+            "padded": [[i for i, v in enumerate(row.tolist()) if v == 0] for row in mask],
+            "blocks": [list(default_blocks(kernel)) for kernel in ("forward", "backward")]}
 
 
 def _objective(impl: str):
@@ -151,7 +167,23 @@ def test_a_correct_kernel_passes_within_the_stated_tolerance(child, name, dtype_
     assert r["line"].startswith("relation kernel self-check passed on cpu in ")
     assert f"(tolerance {dtype_tolerance:g})" in r["line"] and "(tolerance 0.0001)" in r["line"]
     assert "training with the fused Triton kernels" in r["line"]
-    assert "B=2, S=32 with padding, A_r=" in r["shape"]
+    assert f"B=2, S={check_seq(interpreted=True)} with padding, A_r=" in r["shape"]
+
+
+def test_the_check_walks_several_tiles_with_padding_inside_and_at_the_end(child):
+    """In the interpreter (16-wide tiles) S = 48; on a GPU S spans the GPU's tiles the same way
+    (tests/test_kernel_launch.py). Padding: a key inside the first example, the second example's last
+    rows: the last block of every tile size holds padding only."""
+    r = child["self_check"]["inputs"]
+    seq = r["seq"]
+    assert seq == check_seq(interpreted=True) and seq % 16 == 0
+    assert all(shape[:2] == [2, seq] for shape in r["shapes"])
+    assert r["padded"][0] == [5]
+    assert r["padded"][1] == list(range(seq - 25, seq))
+    for block_m, block_n, _, _ in r["blocks"]:
+        assert seq > 2 * max(block_m, block_n)          # three or more blocks of keys and of queries
+        for block in (block_m, block_n):
+            assert (seq - 1) // block * block >= seq - 25  # the last block: padding only
 
 
 def test_the_check_leaves_the_runs_random_state_alone(child):

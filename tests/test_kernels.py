@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, cpu_env
 
 from distill.kernels import DOT_PRECISIONS
 from distill.relations import relation_loss, relation_name
-
-REPO = Path(__file__).resolve().parents[1]
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 if __name__ != "__main__" and not HAVE_TRITON:
@@ -49,7 +48,7 @@ INTERPRETER_CASES = {
                                                         dtype="bfloat16", teacher_dtype="float32", seed=5),
     "s33-a4-qk-only-query-needs-grad": dict(seq=33, heads=4, relations={(1, 2): 1.0}, mask="random",
                                              grad=(True, False, False), seed=6),
-    # unequal tiles, different in forward and backward (as the GPU defaults are: 64 x 64, then 32 x 64)
+    # unequal tiles, different in forward and backward (as the GPU defaults are, e.g. 64 x 32, then 16 x 64)
     "s33-a2-mixed-asymmetric-tiles": dict(seq=33, heads=2, relations="mixed", mask="random", seed=7,
                                           blocks=((32, 16, 1, 1), (16, 32, 1, 1))),
 }
@@ -194,7 +193,7 @@ def check(result: dict, dtype: str = "float32") -> None:
 @pytest.fixture(scope="module")
 def interpreter_results():
     """Run every interpreter case once, in a child process with TRITON_INTERPRET=1."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
+    env = cpu_env(TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(
         [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve())], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -280,7 +279,8 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype, precision):
     from distill.kernels import relation_kl as rk
 
     for name, kernel in (("forward", rk._relation_kl_fwd), ("backward", rk._relation_kl_bwd)):
-        block_m, block_n, warps, stages = rk.default_blocks(name)
+        inputs = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        block_m, block_n, warps, stages = rk.default_blocks(name, inputs, 16, precision)
         signature = {}
         for arg in kernel.arg_names:
             if arg in ("TM", "TN", "SM", "SN"):

@@ -11,6 +11,9 @@ it for a RelationSpec whose impl is "triton") but computes each relation
 with the fused kernels of `distill.kernels.relation_kl`, which never hold an S x S matrix:
 memory beyond the inputs is O(B * A_r * S) for the forward and the students' float32 gradients.
 
+On a GPU, Triton compiles a small C launcher at the kernels' first launch: that needs a C compiler
+and Python's headers on the host (`host_toolchain_problem`), which `unavailable_reason` checks too.
+
 Before a run uses the kernels, `settle_relation_spec` checks them against the chunked loss on the
 training device (`self_check`, distill.kernels.verify: tolerances there) and falls back to the
 chunked loss (relation_impl "auto") or refuses (relation_impl "triton") when they fail.
@@ -20,14 +23,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
+import sys
+import sysconfig
 from typing import Mapping, Sequence
 
 import torch
 
 from ..relations import RelationSpec, check_relation_inputs, padding_key_bias, relation_name, row_weights
 
-__all__ = ["available", "unavailable_reason", "relation_loss_triton", "DOT_PRECISIONS", "SelfCheckResult",
-           "self_check", "settle_relation_spec"]
+__all__ = ["available", "unavailable_reason", "host_toolchain_problem", "relation_loss_triton", "DOT_PRECISIONS",
+           "SelfCheckResult", "self_check", "settle_relation_spec", "check_seq"]
 
 # tl.dot's input_precision for float32 operands (see distill.kernels.relation_kl)
 DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
@@ -38,8 +44,39 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def _python_include() -> str:
+    """Where Triton looks for Python.h (triton.runtime.build: the default scheme, Debian's posix_local read
+    as posix_prefix)."""
+    scheme = sysconfig.get_default_scheme()
+    return sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
+
+
+def host_toolchain_problem() -> str | None:
+    """None when this host can build the C launcher Triton compiles at a kernel's first launch on a GPU,
+    else what is missing and what to install. Triton takes the compiler from CC, else gcc or clang on PATH
+    (not `cc`), and includes Python.h from Python's include directory. The interpreter needs neither."""
+    problems = []
+    compiler = os.environ.get("CC")
+    if compiler:
+        if shutil.which(compiler) is None:
+            problems.append(f"the C compiler CC={compiler!r} is not found: install it, or set CC to an installed "
+                            f"compiler (e.g. gcc)")
+    elif shutil.which("gcc") is None and shutil.which("clang") is None:
+        problems.append("there is no C compiler (CC is unset and neither gcc nor clang is on PATH): apt install gcc "
+                        "(or build-essential), or set CC")
+    include = _python_include()
+    if not os.path.isfile(os.path.join(include, "Python.h")):
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        problems.append(f"Python's headers are missing (no Python.h in {include}): apt install python3-dev "
+                        f"(python{version}-dev for this Python {version})")
+    if not problems:
+        return None
+    return "Triton builds a C launcher at the first kernel launch, which this host cannot: " + "; ".join(problems)
+
+
 def unavailable_reason(device: torch.device | str | None = None) -> str | None:
-    """None when the Triton relation loss can run on `device` (default: CUDA), else why not."""
+    """None when the Triton relation loss can run on `device` (default: CUDA), else why not (on CUDA: also
+    a missing C compiler or Python headers, `host_toolchain_problem`)."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton)"
     device = torch.device("cuda" if device is None else device)
@@ -50,7 +87,7 @@ def unavailable_reason(device: torch.device | str | None = None) -> str | None:
                 f"(set TRITON_INTERPRET=1 for the CPU interpreter)")
     if not torch.cuda.is_available():
         return "CUDA is not available"
-    return None
+    return host_toolchain_problem()
 
 
 def available(device: torch.device | str | None = None) -> bool:
@@ -103,4 +140,4 @@ def relation_loss_triton(teacher_qkv: Sequence[torch.Tensor], student_qkv: Seque
     return total, parts
 
 
-from .verify import SelfCheckResult, self_check, settle_relation_spec  # noqa: E402  (uses the above)
+from .verify import SelfCheckResult, check_seq, self_check, settle_relation_spec  # noqa: E402  (uses the above)

@@ -21,6 +21,32 @@ Both go into float32 accumulators of the student tensors' [B, S, H_s] shape, so 
 same tensor receives both terms) and several relations sharing a tensor simply add up. Atomic
 addition makes the gradient's last bits depend on the order the GPU schedules programs in.
 
+Grid (`launch_grid`): one axis of B * A_r * cdiv(S, BLOCK) programs, the blocks of one (b, h) pair
+adjacent, since CUDA's y and z axes stop at 65,535 (B * A_r reaches that at B = 1366 with A_r = 48)
+and x takes 2**31 - 1, more than the 32-bit offsets below allow anyway.
+
+Tiles (`gpu_blocks`, the defaults; `blocks=` overrides): chosen per kernel, inputs (all four half, or
+float32 products), precision ("ieee", or the TF32 ones) and head tile (max(BLOCK_DT, BLOCK_DS): 16 for
+BERT-base's 768 / 384 at the default A_r = 48, 32 at A_r = 24, 64 at 12, 128 at 6, 256 at 3) from
+ptxas's report for sm_80, sm_86 and sm_90, compiled ahead of time without a GPU
+(tools/bench/kernel_spills.py; tools/bench/results/kernel_spills.md has the defaults at A_r = 48, 24,
+12, 6, 3 and the candidates at 48, `--candidates-at 24,12,6,3` the others): among tiles with BLOCK_M,
+BLOCK_N in 16..64 and 4 warps, one of the largest that on all three spills no register, keeps some
+headroom (at most 240 of the 255 registers a thread may hold) and fits the per-block shared memory.
+Every program holds its row block of both sides in registers, so a wider head needs smaller tiles,
+and float32 products hold more live values than half inputs' TF32 ones ("ieee" float32 products are
+FMA loops over registers). The float32 backward is the heaviest (two logit tiles, two probability
+tiles, its gradient tile and the key-side accumulator at once) and the one exception: at A_r = 48
+("ieee") it takes 16 query rows x 64 keys and 1 stage, 128 registers on all three, not the former
+32 x 64 / 2 stages, which does not spill there but holds 224-236 registers (its 1-stage variant
+spills on sm_86) and spills at A_r = 24 and 12 (kilobytes per thread at 12); "tf32x3" takes
+32 x 32. Half inputs' "ieee" backward takes 64 x 64 at A_r = 48. The forward takes 64 x 32 for float32
+("ieee" 64 x 64 needs 254 registers on sm_80) and 64 x 64 for half inputs up to head tile 128.
+num_stages is 1 where pipelining the loop's loads pushed a tile over.
+Head tile 256 (wider heads read as 256) takes 16-row tiles, 8 warps where 4 do not fit; there no
+tile fits the float32 backward with TF32 products (it spills) and the float32 "tf32x3" forward holds
+about 250 registers: use more relation heads.
+
 Inside the kernels logits live in base 2 (scaled by log2(e)) so that every exponential is one
 exp2; the log-sum-exps are saved in base 2 and the KL is converted back with ln(2).
 Padding: key_bias (distill.relations.padding_key_bias) is 0 at real tokens and -1e30 at padding
@@ -61,10 +87,13 @@ def _head_tile(X, b, stride_b, pos, stride_s, h, d, cols, pos_ok, col_ok):
 
 @triton.jit
 def _program_block(seq, num_heads, d_t, d_s, BLOCK: tl.constexpr, BLOCK_DT: tl.constexpr, BLOCK_DS: tl.constexpr):
-    """This program's place: bh = b * A_r + h (grid axis 1), example b, head h, its BLOCK positions
-    (grid axis 0) and which are < seq, the teacher and student head columns and which are < d."""
-    bh = tl.program_id(1)
-    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    """This program's place in the one-axis grid of `launch_grid`: program p = bh * cdiv(seq, BLOCK) + k
+    takes bh = b * A_r + h (example b, head h) and its k-th block of BLOCK positions (which are < seq),
+    the teacher and student head columns and which are < d."""
+    blocks = tl.cdiv(seq, BLOCK)
+    program = tl.program_id(0)
+    bh = program // blocks
+    pos = (program % blocks) * BLOCK + tl.arange(0, BLOCK)
     cols_t = tl.arange(0, BLOCK_DT)
     cols_s = tl.arange(0, BLOCK_DS)
     return bh, bh // num_heads, bh % num_heads, pos, pos < seq, cols_t, cols_s, cols_t < d_t, cols_s < d_s
@@ -166,6 +195,23 @@ def _head_block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
+CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)     # the largest grid dimensions x, y, z a CUDA launch takes
+
+
+def launch_grid(batch_heads: int, seq: int, block: int) -> tuple[int]:
+    """The kernels' grid: one axis of batch_heads (B * A_r) x cdiv(seq, block) programs, each (b, h) pair's
+    blocks adjacent (they read the same keys). One axis because y and z stop at 65,535 (B * A_r reaches that
+    at B = 1366 with A_r = 48) while x goes to 2**31 - 1, which the 32-bit offsets bound anyway: B * A_r * S
+    <= B * S * H_s < 2**31 (`_unit_stride`). ValueError beyond CUDA's limit."""
+    if batch_heads < 1 or seq < 1 or block < 1:
+        raise ValueError(f"launch_grid({batch_heads}, {seq}, {block}): B * A_r, S and the block must be positive")
+    programs = batch_heads * -(-seq // block)
+    if programs > CUDA_GRID_LIMITS[0]:
+        raise ValueError(f"B * A_r = {batch_heads} at S = {seq} needs {programs:,} programs of {block} positions, "
+                         f"over CUDA's grid limit of {CUDA_GRID_LIMITS[0]:,}: split the batch")
+    return (programs,)
+
+
 def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] * x.stride(0) >= 2**31:
         # the kernels index with 32-bit offsets (b * stride_b + s * stride_s + column)
@@ -181,16 +227,65 @@ def _dot_precision(x_m: torch.Tensor, x_n: torch.Tensor, precision: str) -> str:
 
 Blocks = tuple[int, int, int, int]      # (BLOCK_M query rows, BLOCK_N keys, num_warps, num_stages)
 
+INTERPRETER_BLOCKS: Blocks = (16, 16, 1, 1)
+HEAD_TILES = (16, 32, 64, 128, 256)       # max(BLOCK_DT, BLOCK_DS); above 256 read as 256
+# The GPU's default tiles, BLOCK_M x BLOCK_N / num_warps / num_stages, per (kernel, inputs, products) and head tile:
+# inputs "half" when all four Q/K/V tensors are float16 / bfloat16, else "float32"; products "ieee" or "tf32" (the
+# `precision` of float32 products: "tf32x3" and "tf32" read as "tf32"). Chosen from
+# tools/bench/results/kernel_spills.md (the module's docstring says how).
+GPU_TILES: dict[tuple[str, str, str], tuple[str, ...]] = {
+    # head tile:                       16           32           64           128          256
+    ("forward", "float32", "ieee"): ("64x32/4/2", "64x32/4/2", "32x32/4/2", "16x32/4/1", "16x32/4/1"),
+    ("forward", "float32", "tf32"): ("64x64/4/2", "64x32/4/2", "32x64/4/2", "16x32/4/1", "16x32/8/1"),
+    ("forward", "half", "ieee"): ("64x64/4/2", "64x64/4/2", "64x64/4/2", "64x64/4/2", "16x32/4/1"),
+    ("forward", "half", "tf32"): ("64x64/4/2", "64x64/4/2", "64x64/4/2", "64x64/4/2", "16x32/4/1"),
+    ("backward", "float32", "ieee"): ("16x64/4/1", "32x64/4/1", "32x32/4/1", "16x16/4/1", "16x32/8/1"),
+    ("backward", "float32", "tf32"): ("32x32/4/1", "32x32/4/1", "16x32/4/1", "16x16/4/1", "16x16/4/1"),
+    ("backward", "half", "ieee"): ("64x64/4/2", "32x64/4/2", "32x64/4/2", "32x32/4/1", "16x32/4/1"),
+    ("backward", "half", "tf32"): ("32x64/4/2", "32x64/4/2", "16x64/4/1", "32x32/4/1", "16x32/4/1"),
+}
 
-def default_blocks(kernel: str) -> Blocks:
-    """The tiles of "forward" or "backward": tiny ones in the interpreter (each tile operation is a
-    numpy call there, and 16 still walks several blocks at the test shapes). On the GPU, chosen from
-    ptxas's register report for sm_90 (d <= 16): the forward with 64 x 64 and 4 warps needs no
-    spill for float32 or bfloat16 inputs, "ieee" or "tf32x3"; the backward holds more tiles at once
-    and spills at 64 x 64 (up to 600 bytes per thread with "ieee"), not at 32 query rows x 64 keys."""
-    if interpreting():
-        return 16, 16, 1, 1
-    return (64, 64, 4, 2) if kernel == "forward" else (32, 64, 4, 2)
+
+def parse_tiles(text: str) -> Blocks:
+    """'64x32/4/2' -> (64, 32, 4, 2): BLOCK_M x BLOCK_N / num_warps / num_stages."""
+    tiles, warps, stages = text.split("/")
+    block_m, block_n = tiles.split("x")
+    return int(block_m), int(block_n), int(warps), int(stages)
+
+
+def gpu_blocks(kernel: str, dtype: torch.dtype, head_dim: int, precision: str = "ieee") -> Blocks:
+    """The GPU's default (BLOCK_M, BLOCK_N, num_warps, num_stages) of "forward" or "backward" for inputs of
+    `dtype` (float16 / bfloat16: all four inputs half; anything else reads as float32), a relation head of
+    `head_dim` columns (the larger of d_t and d_s) and tl.dot precision `precision` (module docstring)."""
+    if kernel not in ("forward", "backward"):
+        raise ValueError(f"kernel={kernel!r}: choose forward or backward")
+    inputs = "half" if dtype in (torch.float16, torch.bfloat16) else "float32"
+    products = "ieee" if precision == "ieee" else "tf32"
+    column = HEAD_TILES.index(min(_head_block(head_dim), HEAD_TILES[-1]))
+    return parse_tiles(GPU_TILES[kernel, inputs, products][column])
+
+
+def default_blocks(kernel: str, dtype: torch.dtype = torch.float32, head_dim: int = 16, precision: str = "ieee", *,
+                   interpreted: bool | None = None) -> Blocks:
+    """The tiles of "forward" or "backward": tiny ones in the interpreter (each tile operation is a numpy
+    call there, and 16 still walks several blocks at the test shapes; `interpreted` defaults to whether
+    TRITON_INTERPRET is set), else `gpu_blocks`."""
+    if interpreting() if interpreted is None else interpreted:
+        return INTERPRETER_BLOCKS
+    return gpu_blocks(kernel, dtype, head_dim, precision)
+
+
+def largest_default_block(interpreted: bool | None = None) -> int:
+    """The largest BLOCK_M or BLOCK_N of any default tiles: the interpreter's, or (not interpreted) the GPU's."""
+    if interpreting() if interpreted is None else interpreted:
+        return max(INTERPRETER_BLOCKS[:2])
+    return max(max(parse_tiles(t)[:2]) for row in GPU_TILES.values() for t in row)
+
+
+def _tile_dtype(*inputs: torch.Tensor) -> torch.dtype:
+    """The inputs' dtype as `gpu_blocks` reads it: half when all are float16 / bfloat16, else float32."""
+    half = (torch.float16, torch.bfloat16)
+    return inputs[0].dtype if all(x.dtype in half for x in inputs) else torch.float32
 
 
 def split_blocks(blocks) -> tuple[Blocks | None, Blocks | None]:
@@ -220,12 +315,12 @@ def relation_kl_forward(t_m, t_n, s_m, s_n, key_bias, num_heads: int, *, precisi
     batch, seq, width_t = t_m.shape
     width_s = s_m.shape[2]
     d_t, d_s = width_t // num_heads, width_s // num_heads
-    block_m, block_n, warps, stages = blocks or default_blocks("forward")
+    block_m, block_n, warps, stages = blocks or default_blocks("forward", _tile_dtype(t_m, t_n, s_m, s_n),
+                                                               max(d_t, d_s), precision)
     t_m, t_n, s_m, s_n = (_unit_stride(x) for x in (t_m, t_n, s_m, s_n))
     kl = torch.empty((batch, num_heads, seq), dtype=torch.float32, device=s_m.device)
     lse_t, lse_s = torch.empty_like(kl), torch.empty_like(kl)
-    grid = (triton.cdiv(seq, block_m), batch * num_heads)
-    _relation_kl_fwd[grid](
+    _relation_kl_fwd[launch_grid(batch * num_heads, seq, block_m)](
         t_m, t_n, s_m, s_n, key_bias, kl, lse_t, lse_s,
         t_m.stride(0), t_m.stride(1), t_n.stride(0), t_n.stride(1),
         s_m.stride(0), s_m.stride(1), s_n.stride(0), s_n.stride(1),
@@ -248,10 +343,10 @@ def relation_kl_backward(t_m, t_n, s_m, s_n, key_bias, row_weight, lse_t, lse_s,
     batch, seq, width_t = t_m.shape
     width_s = s_m.shape[2]
     d_t, d_s = width_t // num_heads, width_s // num_heads
-    block_m, block_n, warps, stages = blocks or default_blocks("backward")
+    block_m, block_n, warps, stages = blocks or default_blocks("backward", _tile_dtype(t_m, t_n, s_m, s_n),
+                                                               max(d_t, d_s), precision)
     t_m, t_n, s_m, s_n = (_unit_stride(x) for x in (t_m, t_n, s_m, s_n))
-    grid = (triton.cdiv(seq, block_n), batch * num_heads)
-    _relation_kl_bwd[grid](
+    _relation_kl_bwd[launch_grid(batch * num_heads, seq, block_n)](
         t_m, t_n, s_m, s_n, key_bias, row_weight, lse_t, lse_s, d_m, d_n,
         t_m.stride(0), t_m.stride(1), t_n.stride(0), t_n.stride(1),
         s_m.stride(0), s_m.stride(1), s_n.stride(0), s_n.stride(1),

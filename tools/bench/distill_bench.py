@@ -7,8 +7,9 @@
 
 What runs is what `launch/distill.py` runs: the DeepSpeed engine built from the given JSON (its
 "auto" values filled from these settings), the frozen teacher (float16 on CUDA), the student
-created from it, MiniLMv2Objective with the chunked relation loss, and `train_step` (forward,
-loss, engine.backward, engine.step) on full windows of random token ids. `--teacher` is a
+created from it, MiniLMv2Objective with --relation-impl (auto: the fused Triton kernels on CUDA,
+after their self-check in the dtype the engine trains the student in, else the chunked loss), and
+`train_step` (forward, loss, engine.backward, engine.step) on full windows of random token ids. `--teacher` is a
 model directory or hub name, or `bert-base` / `bert-large` (or `tiny`, 2 x 64, for dry runs)
 for a randomly initialised model of that shape (no download). Per sequence length: --warmup
 steps, then --steps timed steps (CUDA synchronised); the table gives the median seconds per
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from distill.trainer import init_distributed
+    from distill.distributed import init_distributed
 
     _, world, _, device = init_distributed()
     if world != 1:
@@ -141,11 +142,10 @@ def run_config(args, seq: int) -> DistillConfig:
 
 @dataclass
 class StepRunner:
-    """One built training setup (engine, objective, guard) that times train_step on random full windows."""
+    """One built training setup (engine, objective) that times train_step on random full windows."""
 
     engine: object
     objective: object
-    guard: object
     device: torch.device
     vocab: int
     seq: int
@@ -166,13 +166,13 @@ class StepRunner:
         times = []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
-            _, _, finite, _ = train_step(self.engine, self.objective, inputs, self.guard)
+            loss, _ = train_step(self.engine, self.objective, inputs)
             if cuda:
                 torch.cuda.synchronize(self.device)
-            if not finite:
-                raise SystemExit(f"error: non-finite loss at seq {self.seq}, batch {batch}")
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
+            if not torch.isfinite(loss).item():  # after the timing: the trainer reads it once per step too
+                raise SystemExit(f"error: non-finite loss at seq {self.seq}, batch {batch}")
         if cuda:
             return times, torch.cuda.max_memory_allocated(self.device) / 2**30
         return times, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -230,10 +230,22 @@ class StepRunner:
         return lo
 
 
+ENGINE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}   # the student's dtype in the engine, per precision
+
+
+def build_objective(frozen, student, spec, device: torch.device, precision: str):
+    """MiniLMv2Objective as launch/distill.py builds it: the fused kernel's self-check (relation_impl auto or
+    triton) runs in the dtype the DeepSpeed engine trains the student in ("bf16" / "fp16": bfloat16 /
+    float16; "fp32": the student's own), not in the float32 the student is built in."""
+    from distill.objective import MiniLMv2Objective
+
+    return MiniLMv2Objective(frozen, student, spec, device=device, student_dtype=ENGINE_DTYPES.get(precision))
+
+
 def bench_seq_len(args, seq: int, teacher_model, device: torch.device, peak: float | None) -> dict:
     """Build what launch/distill.py builds for windows of `seq` tokens, time its step, and tear it down."""
-    from distill.objective import MiniLMv2Objective
-    from distill.trainer import RunGuard, build_models, initialize_engine
+    from distill.preflight import build_models
+    from distill.trainer import initialize_engine
 
     cfg = run_config(args, seq)
     ds_json, precision = resolve_deepspeed_config(
@@ -241,17 +253,17 @@ def bench_seq_len(args, seq: int, teacher_model, device: torch.device, peak: flo
         bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported())
     torch.manual_seed(cfg.seed)
     frozen, student = build_models(cfg, device, teacher=teacher_model)
-    objective = MiniLMv2Objective(frozen, student, cfg.relation_spec, device=device)
+    objective = build_objective(frozen, student, cfg.relation_spec, device, precision)
     engine = initialize_engine(student, ds_json)  # as launch/distill.py builds it
     engine.train()
-    runner = StepRunner(engine, objective, RunGuard(), device, frozen.config.vocab_size, seq)
+    runner = StepRunner(engine, objective, device, frozen.config.vocab_size, seq)
     max_batch = runner.max_batch(args.batch, args.max_batch_limit) if args.find_max_batch else None
     batch = min(args.batch, max_batch) if max_batch else args.batch
     times, mem = runner.timed(batch, args.steps, args.warmup)
     median = statistics.median(times)
     loss_s = runner.loss_timed(batch, args.steps, args.warmup)
     flops = functools.partial(step_flops, frozen.config, student.config, frozen.num_layers,
-                              len(objective.spec.relations))
+                              len(objective.spec.relations), run_to_end=frozen.run_to_end)
     row = dict(impl=objective.relation_impl, seq=seq, batch=batch, precision=precision,
                zero=ds_json.get("zero_optimization", {}).get("stage", 0),
                s_per_step=median, steps_per_s=1 / median, tokens_per_s=batch * seq / median, peak_gib=mem,
@@ -259,7 +271,6 @@ def bench_seq_len(args, seq: int, teacher_model, device: torch.device, peak: flo
                loss_s=loss_s, loss_share=loss_s / median,
                fused_adam=type(getattr(engine, "basic_optimizer", None) or engine.optimizer).__name__,
                teacher_attention=frozen.config._attn_implementation, teacher_dtype=str(frozen.dtype).split(".")[-1])
-    runner.guard.restore()
     objective.remove()
     del runner, engine, objective, frozen, student
     if device.type == "cuda":

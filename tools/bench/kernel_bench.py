@@ -10,7 +10,8 @@ for right padding), for each --dtype:
   - chunked: relation_loss(chunk_size=c) for each c of --chunk-sizes;
   - triton: distill.kernels.relation_loss_triton for each --precision and each --blocks
     configuration (forward tiles + backward tiles, each BLOCK_M x BLOCK_N / warps / stages; the
-    first of the default list is the library's default); the fastest is "best triton".
+    first of the default list, "default", is the library's per dtype, precision and head size, the
+    second its former 64x64/4/2 + 32x64/4/2); the fastest is "best triton".
 Times come from CUDA events around each forward + backward: --warmup untimed runs (they include
 Triton's compilation), then the median and the fastest of --repeats. Forward alone is timed the
 same way. Peak memory is torch.cuda.max_memory_allocated above the allocation before the first
@@ -42,29 +43,33 @@ QKV = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPEEDUP_TARGET = 3.0        # best triton vs best chunked, forward + backward median
 MEMORY_TARGET = 8.0         # reference peak / best triton peak
-# forward tiles + backward tiles; the first is the library's default
-DEFAULT_BLOCKS = ("64x64/4/2+32x64/4/2,128x64/8/2+32x64/4/2,64x128/8/2+32x128/8/2,"
-                  "64x64/4/3+16x64/4/2,32x128/4/2+32x32/4/2")
+# forward tiles + backward tiles; "default": the library's, per dtype, precision and head size
+# (distill.kernels.relation_kl.gpu_blocks); then the former defaults (64x64/4/2 + 32x64/4/2) and others
+DEFAULT_BLOCKS = ("default,64x64/4/2+32x64/4/2,64x64/4/2+16x64/4/1,64x32/4/2+32x32/4/1,"
+                  "128x64/8/2+32x64/4/2,64x64/4/3+16x64/4/2")
 
 
 def parse_blocks(text: str) -> list:
-    """'64x64/4/2+32x64/4/2,...' -> [((64, 64, 4, 2), (32, 64, 4, 2)), ...]: BLOCK_M x BLOCK_N / warps /
-    stages of the forward, '+', the same of the backward; one configuration without '+' serves both."""
+    """'default,64x64/4/2+32x64/4/2,...' -> [None, ((64, 64, 4, 2), (32, 64, 4, 2)), ...]: BLOCK_M x BLOCK_N /
+    warps / stages of the forward, '+', the same of the backward; one configuration without '+' serves both;
+    "default" (alone: both kernels; or as one half) the library's default tiles."""
     def one(item):
+        if item.strip() == "default":
+            return None
         tiles, warps, stages = item.strip().split("/")
         block_m, block_n = tiles.split("x")
         return int(block_m), int(block_n), int(warps), int(stages)
     out = []
     for item in text.split(","):
         halves = [one(half) for half in item.split("+")]
-        out.append((halves[0], halves[-1]))
+        out.append(None if halves == [None] else (halves[0], halves[-1]))
     return out
 
 
 def blocks_name(blocks) -> str:
     if blocks is None:
         return "default tiles"
-    return " + ".join(f"{b[0]}x{b[1]}/{b[2]}/{b[3]}" for b in blocks)
+    return " + ".join("default" if b is None else f"{b[0]}x{b[1]}/{b[2]}/{b[3]}" for b in blocks)
 
 
 class Timer:
@@ -293,7 +298,8 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", type=lambda s: s.split(","), default=["ieee", "tf32x3"],
                    help=f"tl.dot input precisions for float32 operands: {', '.join(DOT_PRECISIONS)}")
     p.add_argument("--blocks", type=parse_blocks, default=parse_blocks(DEFAULT_BLOCKS),
-                   help="Triton tiles, comma-separated FORWARD+BACKWARD, each BLOCK_MxBLOCK_N/warps/stages "
+                   help="Triton tiles, comma-separated: default (the library's) or FORWARD+BACKWARD, each "
+                        "BLOCK_MxBLOCK_N/warps/stages or default "
                         f"({DEFAULT_BLOCKS})")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
