@@ -24,6 +24,7 @@ from transformers import TrainingArguments
 
 from . import student as _student
 from .config import DistillConfig
+from .errors import ConfigError, ConfigTypeError
 from .relations import checked_relations, relation_name
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -62,7 +63,7 @@ class MiniLMTrainingArguments(TrainingArguments):
         max_steps = self.max_steps
         if max_steps is None or max_steps <= 0:
             if not num_samples:
-                raise ValueError("set max_steps, or num_train_epochs with a sized train_dataset")
+                raise ConfigError("set max_steps, or num_train_epochs with a sized train_dataset")
             global_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps * max(self.world_size, 1)
             max_steps = max(1, math.ceil(self.num_train_epochs * num_samples / global_batch))
         warmup = self.warmup_steps if self.warmup_steps else int(getattr(self, "warmup_ratio", 0.0) * max_steps)
@@ -95,9 +96,13 @@ def create_student(teacher_model_name_or_path, args: MiniLMTrainingArguments, us
     if isinstance(teacher, str):
         from transformers import AutoModel
 
-        from .paths import resolve_model_source
+        from .paths import model_load_error, resolve_model_source
 
-        teacher = AutoModel.from_pretrained(resolve_model_source(teacher, "teacher"), cache_dir=cache_dir)
+        source = resolve_model_source(teacher, "teacher")
+        try:
+            teacher = AutoModel.from_pretrained(source, cache_dir=cache_dir)
+        except OSError as e:  # a hub name not found or not reachable, a directory without the weights
+            raise model_load_error("teacher", source, e) from e
     return _student.create_student(teacher, args.student_layer, args.student_hidden_size, args.student_attention_heads,
                                    init="teacher" if use_teacher_weights else "random")
 
@@ -122,34 +127,35 @@ def _rows(dataset, count: int) -> list:
 
 
 def check_trainer_inputs(args, teacher_model, model, train_dataset, data_collator, tokenizer) -> None:
-    """TypeError, before anything runs, for what MiniLMTrainer cannot train on; the message names the fix."""
+    """ConfigTypeError (a TypeError), before anything runs, for what MiniLMTrainer cannot train on; the message names
+    the fix."""
     from torch import nn
 
     if not isinstance(args, MiniLMTrainingArguments):
-        raise TypeError(f"args must be MiniLMTrainingArguments, not {type(args).__name__}")
+        raise ConfigTypeError(f"args must be MiniLMTrainingArguments, not {type(args).__name__}")
     if not isinstance(teacher_model, nn.Module):
-        raise TypeError(f"teacher_model must be a model, e.g. AutoModel.from_pretrained(\"google-bert/bert-base-"
-                        f"uncased\"), not {type(teacher_model).__name__}")
+        raise ConfigTypeError(f"teacher_model must be a model, e.g. AutoModel.from_pretrained(\"google-bert/bert-base-"
+                              f"uncased\"), not {type(teacher_model).__name__}")
     if model is not None and not isinstance(model, nn.Module):
-        raise TypeError(f"model must be the student model (distill.create_student(...)) or None to create one from "
-                        f"args, not {type(model).__name__}")
+        raise ConfigTypeError(f"model must be the student model (distill.create_student(...)) or None to create one "
+                              f"from args, not {type(model).__name__}")
     if isinstance(train_dataset, (str, bytes, os.PathLike)):
-        raise TypeError(f"train_dataset is a {type(train_dataset).__name__} ({str(train_dataset)[:80]!r}), not a "
-                        "dataset: tokenize the texts first (datasets.Dataset.map with the teacher's tokenizer), or "
-                        "pretokenize them into shards and train with launch/distill.py --data")
+        raise ConfigTypeError(f"train_dataset is a {type(train_dataset).__name__} ({str(train_dataset)[:80]!r}), "
+                              "not a dataset: tokenize the texts first (datasets.Dataset.map with the teacher's "
+                              "tokenizer), or pretokenize them into shards and train with launch/distill.py --data")
     if not hasattr(train_dataset, "__iter__"):
-        raise TypeError(f"train_dataset must be a dataset of tokenized rows, not {type(train_dataset).__name__}")
+        raise ConfigTypeError(f"train_dataset must be a dataset of tokenized rows, not {type(train_dataset).__name__}")
     rows = _rows(train_dataset, 2)
     for row in rows:
         if not isinstance(row, Mapping) or "input_ids" not in row:
             what = sorted(row)[:6] if isinstance(row, Mapping) else type(row).__name__
-            raise TypeError(f"train_dataset's rows hold {what}, not input_ids: tokenize them first, e.g. "
-                            "dataset.map(lambda b: tokenizer(b[\"text\"], truncation=True), batched=True)")
+            raise ConfigTypeError(f"train_dataset's rows hold {what}, not input_ids: tokenize them first, e.g. "
+                                  "dataset.map(lambda b: tokenizer(b[\"text\"], truncation=True), batched=True)")
     lengths = {len(row["input_ids"]) for row in rows}
     if data_collator is None and tokenizer is None and len(lengths) > 1:
-        raise TypeError(f"train_dataset's rows differ in length ({' and '.join(map(str, sorted(lengths)))} tokens) "
-                        "and nothing pads them: pass data_collator=DataCollatorWithPadding(tokenizer) (or "
-                        "processing_class=tokenizer)")
+        raise ConfigTypeError(f"train_dataset's rows differ in length ({' and '.join(map(str, sorted(lengths)))} "
+                              "tokens) and nothing pads them: pass data_collator=DataCollatorWithPadding(tokenizer) "
+                              "(or processing_class=tokenizer)")
 
 
 class MiniLMTrainer:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import EMBEDDING_LOSSES, POOLING_MODES  # noqa: F401 (re-exported)
+from .errors import ConfigError
 
 __all__ = ["POOLING_MODES", "EMBEDDING_LOSSES", "PROJECTION_ATTRIBUTE", "pool", "embedding_loss",
            "EmbeddingProjection", "EmbeddingSpec"]
@@ -48,20 +49,20 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     if mode == "max":
         filled = hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min)
         return torch.where(mask.any(dim=1), filled.max(dim=1).values, torch.zeros_like(hidden[:, 0]))
-    raise ValueError(f"pooling mode {mode!r} is unknown: choose one of {', '.join(POOLING_MODES)}")
+    raise ConfigError(f"pooling mode {mode!r} is unknown: choose one of {', '.join(POOLING_MODES)}")
 
 
 def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
     """The loss between sentence vectors [B, H] (same width), a float32 scalar; the teacher is a constant."""
     if student.shape != teacher.shape:
-        raise ValueError(f"student vectors {tuple(student.shape)} and teacher vectors {tuple(teacher.shape)} differ: "
-                         f"project the student's to the teacher's width first")
+        raise ConfigError(f"student vectors {tuple(student.shape)} and teacher vectors {tuple(teacher.shape)} differ: "
+                          f"project the student's to the teacher's width first")
     s, t = student.float(), teacher.detach().float()
     if kind == "mse":
         return F.mse_loss(s, t)
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
-    raise ValueError(f"embedding loss {kind!r} is unknown: choose mse or cosine (or none)")
+    raise ConfigError(f"embedding loss {kind!r} is unknown: choose mse or cosine (or none)")
 
 
 class EmbeddingProjection(nn.Linear):
@@ -85,11 +86,11 @@ class EmbeddingSpec:
 
     def __init__(self, loss: str, weight: float, pooling: str):
         if loss not in EMBEDDING_LOSSES[1:]:
-            raise ValueError(f"embedding loss {loss!r} is unknown: choose mse or cosine")
+            raise ConfigError(f"embedding loss {loss!r} is unknown: choose mse or cosine")
         if not (isinstance(weight, (int, float)) and weight > 0 and weight < float("inf")):
-            raise ValueError(f"embedding loss weight {weight!r} must be a finite number > 0")
+            raise ConfigError(f"embedding loss weight {weight!r} must be a finite number > 0")
         if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling {pooling!r} is unknown: choose one of {', '.join(POOLING_MODES)}")
+            raise ConfigError(f"pooling {pooling!r} is unknown: choose one of {', '.join(POOLING_MODES)}")
         self.loss, self.weight, self.pooling = loss, float(weight), pooling
 
     def __repr__(self) -> str:

@@ -41,12 +41,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .errors import ConfigError, UnsupportedEncoder
+
 __all__ = ["EncoderAdapter", "get_adapter", "SUPPORTED_MODEL_TYPES", "UnsupportedEncoder", "check_supported",
            "modernbert_layer_types"]
-
-
-class UnsupportedEncoder(ValueError):
-    """A model whose `model_type` has no adapter; the message names it, the supported list and what it would take."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +143,8 @@ class EncoderAdapter:
         """
         layers = self.layers(model)
         if not 1 <= num_layers <= len(layers):
-            raise ValueError(f"cannot keep {num_layers} layers of {type(model).__name__}: "
-                             f"it has {len(layers)}; choose 1..{len(layers)}")
+            raise ConfigError(f"cannot keep {num_layers} layers of {type(model).__name__}: "
+                              f"it has {len(layers)}; choose 1..{len(layers)}")
         parent_path, _, attr = self.layers_path.rpartition(".")
         parent = _get(self.base_model(model), parent_path) if parent_path else self.base_model(model)
         setattr(parent, attr, nn.ModuleList(list(layers)[:num_layers]))
@@ -291,9 +289,9 @@ def _configure_modernbert_student(config, teacher_config, layer_map: Sequence[in
     if every is None and _modernbert_attention_from_period():
         import transformers
 
-        raise ValueError(f"the student's layers would inherit the attention types {types}, which transformers "
-                         f"{transformers.__version__} cannot run (it makes layer i global when i % "
-                         f"global_attn_every_n_layers == 0): use the default layer_map, or a newer transformers")
+        raise ConfigError(f"the student's layers would inherit the attention types {types}, which transformers "
+                          f"{transformers.__version__} cannot run (it makes layer i global when i % "
+                          f"global_attn_every_n_layers == 0): use the default layer_map, or a newer transformers")
     config.layer_types = types
     if every is not None:
         config.global_attn_every_n_layers = every

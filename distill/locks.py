@@ -22,15 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .errors import LockedError
 
 __all__ = ["LOCK_NAME", "DirectoryLock", "LockedError"]
 
 LOCK_NAME = ".distill.lock"
-
-
-class LockedError(ConfigError):
-    """Another live process holds the directory (or it cannot be locked): the command exits 2."""
 
 
 def _describe(info: dict[str, Any] | None) -> str:

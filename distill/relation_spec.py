@@ -11,6 +11,8 @@ import types
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import ConfigError, ConfigTypeError
+
 __all__ = ["RelationSpec", "RELATION_IMPLS", "UNCHUNKED_BUDGET_BYTES", "parse_relations", "checked_relations",
            "relation_name", "divisors"]
 
@@ -58,13 +60,13 @@ class RelationSpec:
 
     def __post_init__(self):
         if not _positive_int(self.num_relation_heads):
-            raise ValueError(f"num_relation_heads={self.num_relation_heads!r} must be a positive integer")
+            raise ConfigError(f"num_relation_heads={self.num_relation_heads!r} must be a positive integer")
         object.__setattr__(self, "relations", types.MappingProxyType(checked_relations(self.relations)))
         if self.impl not in RELATION_IMPLS:
-            raise ValueError(f"relation_impl={self.impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
+            raise ConfigError(f"relation_impl={self.impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
         if self.chunk_size is not None and not _positive_int(self.chunk_size):
-            raise ValueError(f"chunk_size={self.chunk_size!r} must be a positive number of query rows "
-                             f"(e.g. 64 or 128), or None for the unchunked reference")
+            raise ConfigError(f"chunk_size={self.chunk_size!r} must be a positive number of query rows "
+                              f"(e.g. 64 or 128), or None for the unchunked reference")
 
     @classmethod
     def from_settings(cls, spec: RelationSpec | None = None, *, num_relation_heads: int | None = None,
@@ -73,13 +75,13 @@ class RelationSpec:
         """`spec` itself, or one built from the separate settings (an API that takes either)."""
         if spec is None:
             if num_relation_heads is None or relations is None:
-                raise TypeError("give a RelationSpec, or num_relation_heads= and relations=")
+                raise ConfigTypeError("give a RelationSpec, or num_relation_heads= and relations=")
             return cls(num_relation_heads, relations, impl or "chunked", chunk_size)
         if not isinstance(spec, RelationSpec):
-            raise TypeError(f"spec must be a RelationSpec, not {type(spec).__name__}")
+            raise ConfigTypeError(f"spec must be a RelationSpec, not {type(spec).__name__}")
         if any(v is not None for v in (num_relation_heads, relations, impl, chunk_size)):
-            raise TypeError("give either a RelationSpec or the separate settings (num_relation_heads=, relations=, "
-                            "relation_impl=, chunk_size=), not both")
+            raise ConfigTypeError("give either a RelationSpec or the separate settings (num_relation_heads=, "
+                                  "relations=, relation_impl=, chunk_size=), not both")
         return spec
 
     @property
@@ -88,13 +90,13 @@ class RelationSpec:
         return [relation_name(pair) for pair in self.relations]
 
     def check_widths(self, widths: Mapping[str, int]) -> None:
-        """Raise ValueError unless A_r divides every width; `widths` maps a label for messages to a width."""
+        """Raise ConfigError unless A_r divides every width; `widths` maps a label for messages to a width."""
         for label, width in widths.items():
             if width % self.num_relation_heads:
                 listed = ", ".join(map(str, sorted(set(widths.values()))))
                 valid = ", ".join(map(str, divisors(math.gcd(*widths.values()))))
-                raise ValueError(f"num_relation_heads={self.num_relation_heads} does not divide {label} ({width}): "
-                                 f"choose a divisor of every width ({listed}), i.e. one of {valid}")
+                raise ConfigError(f"num_relation_heads={self.num_relation_heads} does not divide {label} ({width}): "
+                                  f"choose a divisor of every width ({listed}), i.e. one of {valid}")
 
     def unchunked_bytes(self, batch: int, seq_len: int) -> int | None:
         """Peak bytes of the loss for a [batch, seq_len] micro-batch where it materialises S x S matrices
@@ -106,15 +108,15 @@ class RelationSpec:
         return (2 * len(self.relations) + 3) * batch * self.num_relation_heads * seq_len * seq_len * 4
 
     def check_memory(self, batch: int, seq_len: int, budget: int = UNCHUNKED_BUDGET_BYTES) -> None:
-        """ValueError where an unchunked loss would hold more than `budget` bytes for one micro-batch."""
+        """ConfigError where an unchunked loss would hold more than `budget` bytes for one micro-batch."""
         need = self.unchunked_bytes(batch, seq_len)
         if need is not None and need > budget:
             what = "relation_impl=reference" if self.impl == "reference" else "an unchunked relation loss"
             fit = max(1, math.isqrt(budget // ((2 * len(self.relations) + 3) * batch * self.num_relation_heads * 4)))
-            raise ValueError(f"{what} at seq_len {seq_len} would hold {need / 2**30:.1f} GiB of [B, A_r, S, S] "
-                             f"matrices per micro-batch of {batch}, over its budget of {budget / 2**30:.0f} GiB: use "
-                             f"relation_impl chunked with a chunk size (the same loss, memory linear in S), or "
-                             f"seq_len <= {fit} at this batch size")
+            raise ConfigError(f"{what} at seq_len {seq_len} would hold {need / 2**30:.1f} GiB of [B, A_r, S, S] "
+                              f"matrices per micro-batch of {batch}, over its budget of {budget / 2**30:.0f} GiB: use "
+                              f"relation_impl chunked with a chunk size (the same loss, memory linear in S), or "
+                              f"seq_len <= {fit} at this batch size")
 
     def resolved(self, device: Any) -> RelationSpec:
         """This spec with `impl` settled for `device` (never "auto"); "reference" drops the chunk size."""
@@ -126,22 +128,22 @@ class RelationSpec:
 
 def checked_relations(relations) -> dict[tuple[int, int], float]:
     """{(m, n): weight}, checked, from a mapping or from the command line's text ("qq:1,kk:1,vv:1", see
-    parse_relations); ValueError saying what is wrong."""
+    parse_relations); ConfigError saying what is wrong."""
     if isinstance(relations, str):
         return _positive_weights(parse_relations(relations))
     try:
         relations = dict(relations)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"relations={relations!r} is not {{(m, n): weight}} nor text like 'qq:1,kk:1,vv:1' "
-                         f"(1 / q = query, 2 / k = key, 3 / v = value)") from e
+        raise ConfigError(f"relations={relations!r} is not {{(m, n): weight}} nor text like 'qq:1,kk:1,vv:1' "
+                          f"(1 / q = query, 2 / k = key, 3 / v = value)") from e
     if not relations:
-        raise ValueError("relations is empty: give {(m, n): weight} with at least one pair, m, n in 1..3 "
-                         "(1 = query, 2 = key, 3 = value), e.g. {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0} "
-                         "(or parse_relations('qq:1,kk:1,vv:1'))")
+        raise ConfigError("relations is empty: give {(m, n): weight} with at least one pair, m, n in 1..3 "
+                          "(1 = query, 2 = key, 3 = value), e.g. {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0} "
+                          "(or parse_relations('qq:1,kk:1,vv:1'))")
     for pair in relations:
         if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_index(i) for i in pair)):
-            raise ValueError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 "
-                             f"(1 = query, 2 = key, 3 = value), e.g. (1, 1) for query-query")
+            raise ConfigError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 "
+                              f"(1 = query, 2 = key, 3 = value), e.g. (1, 1) for query-query")
     return _positive_weights(relations)
 
 
@@ -149,22 +151,22 @@ def _positive_weights(relations: dict) -> dict[tuple[int, int], float]:
     """The relations, each weight a finite number > 0 (a relation of weight 0 costs compute and teaches nothing)."""
     for pair, weight in relations.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"relation {relation_name(pair)}: weight {weight!r} is not a finite number > 0")
+            raise ConfigError(f"relation {relation_name(pair)}: weight {weight!r} is not a finite number > 0")
     zero = [relation_name(p) for p, w in relations.items() if w == 0]
     if len(zero) == len(relations):
-        raise ValueError(f"every relation ({', '.join(zero)}) has weight 0: nothing would be distilled; give at "
-                         "least one weight > 0, e.g. 'qq:1,kk:1,vv:1'")
+        raise ConfigError(f"every relation ({', '.join(zero)}) has weight 0: nothing would be distilled; give at "
+                          "least one weight > 0, e.g. 'qq:1,kk:1,vv:1'")
     if zero:
         rest = ",".join(f"{relation_name(p)}:{w:g}" for p, w in relations.items() if w)
-        raise ValueError(f"relation {', '.join(zero)} has weight 0: it would be computed every step and teach "
-                         f"nothing; leave it out ('{rest}')")
+        raise ConfigError(f"relation {', '.join(zero)} has weight 0: it would be computed every step and teach "
+                          f"nothing; leave it out ('{rest}')")
     return {pair: float(weight) for pair, weight in relations.items()}
 
 
 def relation_name(pair: tuple[int, int]) -> str:
     """(1, 1) -> "qq", (1, 2) -> "qk", (3, 3) -> "vv" (1 = query, 2 = key, 3 = value)."""
     if not (isinstance(pair, tuple) and len(pair) == 2 and all(_is_index(i) for i in pair)):
-        raise ValueError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 (1 = query, 2 = key, 3 = value)")
+        raise ConfigError(f"relation {pair!r} is not a pair (m, n) with m, n in 1..3 (1 = query, 2 = key, 3 = value)")
     return _NAMES[pair[0]] + _NAMES[pair[1]]
 
 
@@ -174,7 +176,7 @@ def parse_relations(spec: str) -> dict[tuple[int, int], float]:
     Letters q = 1 (query), k = 2 (key), v = 3 (value); weights are finite and >= 0, default 1.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"relations {spec!r} is empty: {_FORMS}")
+        raise ConfigError(f"relations {spec!r} is empty: {_FORMS}")
     relations: dict[tuple[int, int], float] = {}
     for item in spec.split(","):
         item = item.strip()
@@ -182,15 +184,15 @@ def parse_relations(spec: str) -> dict[tuple[int, int], float]:
         name = name.strip().lower()
         pair = _parse_pair(name)
         if pair is None:
-            raise ValueError(f"relation item {item!r}: {name!r} names no relation; {_FORMS}")
+            raise ConfigError(f"relation item {item!r}: {name!r} names no relation; {_FORMS}")
         try:
             weight = float(weight_text) if sep else 1.0
         except ValueError:
             weight = math.nan
         if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"relation item {item!r}: the weight must be a finite number >= 0; {_FORMS}")
+            raise ConfigError(f"relation item {item!r}: the weight must be a finite number >= 0; {_FORMS}")
         if pair in relations:
-            raise ValueError(f"relation item {item!r}: {relation_name(pair)} is given twice; list each relation once")
+            raise ConfigError(f"relation item {item!r}: {relation_name(pair)} is given twice; list each relation once")
         relations[pair] = weight
     return relations
 

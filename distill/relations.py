@@ -38,6 +38,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .errors import ConfigError
 from .relation_spec import (  # noqa: F401 (re-exported: the loss's settings)
     _NAMES,
     RELATION_IMPLS,
@@ -68,11 +69,11 @@ def resolve_relation_impl(impl: str, device: torch.device) -> str:
     from . import kernels
 
     if impl not in RELATION_IMPLS:
-        raise ValueError(f"relation_impl={impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
+        raise ConfigError(f"relation_impl={impl!r}: choose one of {', '.join(RELATION_IMPLS)}")
     if impl == "auto":
         return "triton" if device.type == "cuda" and kernels.available(device) else "chunked"
     if impl == "triton" and (reason := kernels.unavailable_reason(device)) is not None:
-        raise ValueError(f"relation_impl=triton cannot run here: {reason}; use relation_impl=chunked (or auto)")
+        raise ConfigError(f"relation_impl=triton cannot run here: {reason}; use relation_impl=chunked (or auto)")
     return impl
 
 
@@ -160,33 +161,34 @@ def check_relation_inputs(teacher_qkv, student_qkv, attention_mask, spec: Relati
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
         for m, n in spec.relations:
             if qkv[m - 1].shape[2] != qkv[n - 1].shape[2]:
-                raise ValueError(f"relation {relation_name((m, n))}: the {side} {_NAMES[m]} width "
-                                 f"({qkv[m - 1].shape[2]}) differs from its {_NAMES[n]} width ({qkv[n - 1].shape[2]}); "
-                                 f"a relation needs both projections of one model to have the same width")
+                raise ConfigError(f"relation {relation_name((m, n))}: the {side} {_NAMES[m]} width "
+                                  f"({qkv[m - 1].shape[2]}) differs from its {_NAMES[n]} width "
+                                  f"({qkv[n - 1].shape[2]}); a relation needs both projections of one model to have "
+                                  "the same width")
 
 
 def _check_qkv_tensors(teacher_qkv, student_qkv, attention_mask) -> None:
     """Three float [B, S, H] tensors a side, on one device, of the mask's [B, S]."""
     for side, qkv in (("teacher_qkv", teacher_qkv), ("student_qkv", student_qkv)):
         if not isinstance(qkv, Sequence) or len(qkv) != 3 or not all(torch.is_tensor(x) for x in qkv):
-            raise ValueError(f"{side} must be a (query, key, value) tuple of three [B, S, H] tensors")
+            raise ConfigError(f"{side} must be a (query, key, value) tuple of three [B, S, H] tensors")
         for name, x in zip(("query", "key", "value"), qkv, strict=True):
             if x.dim() != 3 or not x.is_floating_point():
-                raise ValueError(f"{side} {name} has shape {tuple(x.shape)} and dtype {x.dtype}: "
-                                 f"expected a floating-point [B, S, H] tensor")
+                raise ConfigError(f"{side} {name} has shape {tuple(x.shape)} and dtype {x.dtype}: "
+                                  f"expected a floating-point [B, S, H] tensor")
     if not torch.is_tensor(attention_mask) or attention_mask.dim() != 2:
         shape = tuple(attention_mask.shape) if torch.is_tensor(attention_mask) else type(attention_mask).__name__
-        raise ValueError(f"attention_mask must be a [B, S] tensor of 0/1, got {shape}")
+        raise ConfigError(f"attention_mask must be a [B, S] tensor of 0/1, got {shape}")
     expected = tuple(attention_mask.shape)
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
         for name, x in zip(("query", "key", "value"), qkv, strict=True):
             if x.device != student_qkv[0].device:
-                raise ValueError(f"the {side} {name} is on {x.device} but the student query on "
-                                 f"{student_qkv[0].device}: move the teacher and student Q/K/V to one device")
+                raise ConfigError(f"the {side} {name} is on {x.device} but the student query on "
+                                  f"{student_qkv[0].device}: move the teacher and student Q/K/V to one device")
             if tuple(x.shape[:2]) != expected:
-                raise ValueError(f"the {side} {name} is [B, S] = {list(x.shape[:2])} but attention_mask is "
-                                 f"{list(expected)}: pass the teacher and student Q/K/V and the mask of the "
-                                 f"same batch (same batch size and sequence length)")
+                raise ConfigError(f"the {side} {name} is [B, S] = {list(x.shape[:2])} but attention_mask is "
+                                  f"{list(expected)}: pass the teacher and student Q/K/V and the mask of the "
+                                  f"same batch (same batch size and sequence length)")
 
 
 def _reference_relation(t_m, t_n, s_m, s_n, key_pad, row_weight, num_heads):

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from importlib import metadata, util
 from pathlib import Path, PurePosixPath
 
+from .errors import ConfigError, ExportError
+
 EXPORT_FORMATS = ("auto", "hf", "sentence-transformers")
 SKELETON_DIR = "sentence-transformers"  # in OUTPUT_DIR/student_config
 MODULES_JSON = "modules.json"
@@ -59,7 +61,7 @@ class Modules:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Modules:
         root = Path(directory)
-        entries = json.loads((root / MODULES_JSON).read_text(encoding="utf-8"))
+        entries = _parse((root / MODULES_JSON).read_bytes(), str(root / MODULES_JSON))
         files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
         files.pop(MODULES_JSON)
         return cls(entries, files)
@@ -67,14 +69,14 @@ class Modules:
 
 def check_export_format(value: str, flag: str = "--export_format") -> None:
     if value not in EXPORT_FORMATS:
-        raise ValueError(f"{flag} {value!r}: choose {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}")
+        raise ConfigError(f"{flag} {value!r}: choose {', '.join(EXPORT_FORMATS[:-1])} or {EXPORT_FORMATS[-1]}")
 
 
 def require_installed(flag: str = "--export_format") -> None:
-    """ValueError unless sentence-transformers can be imported (looked for, not imported: that takes seconds)."""
+    """ConfigError unless sentence-transformers can be imported (looked for, not imported: that takes seconds)."""
     if util.find_spec("sentence_transformers") is None:
-        raise ValueError(f"{flag} sentence-transformers needs the sentence-transformers package, which is not "
-                         f"installed: {INSTALL_HINT}, or use {flag} hf for a plain Hugging Face encoder")
+        raise ConfigError(f"{flag} sentence-transformers needs the sentence-transformers package, which is not "
+                          f"installed: {INSTALL_HINT}, or use {flag} hf for a plain Hugging Face encoder")
 
 
 def kind_of(entry: dict) -> str | None:
@@ -98,8 +100,8 @@ def mean_pooling(width: int) -> Modules:
 def read_teacher_modules(source: str | None, export_format: str, teacher_width: int,
                          flag: str = "--export_format") -> Modules | None:
     """The modules the export will write (None: a plain Hugging Face export), read from teacher `source` (a directory
-    or hub name; None: not readable, a plain teacher). ValueError naming the module and the fix when the teacher has one
-    the export cannot reproduce, or when sentence-transformers is asked for by name and is not installed."""
+    or hub name; None: not readable, a plain teacher). ConfigError naming the module and the fix when the teacher has
+    one the export cannot reproduce, or when sentence-transformers is asked for by name and is not installed."""
     check_export_format(export_format, flag)
     if export_format == "hf":
         return None
@@ -125,23 +127,24 @@ def _check_entries(entries, source: str, flag: str) -> list[dict]:
     """modules.json's entries, each a module distill can write; the Transformer first and once, a Pooling after it."""
     where = f"the teacher {source} (a sentence-transformers model)"
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "type" in e and "path" in e for e in entries):
-        raise ValueError(f"{where}: its {MODULES_JSON} is not a list of modules with a type and a path")
+        raise ConfigError(f"{where}: its {MODULES_JSON} is not a list of modules with a type and a path")
     for entry in entries:
         if kind_of(entry) is None:
-            raise ValueError(f"{where} has a module the export cannot reproduce: {entry.get('name', '?')} "
-                             f"({entry['type']}, in {entry['path'] or 'the top folder'}); distill writes "
-                             f"{', '.join(KINDS)} modules only: use {flag} hf to export the student as a plain Hugging "
-                             f"Face encoder (and add the module yourself), or distil a teacher without it")
+            raise ConfigError(f"{where} has a module the export cannot reproduce: {entry.get('name', '?')} "
+                              f"({entry['type']}, in {entry['path'] or 'the top folder'}); distill writes "
+                              f"{', '.join(KINDS)} modules only: use {flag} hf to export the student as a plain "
+                              f"Hugging Face encoder (and add the module yourself), or distil a teacher without it")
         path = PurePosixPath(str(entry["path"]))
         if (path.is_absolute() or ".." in path.parts or "\\" in str(entry["path"])
                 or (not path.parts and kind_of(entry) != "Transformer")):
-            raise ValueError(f"{where}: module {entry.get('name', '?')} has the path {entry['path']!r}, not a folder "
-                             "inside the model")
+            raise ConfigError(f"{where}: module {entry.get('name', '?')} has the path {entry['path']!r}, not a folder "
+                              "inside the model")
     kinds = [kind_of(e) for e in entries]
     if (kinds[:1] != ["Transformer"] or kinds.count("Transformer") != 1 or "Pooling" not in kinds
             or "Dense" in kinds[:kinds.index("Pooling")]):
-        raise ValueError(f"{where} has the modules {kinds}; the export reproduces a Transformer first, then a Pooling, "
-                         f"then Normalize or Dense modules: use {flag} hf to export the student as a plain encoder")
+        raise ConfigError(f"{where} has the modules {kinds}; the export reproduces a Transformer first, then a "
+                          f"Pooling, then Normalize or Dense modules: use {flag} hf to export the student as a plain "
+                          "encoder")
     return entries
 
 
@@ -157,17 +160,17 @@ def _module_files(source: str, entry: dict, path: str) -> dict[str, bytes]:
     if config is None:
         if kind == "Normalize":  # sentence-transformers before 6 saves none
             return {}
-        raise ValueError(f"{where} has no {name('config.json')}")
+        raise ConfigError(f"{where} has no {name('config.json')}")
     files = {f"{path}/config.json": config}
     values = _parse(config, f"{source}/{name('config.json')}")
     if kind == "Pooling" and not any(isinstance(values.get(k), int) for k in POOLING_WIDTH_KEYS):
-        raise ValueError(f"{where}: {name('config.json')} names no width ({' or '.join(POOLING_WIDTH_KEYS)})")
+        raise ConfigError(f"{where}: {name('config.json')} names no width ({' or '.join(POOLING_WIDTH_KEYS)})")
     if kind == "Dense":
         if not all(isinstance(values.get(k), int) for k in ("in_features", "out_features")):
-            raise ValueError(f"{where}: {name('config.json')} lacks in_features / out_features")
+            raise ConfigError(f"{where}: {name('config.json')} lacks in_features / out_features")
         weights = next(((f, data) for f in WEIGHT_FILES if (data := _fetch(source, name(f))) is not None), None)
         if weights is None:
-            raise ValueError(f"{where} has no weights ({' or '.join(name(f) for f in WEIGHT_FILES)})")
+            raise ConfigError(f"{where} has no weights ({' or '.join(name(f) for f in WEIGHT_FILES)})")
         files[f"{path}/{weights[0]}"] = weights[1]
     return files
 
@@ -277,7 +280,7 @@ def _add_projection(entries: list[dict], files: dict[str, bytes], weight, pooled
 
     out_features, in_features = weight.shape
     if in_features != pooled:
-        raise ValueError(f"the projection takes {in_features} inputs but the student's pooled embedding has {pooled}")
+        raise ExportError(f"the projection takes {in_features} inputs but the student's pooled embedding has {pooled}")
     path = f"{len(entries)}_Dense"
     entries.append({"path": path, "type": "sentence_transformers.models.Dense"})
     files[f"{path}/config.json"] = _json_bytes({"in_features": in_features, "out_features": out_features,
@@ -319,7 +322,7 @@ def _parse(data: bytes, where: str):
     try:
         return json.loads(data)
     except ValueError as e:
-        raise ValueError(f"{where} is not valid JSON: {e}") from None
+        raise ConfigError(f"{where} is not valid JSON: {e}") from None
 
 
 def _checked(data: bytes, where: str) -> bytes:

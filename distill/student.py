@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .encoders import EncoderAdapter, get_adapter
+from .errors import ConfigError, ConfigTypeError
 
 __all__ = ["create_student", "default_layer_map"]
 
@@ -54,7 +55,7 @@ INITS = ("teacher", "random")
 def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     """1-based teacher layers for student layers 1..L: ceil(i * T / L), evenly spaced, last = T."""
     if not 1 <= student_layers <= teacher_layers:
-        raise ValueError(f"student_layers={student_layers} must be between 1 and teacher_layers={teacher_layers}")
+        raise ConfigError(f"student_layers={student_layers} must be between 1 and teacher_layers={teacher_layers}")
     return [math.ceil(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)]
 
 
@@ -79,8 +80,8 @@ def create_student(teacher, num_layers: int, hidden_size: int, num_attention_hea
     Returns a model that saves with `save_pretrained` and loads back with `AutoModel.from_pretrained`.
     """
     if init not in INITS:
-        raise ValueError(f"init={init!r} is unknown: choose 'teacher' (copy slices of the teacher's weights) "
-                         f"or 'random' (the architecture's own initialisation)")
+        raise ConfigError(f"init={init!r} is unknown: choose 'teacher' (copy slices of the teacher's weights) "
+                          f"or 'random' (the architecture's own initialisation)")
     teacher_model, teacher_config = _resolve_teacher(teacher, need_weights=init == "teacher")
     adapter = get_adapter(teacher_config)
     t_layers = adapter.num_layers(teacher_config)
@@ -91,28 +92,28 @@ def create_student(teacher, num_layers: int, hidden_size: int, num_attention_hea
     _check_positive_int("hidden_size", hidden_size)
     _check_positive_int("num_attention_heads", num_attention_heads)
     if num_layers > t_layers:
-        raise ValueError(f"num_layers={num_layers} is out of range: the teacher has {t_layers} layers; "
-                         f"choose 1..{t_layers}")
+        raise ConfigError(f"num_layers={num_layers} is out of range: the teacher has {t_layers} layers; "
+                          f"choose 1..{t_layers}")
     if hidden_size % num_attention_heads:
-        raise ValueError(f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}: "
-                         f"use hidden_size {_nearby_multiples(hidden_size, num_attention_heads)}, or "
-                         f"num_attention_heads among {_divisors(hidden_size)}")
+        raise ConfigError(f"hidden_size={hidden_size} is not divisible by num_attention_heads={num_attention_heads}: "
+                          f"use hidden_size {_nearby_multiples(hidden_size, num_attention_heads)}, or "
+                          f"num_attention_heads among {_divisors(hidden_size)}")
     if init == "teacher" and hidden_size > t_hidden:
-        raise ValueError(f"hidden_size={hidden_size} is larger than the teacher's {t_hidden}: init='teacher' copies "
-                         f"slices of the teacher's weights; use hidden_size <= {t_hidden} or init='random'")
+        raise ConfigError(f"hidden_size={hidden_size} is larger than the teacher's {t_hidden}: init='teacher' copies "
+                          f"slices of the teacher's weights; use hidden_size <= {t_hidden} or init='random'")
     if intermediate_size is None:
         intermediate_size = max(1, round(hidden_size * t_inter / t_hidden))
     _check_positive_int("intermediate_size", intermediate_size)
     if init == "teacher" and intermediate_size > t_inter:
-        raise ValueError(f"intermediate_size={intermediate_size} is larger than the teacher's {t_inter}: "
-                         f"use intermediate_size <= {t_inter} or init='random'")
+        raise ConfigError(f"intermediate_size={intermediate_size} is larger than the teacher's {t_inter}: "
+                          f"use intermediate_size <= {t_inter} or init='random'")
     if layer_map is not None:
         if init != "teacher":
-            raise ValueError("layer_map chooses teacher layers to copy; it only applies with init='teacher'")
+            raise ConfigError("layer_map chooses teacher layers to copy; it only applies with init='teacher'")
         layer_map = [int(x) for x in layer_map]
         if len(layer_map) != num_layers or not all(1 <= x <= t_layers for x in layer_map):
-            raise ValueError(f"layer_map={layer_map} must list {num_layers} teacher layers (one per student layer), "
-                             f"each 1..{t_layers} (1-based)")
+            raise ConfigError(f"layer_map={layer_map} must list {num_layers} teacher layers (one per student layer), "
+                              f"each 1..{t_layers} (1-based)")
 
     if init == "teacher" and layer_map is None:
         layer_map = (adapter.default_layer_map(teacher_config, num_layers) if adapter.default_layer_map
@@ -145,17 +146,18 @@ def _resolve_teacher(teacher, need_weights: bool):
         from transformers import AutoConfig, AutoModel
 
         from .encoders import check_supported
-        from .paths import resolve_model_source
+        from .paths import model_load_error, resolve_model_source
 
         source = resolve_model_source(teacher, "teacher")
-        config = AutoConfig.from_pretrained(source)
-        check_supported(config, "teacher")  # before the weights are read
-        if need_weights:
-            model = AutoModel.from_pretrained(source, dtype=torch.float32)
-            return model, model.config
-        return None, config
-    raise TypeError(f"teacher must be a model, a FrozenTeacher, a hub name or a directory, "
-                    f"not {type(teacher).__name__}")
+        try:
+            config = AutoConfig.from_pretrained(source)
+            check_supported(config, "teacher")  # before the weights are read
+            model = AutoModel.from_pretrained(source, dtype=torch.float32) if need_weights else None
+        except OSError as e:  # a hub name not found or not reachable, a directory without the weights
+            raise model_load_error("teacher", source, e) from e
+        return (model, model.config) if model is not None else (None, config)
+    raise ConfigTypeError(f"teacher must be a model, a FrozenTeacher, a hub name or a directory, "
+                          f"not {type(teacher).__name__}")
 
 
 def _student_config(teacher_config, adapter: EncoderAdapter, num_layers: int, hidden_size: int,
@@ -204,7 +206,7 @@ def _copy_slices(teacher: nn.Module, student: nn.Module, adapter: EncoderAdapter
 
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
 
 
 def _divisors(n: int) -> str:

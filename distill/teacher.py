@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .encoders import EncoderAdapter, get_adapter
-from .paths import HUB_EXAMPLE, resolve_model_source  # noqa: F401 (re-exported)
+from .errors import ConfigError, ConfigTypeError
+from .paths import HUB_EXAMPLE, model_load_error, resolve_model_source  # noqa: F401 (re-exported)
 
 __all__ = ["QKVCapture", "FrozenTeacher", "repad", "resolve_dtype", "resolve_model_source"]
 
@@ -149,7 +150,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     else:
         resolved = None
     if resolved not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"teacher dtype {dtype!r} is not supported: choose auto, float16, bfloat16 or float32")
+        raise ConfigError(f"teacher dtype {dtype!r} is not supported: choose auto, float16, bfloat16 or float32")
     return resolved
 
 
@@ -188,24 +189,27 @@ class FrozenTeacher:
             from .encoders import check_supported
 
             source = resolve_model_source(model_or_name_or_path, "teacher")
-            check_supported(AutoConfig.from_pretrained(source), "teacher")  # before the weights are read
             kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-            # loaded on CPU in the target dtype; the dropped layers never reach the device
-            model = AutoModel.from_pretrained(source, dtype=self.dtype, **kwargs)
+            try:
+                check_supported(AutoConfig.from_pretrained(source), "teacher")  # before the weights are read
+                # loaded on CPU in the target dtype; the dropped layers never reach the device
+                model = AutoModel.from_pretrained(source, dtype=self.dtype, **kwargs)
+            except OSError as e:  # a hub name not found or not reachable, a directory without the weights
+                raise model_load_error("teacher", source, e) from e
         elif isinstance(model_or_name_or_path, nn.Module):
             model = model_or_name_or_path
             if attn_implementation:
                 model.set_attn_implementation(attn_implementation)
         else:
-            raise TypeError(f"FrozenTeacher needs a model, a hub name or a directory, "
-                            f"not {type(model_or_name_or_path).__name__}")
+            raise ConfigTypeError(f"FrozenTeacher needs a model, a hub name or a directory, "
+                                  f"not {type(model_or_name_or_path).__name__}")
 
         self.adapter = get_adapter(model)
         model = self.adapter.base_model(model)
         depth = self.adapter.num_layers(model.config)
         if isinstance(teacher_layer, bool) or not isinstance(teacher_layer, int) or not 1 <= teacher_layer <= depth:
-            raise ValueError(f"teacher_layer={teacher_layer!r} is out of range: the teacher "
-                             f"({type(model).__name__}) has {depth} layers; choose 1..{depth} (1-based)")
+            raise ConfigError(f"teacher_layer={teacher_layer!r} is out of range: the teacher "
+                              f"({type(model).__name__}) has {depth} layers; choose 1..{depth} (1-based)")
         if teacher_layer < depth and not run_to_end:
             self.adapter.truncate_layers(model, teacher_layer)
         model.requires_grad_(False)
@@ -238,7 +242,7 @@ class FrozenTeacher:
         state [B, S, H]), what a pooled sentence embedding is computed from.
         """
         if return_hidden and not self.run_to_end:
-            raise ValueError("return_hidden needs the whole forward: build the teacher with run_to_end=True")
+            raise ConfigError("return_hidden needs the whole forward: build the teacher with run_to_end=True")
         inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
         if token_type_ids is not None and self.adapter.takes_token_type_ids:
             inputs["token_type_ids"] = token_type_ids.to(self.device)

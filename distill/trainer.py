@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from .checkpoint import TrainState
 from .config import DistillConfig
 from .distributed import LauncherWatch, init_distributed, launcher_watch
+from .errors import DivergedError
 from .locks import DirectoryLock, LockedError
 from .monitor import NullLogger, StepMetrics, TensorBoardLogger, step_flops
 from .preflight import PreparedRun, export_dir_of, prepare
@@ -328,10 +329,11 @@ def run_probe(probe, engine, step: int, rank: int, logger) -> None:
 
 
 def _check_nonfinite(guard: RunGuard, state: TrainState, cfg: DistillConfig) -> None:
+    """DivergedError (exit 3) after MAX_NONFINITE micro-batches in a row whose loss was not finite."""
     if guard.consecutive_nonfinite >= MAX_NONFINITE:
-        raise FloatingPointError(
-            f"the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step {state.step}); the run "
-            f"stopped without saving; {ckpt.last_good(cfg.output_dir)}: "
+        raise DivergedError(
+            f"the run diverged: the loss was not finite for {MAX_NONFINITE} micro-batches in a row (step "
+            f"{state.step}); the run stopped without saving; {ckpt.last_good(cfg.output_dir)}: "
             "lower --learning_rate, use bf16 instead of fp16, or check the data")
 
 
@@ -339,9 +341,9 @@ def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int, fla
     """After an optimizer step: how many steps in a row have now been skipped for a non-finite gradient norm.
 
     DeepSpeed skips such a step on every rank (fp16 overflows, handled by loss scaling, and windows with a
-    non-finite loss, counted by `RunGuard`, are not counted here); MAX_NONFINITE in a row stop the run. A step
-    that made the weights non-finite cannot be undone: the run stops at once, without saving, so no checkpoint
-    or export ever holds non-finite weights. flags: the step's `RunGuard.sync` (None: the weights are checked
+    non-finite loss, counted by `RunGuard`, are not counted here); MAX_NONFINITE in a row stop the run (DivergedError,
+    exit 3). A step that made the weights non-finite cannot be undone: the run stops at once, without saving, so no
+    checkpoint or export ever holds non-finite weights. flags: the step's `RunGuard.sync` (None: the weights are checked
     here, with a sync of their own).
     """
     if not engine.fp16_enabled() and not engine.was_step_applied():
@@ -349,16 +351,16 @@ def _check_step(engine, state: TrainState, cfg: DistillConfig, skipped: int, fla
             return skipped  # the loss's doing, counted by RunGuard
         skipped += 1
         if skipped >= MAX_NONFINITE:
-            raise FloatingPointError(
-                f"the gradient norm was not finite for {MAX_NONFINITE} optimizer steps in a row (step {state.step}); "
-                f"the run stopped without saving; {ckpt.last_good(cfg.output_dir)}: lower --learning_rate, "
-                "set --max_grad_norm, or check the data")
+            raise DivergedError(
+                f"the run diverged: the gradient norm was not finite for {MAX_NONFINITE} optimizer steps in a row "
+                f"(step {state.step}); the run stopped without saving; {ckpt.last_good(cfg.output_dir)}: lower "
+                "--learning_rate, set --max_grad_norm, or check the data")
         return skipped
     if not (flags.weights_finite if flags is not None else ckpt.weights_finite(engine)):
-        raise FloatingPointError(
-            f"optimizer step {state.step + 1} made the student's weights diverge (not finite, or beyond float32's "
-            f"range in norm; gradient norm {engine.get_global_grad_norm()}); the run stopped without saving; "
-            f"{ckpt.last_good(cfg.output_dir)}: lower --learning_rate and continue from it")
+        raise DivergedError(
+            f"the run diverged: optimizer step {state.step + 1} made the student's weights diverge (not finite, or "
+            f"beyond float32's range in norm; gradient norm {engine.get_global_grad_norm()}); the run stopped without "
+            f"saving; {ckpt.last_good(cfg.output_dir)}: lower --learning_rate and continue from it")
     return 0
 
 

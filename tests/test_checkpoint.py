@@ -12,6 +12,7 @@ from distill import checkpoint as ckpt
 from distill import trainer
 from distill.checkpoint import CheckpointError, TrainState
 from distill.config import ConfigError, DistillConfig
+from distill.errors import DivergedError
 from distill.export import EXPORT_MARKER
 
 
@@ -370,8 +371,9 @@ def test_steps_skipped_for_a_nonfinite_gradient_norm_count_toward_the_stop(tmp_p
     assert skipped == trainer.MAX_NONFINITE - 1
     assert trainer._check_step(StepEngine(applied=True), state, cfg, skipped) == 0  # a good step resets
     assert trainer._check_step(StepEngine(applied=False, fp16=True), state, cfg, 0) == 0  # fp16 loss scaling
-    with pytest.raises(FloatingPointError, match="gradient norm was not finite for 10 optimizer steps in a row"):
+    with pytest.raises(DivergedError, match="^the run diverged: the gradient norm was not finite for 10 optimizer "
+                                            "steps in a row"):
         trainer._check_step(StepEngine(applied=False), state, cfg, trainer.MAX_NONFINITE - 1)
-    with pytest.raises(FloatingPointError, match="made the student's weights diverge"):
+    with pytest.raises(DivergedError, match="made the student's weights diverge"):
         trainer._check_step(StepEngine(applied=True, value=float("nan")), state, cfg, 0)
 

@@ -241,8 +241,8 @@ runpy.run_path("launch/distill.py", run_name="__main__")
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "the loss was not finite for 10 micro-batches in a row" in proc.stderr
+    assert proc.returncode == 3, proc.stderr[-3000:]  # a diverged run: DivergedError
+    assert "error: the run diverged: the loss was not finite for 10 micro-batches in a row" in proc.stderr
     done = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE").is_file())
     assert done == ["step-00000003", "step-00000006"]
 
@@ -327,8 +327,9 @@ def test_a_diverging_run_saves_and_exports_nothing_after_the_last_good_step(tiny
     """A finite but absurd learning rate: the step that blows the weights up stops the run, unsaved."""
     out = tmp_path / "diverged"
     proc = run_python(distill_args(tiny, out, learning_rate=1e30, max_steps=3, save_steps=2, logging_steps=1))
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "optimizer step 3 made the student's weights diverge" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 3, proc.stderr[-3000:]  # a diverged run: DivergedError
+    assert "error: the run diverged: optimizer step 3 made the student's weights diverge" in proc.stderr, \
+        proc.stderr[-3000:]
     assert f"the last good checkpoint is {out / 'checkpoints' / 'step-00000002'}" in proc.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir()) == ["step-00000002"]
     assert not (out / "student").exists()
