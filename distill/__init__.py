@@ -6,7 +6,7 @@ The public names are imported lazily, so `import distill` stays cheap for the CP
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DistillConfig": "config", "ConfigError": "config",
+    "DistillConfig": "config", "ConfigError": "errors", "DistillError": "errors", "DivergedError": "errors",
     "MiniLMTrainingArguments": "api", "MiniLMTrainer": "api", "create_student": "api",
     "FrozenTeacher": "teacher", "MiniLMv2Objective": "objective",
     "relation_loss": "relations", "parse_relations": "relations", "RelationSpec": "relations",

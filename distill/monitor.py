@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Protocol
 import torch
 
 from .encoders import get_adapter
+from .errors import ConfigError
 
 
 class ScalarLogger(Protocol):
@@ -139,7 +140,7 @@ def peak_flops(device: torch.device) -> float | None:
         except ValueError:
             tflops = math.nan
         if not (math.isfinite(tflops) and tflops > 0):
-            raise ValueError(f"{PEAK_ENV}={override!r} is not a positive number of TFLOP/s: give the GPU's dense "
+            raise ConfigError(f"{PEAK_ENV}={override!r} is not a positive number of TFLOP/s: give the GPU's dense "
                              f"bf16/fp16 tensor peak (e.g. 989.4 for an H100 SXM), or unset it")
         return tflops * 1e12
     name = _device_name(device)

@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from . import kernels
+from . import kernel_check
 from .embedding_loss import PROJECTION_ATTRIBUTE, EmbeddingSpec, embedding_loss, pool
 from .encoders import get_adapter
 from .errors import ConfigError, ConfigTypeError
@@ -50,9 +50,9 @@ class MiniLMv2Objective:
 
     `spec` afterwards holds the settings with the implementation settled for the device. When that
     is the fused Triton kernel, it has first been checked against the chunked loss on `device`
-    (`distill.kernels.settle_relation_spec`): on a failure relation_impl="auto" uses the chunked
+    (`distill.kernel_check.settle_relation_spec`): on a failure relation_impl="auto" uses the chunked
     loss and "triton" raises ValueError. `kernel_check` holds that check's result
-    (`distill.kernels.SelfCheckResult`; its `line()` for a log), or None when no check was meant
+    (`distill.kernel_check.SelfCheckResult`; its `line()` for a log), or None when no check was meant
     (chunked/reference, or auto off CUDA); with relation_impl auto on CUDA where the kernel cannot run, a
     result with `ran=False` whose `line()` says why.
     Call `remove()` to take the hooks off the student when the objective is no longer used.
@@ -86,7 +86,7 @@ class MiniLMv2Objective:
         self.teacher = teacher
         self.student = student
         self.student_layer_index = index
-        self.spec, self.kernel_check = kernels.settle_relation_spec(
+        self.spec, self.kernel_check = kernel_check.settle_relation_spec(
             spec, device, widths=(teacher.hidden_size, adapter.hidden_size(student.config)), dtype=student_dtype,
             teacher_dtype=teacher.dtype)
         self._student_adapter = adapter

@@ -257,10 +257,7 @@ def prepare(cfg: DistillConfig, rank: int, world: int, device: torch.device, *, 
     ds_json, precision = resolve_deepspeed_config(
         cfg, load_deepspeed_json(cfg.deepspeed_config), world_size=world, device_type=device.type,
         bf16_supported=device.type != "cuda" or torch.cuda.is_bf16_supported(), notes=notes)
-    try:
-        peak = peak_flops(device)  # a bad DISTILL_PEAK_TFLOPS is refused here
-    except ValueError as e:  # the one ValueError peak_flops raises: the variable's value
-        raise ConfigError(str(e)) from None
+    peak = peak_flops(device)  # a bad DISTILL_PEAK_TFLOPS is refused here (ConfigError)
     if rank == 0:
         for line in (*notes, mfu_unknown_line(device)):
             if line is not None:

@@ -5,11 +5,10 @@ the command line use this module alone, so parsing flags imports no heavy librar
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from .errors import ConfigError, ConfigTypeError
 
@@ -117,13 +116,6 @@ class RelationSpec:
                               f"matrices per micro-batch of {batch}, over its budget of {budget / 2**30:.0f} GiB: use "
                               f"relation_impl chunked with a chunk size (the same loss, memory linear in S), or "
                               f"seq_len <= {fit} at this batch size")
-
-    def resolved(self, device: Any) -> RelationSpec:
-        """This spec with `impl` settled for `device` (never "auto"); "reference" drops the chunk size."""
-        from .relations import resolve_relation_impl  # the kernels' availability: see distill.relations
-
-        impl = resolve_relation_impl(self.impl, device)
-        return dataclasses.replace(self, impl=impl, chunk_size=None if impl == "reference" else self.chunk_size)
 
 
 def checked_relations(relations) -> dict[tuple[int, int], float]:

@@ -22,6 +22,8 @@ import pytest
 import torch
 from helpers import REPO
 
+from distill import kernel_check
+
 QKV = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed (pip install triton)")
@@ -108,7 +110,8 @@ HEAD_DIMS = (1, 4, 8, 12, 16, 21, 32, 48, 64, 96, 128, 256)
 @needs_triton
 @compiled_kernels
 def test_the_self_check_spans_several_of_the_largest_gpu_tiles():
-    from distill.kernels import DOT_PRECISIONS, check_seq
+    from distill.kernel_check import check_seq
+    from distill.kernels import DOT_PRECISIONS
     from distill.kernels import relation_kl as rk
 
     seq = check_seq(interpreted=False)
@@ -283,23 +286,22 @@ def test_the_kernel_is_unavailable_on_cuda_without_a_compiler(cuda_without_compi
 
 @needs_triton
 def test_auto_falls_back_saying_why_and_triton_refuses_without_a_compiler(cuda_without_compiler, monkeypatch):
-    from distill import kernels
     from distill.relations import RelationSpec
 
     def no_check(*args, **kwargs):
         raise AssertionError("no self-check runs where the kernel cannot run")
 
-    monkeypatch.setattr(kernels, "self_check", no_check)
-    spec, check = kernels.settle_relation_spec(RelationSpec(4, QKV, "auto"), "cuda", widths=(32, 16))
+    monkeypatch.setattr(kernel_check, "self_check", no_check)
+    spec, check = kernel_check.settle_relation_spec(RelationSpec(4, QKV, "auto"), "cuda", widths=(32, 16))
     assert spec.impl == "chunked"
     assert check is not None and not check.ran and check.fallback and not check.ok
     assert check.line().startswith("relation kernel not used on cuda: Triton builds a C launcher")
     assert "no C compiler" in check.line()
     assert check.line().endswith("training with the chunked loss instead (relation_impl=auto)")
     with pytest.raises(ValueError, match="relation_impl=triton cannot run here: .*no C compiler.*apt install gcc"):
-        kernels.settle_relation_spec(RelationSpec(4, QKV, "triton"), "cuda", widths=(32, 16))
+        kernel_check.settle_relation_spec(RelationSpec(4, QKV, "triton"), "cuda", widths=(32, 16))
     # on CPU, auto never meant the kernel: no line
-    assert kernels.settle_relation_spec(RelationSpec(4, QKV, "auto"), "cpu", widths=(32, 16)) == \
+    assert kernel_check.settle_relation_spec(RelationSpec(4, QKV, "auto"), "cpu", widths=(32, 16)) == \
         (RelationSpec(4, QKV, "chunked"), None)
 
 
@@ -310,7 +312,6 @@ def test_distill_bench_checks_the_kernel_in_the_engines_student_dtype(monkeypatc
 
     from test_objective import tiny_teacher
 
-    from distill import kernels
     from distill.relations import RelationSpec
     from distill.student import create_student
 
@@ -321,7 +322,7 @@ def test_distill_bench_checks_the_kernel_in_the_engines_student_dtype(monkeypatc
         seen.append(dtype)
         return dataclasses.replace(spec, impl="chunked"), None
 
-    monkeypatch.setattr(kernels, "settle_relation_spec", settle)
+    monkeypatch.setattr(kernel_check, "settle_relation_spec", settle)
     teacher = tiny_teacher()
     student = create_student(teacher, 2, 16, 2, init="random")
     spec = RelationSpec(4, QKV, "auto", 5)

@@ -1,7 +1,7 @@
-"""All ranks agree on the relation implementation (distill.kernels.settle_relation_spec, several ranks).
+"""All ranks agree on the relation implementation (distill.kernel_check.settle_relation_spec, several ranks).
 
 Two real CPU ranks (gloo, this file as a script, CUDA hidden) settle a relation spec while one
-rank's kernel is broken: its self-check fails (distill.kernels.self_check replaced) or the
+rank's kernel is broken: its self-check fails (distill.kernel_check.self_check replaced) or the
 kernel cannot run there (distill.relations.resolve_relation_impl refusing "triton"), and "auto"
 resolves to "triton" on CPU as it does on CUDA. Every case must end the same way on both ranks:
 the kernel only when both checks pass, else "auto" falls back to the chunked loss on both and
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, cpu_env, free_port
+
+from distill import kernel_check
 
 QKV = {(1, 1): 1.0, (2, 2): 1.0, (3, 3): 1.0}
 # case -> (relation_impl, {rank: what is wrong there}); "fails": its self-check fails; "cannot run": no triton there
@@ -38,11 +40,10 @@ LAST = ("triton", {1: "fails"})          # through the wrapper: ValueError -> ex
 def _broken_where(rank: int, broken: dict):
     """Replace the kernel's self-check and resolution so that this rank is broken as `broken` says."""
     import distill.relations as relations
-    from distill import kernels
 
     def self_check(spec, widths, device, dtype=None, teacher_dtype=None):
         ok = broken.get(rank) != "fails"
-        return kernels.SelfCheckResult(ok, "" if ok else "the kernel's loss differs (forced on this rank)", 0.01,
+        return kernel_check.SelfCheckResult(ok, "" if ok else "the kernel's loss differs (forced on this rank)", 0.01,
                                        0.0 if ok else 1.0, 0.0, 1e-4, 1e-4, str(device), "B=2, S=144")
 
     def resolve(impl, device):
@@ -52,12 +53,12 @@ def _broken_where(rank: int, broken: dict):
             raise ValueError("relation_impl=triton cannot run here: triton is not installed (forced on this rank)")
         return "triton" if impl in ("auto", "triton") else impl
 
-    kernels.self_check = self_check
+    kernel_check.self_check = self_check
     relations.resolve_relation_impl = resolve
 
 
 def _settle(impl: str, rank: int, broken: dict) -> dict:
-    from distill.kernels import settle_relation_spec
+    from distill.kernel_check import settle_relation_spec
     from distill.relations import RelationSpec
 
     _broken_where(rank, broken)
@@ -90,7 +91,7 @@ def _rank_main() -> int:
 
 
 def _settle_raising(impl: str, broken: dict, rank: int) -> None:
-    from distill.kernels import settle_relation_spec
+    from distill.kernel_check import settle_relation_spec
     from distill.relations import RelationSpec
 
     _broken_where(rank, broken)

@@ -1,4 +1,4 @@
-"""The fused relation kernel proves itself before a run uses it (distill.kernels.verify).
+"""The fused relation kernel proves itself before a run uses it (distill.kernel_check).
 
 The kernels run on CPU only in Triton's interpreter, which must be on (TRITON_INTERPRET=1) before
 triton is imported: the cases run in one child process started with it (this file as a script),
@@ -21,7 +21,8 @@ import torch
 from helpers import REPO, cpu_env
 from test_distill_run import tiny  # noqa: F401  (the fixture: a tiny teacher and shards)
 
-from distill.kernels import check_seq
+from distill import kernel_check
+from distill.kernel_check import check_seq
 
 if __name__ != "__main__" and importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed (pip install triton)", allow_module_level=True)
@@ -74,14 +75,14 @@ def _self_check_cases() -> dict:
     mixed = RelationSpec(2, {(1, 2): 1.0, (3, 3): 0.5}, "triton")
     results = {}
     rng_before = torch.get_rng_state()
-    results["good-float32"] = _as_dict(kernels.self_check(spec, (32, 16), "cpu"))
+    results["good-float32"] = _as_dict(kernel_check.self_check(spec, (32, 16), "cpu"))
     results["rng_untouched"] = bool(torch.equal(rng_before, torch.get_rng_state()))
     results["good-bfloat16-student-float16-teacher-mixed"] = _as_dict(
-        kernels.self_check(mixed, (32, 16), "cpu", torch.bfloat16, torch.float16))
+        kernel_check.self_check(mixed, (32, 16), "cpu", torch.bfloat16, torch.float16))
     for name in ("wrong_loss", "wrong_grads", "raising", "not_finite"):
         kernels.relation_loss_triton = broken[name]
         try:
-            results[name] = _as_dict(kernels.self_check(spec, (32, 16), "cpu"))
+            results[name] = _as_dict(kernel_check.self_check(spec, (32, 16), "cpu"))
         finally:
             kernels.relation_loss_triton = broken["good"]
     results["inputs"] = _check_inputs_case(spec)
@@ -90,9 +91,8 @@ def _self_check_cases() -> dict:
 
 def _check_inputs_case(spec) -> dict:
     """The check's inputs in the interpreter: S, and where its padding lies."""
-    from distill.kernels import check_seq
+    from distill.kernel_check import _check_inputs, check_seq
     from distill.kernels.relation_kl import default_blocks
-    from distill.kernels.verify import _check_inputs
 
     seq = check_seq()
     teacher, student, mask = _check_inputs(spec, (32, 16), torch.device("cpu"), torch.float32, torch.float32, seq)
@@ -114,7 +114,7 @@ def _objective(impl: str):
 
 
 def _objective_cases() -> dict:
-    """MiniLMv2Objective through distill.kernels.settle_relation_spec, with auto resolving to triton on CPU."""
+    """MiniLMv2Objective through distill.kernel_check.settle_relation_spec, with auto resolving to triton on CPU."""
     from test_objective import make_batch
 
     import distill.relations as relations

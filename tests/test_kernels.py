@@ -21,6 +21,7 @@ import pytest
 import torch
 from helpers import REPO, cpu_env
 
+from distill.errors import ConfigError
 from distill.kernels import DOT_PRECISIONS
 from distill.relations import relation_loss, relation_name
 
@@ -235,7 +236,7 @@ def test_available_and_clear_refusal_on_cpu_without_interpreter():
     assert "TRITON_INTERPRET" in unavailable_reason("cpu")
     assert available() == torch.cuda.is_available()
     teacher, student, mask = make_case(16, 2)
-    with pytest.raises(RuntimeError, match="relation_loss_triton cannot run.*distill.relations.relation_loss"):
+    with pytest.raises(ConfigError, match="relation_loss_triton cannot run.*distill.relations.relation_loss"):
         relation_loss_triton(teacher, student, mask, num_relation_heads=2, relations=QKV)
 
 
@@ -360,9 +361,9 @@ def test_gpu_never_allocates_a_relation_matrix():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_gpu_self_check_passes_well_under_a_second(dtype):
-    """The check a run does before it trains with the kernel (distill.kernels.self_check), on the
+    """The check a run does before it trains with the kernel (distill.kernel_check.self_check), on the
     issue's shapes: it passes, and once the kernels are compiled it takes well under a second."""
-    from distill.kernels import self_check
+    from distill.kernel_check import self_check
     from distill.relations import RelationSpec
 
     spec = RelationSpec(48, QKV, "triton")

@@ -13,6 +13,7 @@ from helpers import cpu_env
 from torch import nn
 from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
+from distill import kernel_check
 from distill.objective import MiniLMv2Objective
 from distill.student import create_student
 from distill.teacher import FrozenTeacher
@@ -353,9 +354,9 @@ def test_relation_impl_follows_the_training_device_not_where_the_student_was_bui
 
     def passing_check(spec, widths, device, dtype, teacher_dtype):
         checked.append((widths, str(device), dtype, teacher_dtype))
-        return kernels.SelfCheckResult(True, "", 0.01, 0.0, 0.0, 1e-4, 1.6e-2, str(device), "")
+        return kernel_check.SelfCheckResult(True, "", 0.01, 0.0, 0.0, 1e-4, 1.6e-2, str(device), "")
 
-    monkeypatch.setattr(kernels, "self_check", passing_check)
+    monkeypatch.setattr(kernel_check, "self_check", passing_check)
     teacher = tiny_teacher()
     student = create_student(teacher, 2, 16, 2, init="random")  # built on CPU, as before deepspeed.initialize
     objective = MiniLMv2Objective(teacher, student, num_relation_heads=4, relations=QKV, chunk_size=5,

@@ -73,7 +73,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from ..errors import ConfigError
+from .support import interpreting
 
 LOG2E = 1.4426950408889634     # scales natural-log logits to base 2 for exp2/log2 (the kernels' literal ln 2 undoes it)
 
@@ -207,7 +208,7 @@ def launch_grid(batch_heads: int, seq: int, block: int) -> tuple[int]:
         raise ValueError(f"launch_grid({batch_heads}, {seq}, {block}): B * A_r, S and the block must be positive")
     programs = batch_heads * -(-seq // block)
     if programs > CUDA_GRID_LIMITS[0]:
-        raise ValueError(f"B * A_r = {batch_heads} at S = {seq} needs {programs:,} programs of {block} positions, "
+        raise ConfigError(f"B * A_r = {batch_heads} at S = {seq} needs {programs:,} programs of {block} positions, "
                          f"over CUDA's grid limit of {CUDA_GRID_LIMITS[0]:,}: split the batch")
     return (programs,)
 
@@ -215,7 +216,7 @@ def launch_grid(batch_heads: int, seq: int, block: int) -> tuple[int]:
 def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] * x.stride(0) >= 2**31:
         # the kernels index with 32-bit offsets (b * stride_b + s * stride_s + column)
-        raise ValueError(f"a [B, S, H] = {list(x.shape)} tensor spans 2**31 elements or more: the Triton relation "
+        raise ConfigError(f"a [B, S, H] = {list(x.shape)} tensor spans 2**31 elements or more: the Triton relation "
                          f"loss indexes with 32-bit offsets; split the batch")
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -297,11 +298,11 @@ def split_blocks(blocks) -> tuple[Blocks | None, Blocks | None]:
         if b is None:
             return None
         if not (isinstance(b, (tuple, list)) and len(b) == 4 and all(isinstance(v, int) and v >= 1 for v in b)):
-            raise ValueError(f"blocks {blocks!r}: give (BLOCK_M, BLOCK_N, num_warps, num_stages) of positive "
+            raise ConfigError(f"blocks {blocks!r}: give (BLOCK_M, BLOCK_N, num_warps, num_stages) of positive "
                              f"integers, or a pair (forward, backward) of them")
         block_m, block_n = b[0], b[1]
         if block_m & (block_m - 1) or block_n & (block_n - 1) or (not interpreting() and min(block_m, block_n) < 16):
-            raise ValueError(f"blocks {blocks!r}: BLOCK_M and BLOCK_N must be powers of 2 (at least 16 on the GPU)")
+            raise ConfigError(f"blocks {blocks!r}: BLOCK_M and BLOCK_N must be powers of 2 (at least 16 on the GPU)")
         return tuple(b)
     if isinstance(blocks, (tuple, list)) and len(blocks) == 2:
         return one(blocks[0]), one(blocks[1])

@@ -48,8 +48,9 @@ import time
 
 import torch
 
-from ..errors import ConfigError
-from ..relations import RelationSpec, relation_loss
+from . import kernels
+from .errors import ConfigError
+from .relations import RelationSpec, relation_loss, resolve_spec
 
 __all__ = ["SelfCheckResult", "self_check", "settle_relation_spec", "check_seq", "LOSS_TOLERANCE",
            "GRAD_TOLERANCE"]
@@ -64,7 +65,7 @@ def check_seq(interpreted: bool | None = None) -> int:
     """The self-check's S: 16 + twice the largest BLOCK_M / BLOCK_N of the default tiles, of the GPU's
     (`distill.kernels.relation_kl.gpu_blocks`: 144) or, interpreted (default: TRITON_INTERPRET is set),
     of the interpreter's (48)."""
-    from .relation_kl import largest_default_block
+    from .kernels.relation_kl import largest_default_block
 
     return 2 * largest_default_block(interpreted) + 16
 
@@ -142,7 +143,6 @@ def self_check(spec: RelationSpec, widths: tuple[int, int], device: torch.device
     (default `dtype`). Runs wherever the kernels run (CUDA, or CPU under TRITON_INTERPRET=1);
     never raises for what the kernel does: an exception is a failed check, its reason the error.
     """
-    from distill import kernels  # looked up at call time, as relation_loss does
 
     device = torch.device(device)
     teacher_dtype = teacher_dtype or dtype
@@ -217,19 +217,18 @@ def settle_relation_spec(spec: RelationSpec, device: torch.device | str, *, widt
     agree (the module's docstring): every rank must call this, with the same spec. relation_impl
     "auto" on CUDA where the kernel cannot run returns a result that did not run (`ran` False).
     """
-    from distill import kernels  # kernels.self_check, looked up at call time (tests replace it)
 
     device = torch.device(device)
     agree = spec.impl in ("auto", "triton") and _world() > 1     # the same on every rank: the run's settings
     try:
-        resolved = spec.resolved(device)
+        resolved = resolve_spec(spec, device)
     except ValueError:
         if agree:
             _every_rank(False, device)       # the others learn it before this rank raises, and raise too
         raise
     result = None
     if resolved.impl == "triton":
-        result = kernels.self_check(spec, widths, device, dtype, teacher_dtype)
+        result = self_check(spec, widths, device, dtype, teacher_dtype)  # looked up now: tests replace it
     elif spec.impl == "auto" and device.type == "cuda" and (reason := kernels.unavailable_reason(device)):
         result = SelfCheckResult(ok=False, reason=reason, seconds=0.0, loss_err=math.nan, grad_err=math.nan,
                                  loss_tolerance=LOSS_TOLERANCE, grad_tolerance=_grad_tolerance(dtype),
