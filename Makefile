@@ -36,7 +36,8 @@ test-floor: assets
 # The checks that take minutes, kept out of `make test`: tools/wheelhouse.sh end to end (download a wheelhouse for
 # this Python, install distill from it with --no-index into a fresh venv that has only torch; ~200 MB), the
 # `make gpu-check` dry run on CPU, the 2-rank DeBERTa-v3 and ModernBERT runs (their tokenizers, resume, export,
-# evaluation) and the embedding-loss runs. CI runs it after `make test`.
+# evaluation), the embedding-loss runs, the ZeRO-2 export, a kill -9 during a re-save and SIGTERM to one of two
+# torchrun nodes. CI runs it after `make test`.
 test-extended: assets
 	$(PY) -m pytest -q -m extended -p no:cacheprovider
 

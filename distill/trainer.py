@@ -171,11 +171,7 @@ def train_window(engine, objective, data: Iterator[dict], guard: RunGuard, metri
     return flags
 
 
-
-
 # --------------------------------------------------------------------------- the job
-
-
 def train(cfg: DistillConfig, *, teacher=None, student=None, dataset=None, collate_fn=None,
           tokenizer=None) -> Path:
     """Distil; return the directory of the exported student (on every rank).

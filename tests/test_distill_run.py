@@ -170,6 +170,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_auto_finishes(tiny, tmp_path):
     assert (out / "checkpoints" / f"step-{step + 3:08d}" / "COMPLETE").is_file()
 
 
+@pytest.mark.extended
 def test_export_tool_rebuilds_the_student_from_a_zero2_checkpoint(tiny, tmp_path):
     from transformers import AutoModel
 
@@ -273,6 +274,7 @@ torch.save = dying
 """
 
 
+@pytest.mark.extended
 def test_a_kill_while_resaving_a_step_keeps_the_old_one_and_resume_auto_works(tiny, tmp_path):
     out = tmp_path / "run"
     small = {"max_steps": 3, "save_steps": 1, "logging_steps": 1}

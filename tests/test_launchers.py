@@ -171,6 +171,7 @@ def test_two_nodes_rank0_writes_the_run_files_every_rank_its_part(two_node_run):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_sigterm_to_one_node_checkpoints_both_and_resume_equals_the_straight_run(tiny, two_node_run, tmp_path):
     straight, _ = two_node_run
     out = tmp_path / "out"

@@ -80,7 +80,7 @@ def test_each_shard_records_its_largest_id(tmp_path):
 
 def test_inspect_reports_the_statistics(tmp_path, capsys):
     S.write_documents(tmp_path, DOCS, tokenizer=TOKENIZER, shard_tokens=4)
-    assert inspect_main([str(tmp_path), "--seq-len", "5", "128"]) == 0
+    assert inspect_main([str(tmp_path), "--max_seq_length", "5", "128"]) == 0
     assert capsys.readouterr().out == (
         f"{tmp_path}: sizes checked\n"
         "  tokenizer   tiny (vocab 300, 7 ids used)\n"
@@ -95,9 +95,9 @@ def test_inspect_reports_the_statistics(tmp_path, capsys):
 @pytest.mark.parametrize("seq_len", ["1", "2"])
 def test_inspect_refuses_windows_too_short(tmp_path, capsys, seq_len):
     S.write_documents(tmp_path, DOCS, tokenizer=TOKENIZER)
-    assert inspect_main([str(tmp_path), "--seq-len", "128", seq_len]) == 2
+    assert inspect_main([str(tmp_path), "--max_seq_length", "128", seq_len]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: --seq-len {seq_len} is too small") and "--seq-len 3 or more" in err
+    assert err.startswith(f"error: --max_seq_length {seq_len} is too small") and "--max_seq_length 3 or more" in err
 
 
 def test_inspect_script_names_a_missing_directory(tmp_path):
