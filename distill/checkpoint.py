@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import CheckpointError, ConfigError
-from .io import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_tree
+from .io import atomic_write_bytes, atomic_write_json, file_sha256, fsync_dir, fsync_tree
 from .paths import EXPORT_MARKER, is_no_space, output_dir_problem
 from .shards import MANIFEST_NAME
 
@@ -73,7 +73,6 @@ if TYPE_CHECKING:
 COMPLETE = "COMPLETE"
 SHARED_FS_WAIT_ENV = "DISTILL_SHARED_FS_WAIT_S"  # how long rank 0 waits for other nodes' parts to be visible
 RUN_FILES = ("run_config.json", "student_config", "checkpoints", "tensorboard")  # what a run writes in output_dir
-CHUNK = 1 << 20  # bytes read at a time when hashing
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # a local teacher's files that its fingerprint reads, with config.json
 
 
@@ -463,7 +462,7 @@ def checkpoint_problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def _files_problem(path: Path, record: dict[str, Any]) -> str | None:
-    """The first listed file that is missing, of another size, or (read in CHUNK bytes) of another sha256."""
+    """The first listed file that is missing, of another size, or of another sha256."""
     for name, size in (record.get("files") or {}).items():
         file = path / name
         actual = file.stat().st_size if file.is_file() else None
@@ -707,17 +706,6 @@ def file_records(directory: Path) -> dict[str, dict[str, Any]]:
     files = {str(p.relative_to(directory)): p for p in sorted(Path(directory).rglob("*")) if p.is_file()}
     return {"files": {name: p.stat().st_size for name, p in files.items()},
             "sha256": {name: file_sha256(p) for name, p in files.items()}}
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 hex digest of a file, read CHUNK bytes at a time."""
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb") as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -76,11 +76,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, [data])
 
 
-def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
+def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file, read `block` bytes at a time into one buffer."""
     digest = hashlib.sha256()
+    buffer = bytearray(block)
+    view = memoryview(buffer)
     with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
     return digest.hexdigest()
 
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .errors import ShardError
-from .io import atomic_write_bytes, atomic_write_json, create_temporary, file_sha256, fsync_dir  # noqa: F401
+from .io import atomic_write_json, create_temporary, fsync_dir
 
 FORMAT_NAME = "distill-shards"
 FORMAT_VERSION = 1

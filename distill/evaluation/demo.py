@@ -32,8 +32,8 @@ from pathlib import Path
 
 from ..cli_args import add_arguments, option
 from ..errors import DistillError
+from ..io import atomic_write_bytes
 from ..paths import assets_dir, assets_problem, is_no_space, no_space_message, output_dir_problem
-from ..shards import atomic_write_bytes
 from .finetune import check_model, load_tokenizer, model_dir_problem
 from .summary import AGGREGATIONS
 from .tasks import TaskDataError

@@ -44,8 +44,8 @@ import numpy as np
 
 from ..cli_args import add_arguments, option
 from ..errors import DistillError
+from ..io import atomic_write_json
 from ..paths import is_no_space, no_space_message, output_dir_problem
-from ..shards import atomic_write_json
 from .config import CUSTOM_TASK, _as_tasks, same_file
 from .embeddings import (
     MTEB_SEED,

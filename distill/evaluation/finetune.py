@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..shards import atomic_write_bytes, atomic_write_json, file_sha256
+from ..io import atomic_write_bytes, atomic_write_json, file_sha256
 from .metrics import compute_metrics
 from .tasks import Task, TaskDataError, load_task_data
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..io import atomic_write_bytes
 from ..paths import is_no_space, no_space_message, output_dir_problem
-from ..shards import atomic_write_bytes
 from .finetune import METRICS_NAME, SETTINGS_NAME, checksum_path, read_checked_json
 from .metrics import EMBEDDING_MAIN_METRICS, metric_value_problem
 from .tasks import GLUE_TASKS, TASKS, TaskDataError

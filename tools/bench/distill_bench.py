@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
     text = report(args, device, rows, peak)
     print(text)
-    from distill.shards import atomic_write_bytes, atomic_write_json
+    from distill.io import atomic_write_bytes, atomic_write_json
 
     if args.out:
         atomic_write_bytes(args.out, [text.encode()])

@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     results = [run_dtype(args, name, timer, device) for name in args.dtype]
     text = markdown(args, results, device, argv)
     print(text)
-    from distill.shards import atomic_write_bytes, atomic_write_json
+    from distill.io import atomic_write_bytes, atomic_write_json
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -252,7 +252,7 @@ def main(argv=None) -> int:
             print(row_text(row), flush=True)
     text = markdown(args, rows, argv)
     if args.out:
-        from distill.shards import atomic_write_bytes
+        from distill.io import atomic_write_bytes
 
         atomic_write_bytes(args.out, [text.encode("utf-8")])
         print(f"wrote {args.out}")
